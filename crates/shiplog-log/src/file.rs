@@ -1,0 +1,1374 @@
+//! The segmented file log: shiplog's embedded, single-partition durable log.
+//!
+//! # On-disk format (version 1)
+//!
+//! A log is one directory. It holds:
+//!
+//! - `LOCK`: an empty file, `flock`ed exclusively while a [`SegmentedLog`] has the directory
+//!   open, so two processes can never write the same log.
+//! - Segment files named by the offset of their first record, zero-padded to 20 decimal
+//!   digits: `00000000000000000000.seg`, `00000000000000004096.seg`, … The segments of a log
+//!   cover dense, contiguous offset ranges: a segment's records run from its base offset up
+//!   to (excluding) the base offset of the next segment. Files with other names are ignored.
+//!
+//! Every segment starts with a 24-byte header:
+//!
+//! ```text
+//! +--------------------+----------------+-----------------+---------------------+
+//! | magic "SHPLGSEG"   | version u32 LE | reserved u32 LE | base offset u64 LE  |
+//! | 8 bytes            | = 1            | = 0             | = the file's name   |
+//! +--------------------+----------------+-----------------+---------------------+
+//! ```
+//!
+//! followed by record frames, back to back, with no padding:
+//!
+//! ```text
+//! +---------------+---------------+------------------+----------------+-----+-------+
+//! | length u32 LE | CRC32C u32 LE | offset u64 LE    | key len u16 LE | key | value |
+//! +---------------+---------------+------------------+----------------+-----+-------+
+//!                                 |<------------------ body ---------------------->|
+//! ```
+//!
+//! - `length` is the byte length of the body: `10 + key len + value len` (so a frame is
+//!   `18 + key + value` bytes). The value's length is implied by it.
+//! - `CRC32C` (Castagnoli) covers the whole body: offset, key length, key and value.
+//! - `offset` is the record's offset; within a segment the first frame holds the base offset
+//!   and each next frame holds the previous offset + 1.
+//! - Keys are at most 65,535 bytes; key + value at most [`FileLogConfig::max_record_bytes`].
+//!
+//! # Who creates and deletes files
+//!
+//! Only the log's writer thread creates, extends and truncates segments, and only
+//! [`SegmentedLog::open`] (recovery) deletes one: an empty or header-torn *trailing* segment
+//! left by a crash during a roll. On a failed group commit (a write or sync error) the writer
+//! deletes the segments it created during that very group. Nothing else deletes segments:
+//! retention (dropping whole sealed segments, oldest first) is not part of this version.
+//!
+//! # Writing: group commit and rolling
+//!
+//! [`Log::append`] hands its batch to the writer thread through a channel and waits. The
+//! writer takes the first waiting request and every request queued behind it (up to
+//! [`FileLogConfig::max_batch_bytes`]), assigns offsets in queue order, encodes all frames
+//! into one buffer, writes it with one `pwrite` at the end of the last segment, calls
+//! `fdatasync` once, and only then completes every request of the group. While one sync
+//! runs, new requests queue up and share the next one.
+//!
+//! Before a frame would take a non-empty segment past [`FileLogConfig::segment_bytes`], the
+//! writer *rolls*: it writes and syncs what it has for the current segment (which becomes
+//! sealed and is never written again), creates the next segment named by the next offset,
+//! writes its header, and continues. A group that created a segment also fsyncs the
+//! directory before acknowledging. A record larger than a segment gets a segment of its own.
+//!
+//! If a write or sync fails, every request of the group fails (`ENOSPC`/`EDQUOT` as
+//! [`LogError::NoSpace`]), the segments created by the group are deleted, the last segment
+//! is truncated back to its last synced length, and the writer keeps serving later requests.
+//!
+//! Readers never see a byte that is not synced: after each successful group commit the
+//! writer publishes the durable lengths of the segments and then the durable end offset
+//! (through a `tokio::sync::watch` channel); readers read only below both.
+//!
+//! # Recovery
+//!
+//! Sealed segments are trusted at open (use [`verify`] to check them all). The last segment
+//! is scanned frame by frame from its header. The scan stops at the first frame that is
+//! torn or wrong: fewer than 8 bytes left, a length running past the end of the file, a
+//! length below 10, a CRC mismatch, a key length past the body, or an offset other than the
+//! expected next one. The file is truncated to the end of the last good frame and synced, and
+//! the [`RecoveryReport`] says how many bytes were dropped and why. A trailing segment that is
+//! shorter than a header, has an all-zero header, or holds no valid record is deleted when
+//! an older segment exists (a crash during a roll); when it is the only segment it is
+//! rewritten as an empty segment. A complete header with the wrong magic, an unknown version,
+//! or a base offset that disagrees with the file name is not a torn write: open fails with
+//! [`LogError::Corrupt`] and leaves the files alone.
+//!
+//! # Reading
+//!
+//! A reader finds the segment holding its start offset by base offset, jumps to the nearest
+//! entry of that segment's sparse in-memory index (one entry per [`INDEX_INTERVAL`]
+//! records, kept by the writer for new segments and built on first use for sealed segments
+//! found at open), and scans forward. It then reads sequentially in 1 MiB chunks, checking
+//! every frame's CRC and offset, crossing into the next segment at the end of a sealed one.
+//! Returned keys and values are zero-copy slices of the chunk they were read in.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::sync::{oneshot, watch};
+
+use crate::{
+    Log, LogEntry, LogError, LogReader, LogRecord, LogStats, Offset, Partition, RecordPosition,
+};
+
+/// The first 8 bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SHPLGSEG";
+/// The on-disk format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Length of the segment header in bytes.
+pub const SEGMENT_HEADER_LEN: u64 = 24;
+/// Bytes a frame adds to key + value: length, CRC, offset, key length.
+pub const FRAME_OVERHEAD: usize = 18;
+/// Bytes of a frame before its body: length and CRC.
+const FRAME_PREFIX: usize = 8;
+/// Body bytes before the key: offset and key length.
+const BODY_PREFIX: usize = 10;
+/// One sparse index entry per this many records of a segment.
+pub const INDEX_INTERVAL: u64 = 4096;
+/// Readers and scans read segments in chunks of this size.
+const READ_CHUNK: usize = 1 << 20;
+const SEGMENT_SUFFIX: &str = ".seg";
+const LOCK_FILE: &str = "LOCK";
+
+/// Sizes of the file log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLogConfig {
+    /// A segment is rolled before a frame would take it past this size (default 64 MiB).
+    pub segment_bytes: u64,
+    /// Largest key + value of one record (default 16 MiB).
+    pub max_record_bytes: usize,
+    /// Largest sum of frames written by one group commit (default 8 MiB). The first request
+    /// of a group is always taken, whatever its size.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for FileLogConfig {
+    fn default() -> Self {
+        FileLogConfig {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            max_batch_bytes: 8 << 20,
+        }
+    }
+}
+
+/// What [`SegmentedLog::open`] found and repaired; the caller logs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments of the log after recovery.
+    pub segments: u64,
+    /// Records in the log after recovery (end offset − start offset).
+    pub records: u64,
+    /// Bytes removed from the tail (torn frames, empty or torn trailing segments).
+    pub truncated_bytes: u64,
+    /// Why bytes were removed, with file and byte position; `None` for a clean open.
+    pub dropped_reason: Option<String>,
+}
+
+/// Result of [`verify`]: a full scan of every segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub segments: u64,
+    /// Valid records found (up to the first damage of each segment).
+    pub records: u64,
+    /// Total size of the segment files.
+    pub bytes: u64,
+    /// Every damaged place found, at most one per segment.
+    pub damage: Vec<SegmentDamage>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.damage.is_empty()
+    }
+}
+
+/// One damaged place in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentDamage {
+    pub segment: PathBuf,
+    /// Byte position in the segment file where the damage starts.
+    pub position: u64,
+    pub reason: String,
+}
+
+/// Scans every segment of the log in `dir` (header, every frame's CRC and offset, offsets
+/// contiguous across segments) and reports damage with segment and byte position. Read
+/// only; meant for a log that is not open (on a live log the tail may show in-flight bytes).
+pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
+    let mut report = VerifyReport::default();
+    let mut expected_base: Option<Offset> = None;
+    for (base, path) in list_segments(dir)? {
+        report.segments += 1;
+        let file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        report.bytes += len;
+        let damage = |position: u64, reason: String| SegmentDamage {
+            segment: path.clone(),
+            position,
+            reason,
+        };
+        if let Some(expected) = expected_base {
+            if expected != base {
+                report.damage.push(damage(
+                    0,
+                    format!("segment starts at offset {base}, the previous one ends at {expected}"),
+                ));
+            }
+        }
+        match check_header(&read_header(&file, len)?, base) {
+            Err(reason) | Ok(Header::Torn(reason)) => {
+                report.damage.push(damage(0, reason));
+                expected_base = None;
+                continue;
+            }
+            Ok(Header::Valid) => {}
+        }
+        let scan = scan_segment(&file, base, len)?;
+        report.records += scan.records;
+        if let Some((position, reason)) = scan.stop {
+            report.damage.push(damage(position, reason));
+        }
+        expected_base = Some(scan.next_offset);
+    }
+    Ok(report)
+}
+
+/// The embedded durable log: one partition (0) stored as segment files in a directory.
+/// See the [module documentation](self) for the format and the guarantees.
+pub struct SegmentedLog {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stopped: watch::Receiver<()>,
+    dir: PathBuf,
+    config: FileLogConfig,
+}
+
+impl std::fmt::Debug for SegmentedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentedLog")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("end", &*self.shared.durable.borrow())
+            .finish()
+    }
+}
+
+impl SegmentedLog {
+    /// Opens (creating if needed) the log in `dir`, recovers its tail, and starts the writer
+    /// thread. Fails with [`LogError::Unavailable`] if another process has it open.
+    pub fn open(dir: &Path, config: FileLogConfig) -> Result<(SegmentedLog, RecoveryReport), LogError> {
+        validate_config(&config)?;
+        fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        let dir_file = File::open(dir)?;
+        let mut segments = list_segments(dir)?;
+        let mut report = RecoveryReport::default();
+        let tail = recover_tail(dir, &dir_file, &mut segments, &mut report)?;
+
+        let mut infos: Vec<SegmentInfo> = segments[..segments.len() - 1]
+            .iter()
+            .map(|(base, path)| -> Result<SegmentInfo, LogError> {
+                Ok(SegmentInfo {
+                    base: *base,
+                    path: path.clone(),
+                    len: fs::metadata(path)?.len(),
+                    index: Vec::new(),
+                    indexed: false,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let (tail_base, tail_path) = segments.last().cloned().expect("recovery leaves a segment");
+        infos.push(SegmentInfo {
+            base: tail_base,
+            path: tail_path.clone(),
+            len: tail.len,
+            index: tail.index,
+            indexed: true,
+        });
+        let start = infos[0].base;
+        report.segments = infos.len() as u64;
+        report.records = tail.next_offset - start;
+
+        let (durable, _) = watch::channel(tail.next_offset);
+        let shared = Arc::new(Shared {
+            table: RwLock::new(Table { segments: infos }),
+            durable,
+            syncs: AtomicU64::new(0),
+            faults: Faults::default(),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let (stopped_tx, stopped) = watch::channel(());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            dir_file,
+            _lock: lock,
+            config: config.clone(),
+            file: tail.file,
+            tail_base,
+            tail_path,
+            tail_len: tail.len,
+            next_offset: tail.next_offset,
+            dirty: false,
+            buf: Vec::new(),
+            shared: shared.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("shiplog-log-writer".into())
+            .spawn(move || writer.run(receiver, stopped_tx))?;
+        let log = SegmentedLog {
+            shared,
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+            stopped,
+            dir: dir.to_path_buf(),
+            config,
+        };
+        Ok((log, report))
+    }
+
+    /// [`verify`] for this log's directory.
+    pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
+        verify(dir)
+    }
+
+    /// The directory holding the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The first offset the log holds.
+    pub fn start_offset(&self) -> Offset {
+        read_lock(&self.shared.table).segments[0].base
+    }
+
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+}
+
+impl Drop for SegmentedLog {
+    fn drop(&mut self) {
+        // Dropping the sender lets the writer drain what is queued and exit.
+        lock(&self.sender).take();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Log for SegmentedLog {
+    fn append(
+        &self,
+        records: Vec<LogRecord>,
+    ) -> BoxFuture<'static, Result<Vec<RecordPosition>, LogError>> {
+        let mut bytes = 0usize;
+        for record in &records {
+            let size = record.key.len() + record.value.len();
+            if size > self.config.max_record_bytes {
+                return err_future(LogError::RecordTooLarge {
+                    size,
+                    limit: self.config.max_record_bytes,
+                });
+            }
+            if record.key.len() > u16::MAX as usize {
+                return err_future(LogError::RecordTooLarge {
+                    size: record.key.len(),
+                    limit: u16::MAX as usize,
+                });
+            }
+            bytes += FRAME_OVERHEAD + size;
+        }
+        let (reply, response) = oneshot::channel();
+        let sent = match &*lock(&self.sender) {
+            None => false,
+            Some(_) if records.is_empty() => return Box::pin(async { Ok(Vec::new()) }),
+            Some(sender) => sender
+                .send(AppendRequest {
+                    records,
+                    bytes,
+                    reply,
+                })
+                .is_ok(),
+        };
+        if !sent {
+            return err_future(LogError::Closed);
+        }
+        Box::pin(async move { response.await.unwrap_or(Err(LogError::Closed)) })
+    }
+
+    fn partitions(&self) -> Vec<Partition> {
+        vec![0]
+    }
+
+    fn reader(&self, partition: Partition, from: Offset) -> Result<Box<dyn LogReader>, LogError> {
+        if partition != 0 {
+            return Err(LogError::Unavailable(format!(
+                "partition {partition} does not exist (the file log has partition 0 only)"
+            )));
+        }
+        let durable = self.shared.durable.subscribe();
+        let end = *durable.borrow();
+        let start = self.start_offset();
+        if from < start || from > end {
+            return Err(LogError::OutOfRange {
+                offset: from,
+                start,
+                end,
+            });
+        }
+        Ok(Box::new(SegmentReader {
+            shared: self.shared.clone(),
+            durable,
+            next: from,
+            cursor: None,
+        }))
+    }
+
+    fn end_offset(&self, partition: Partition) -> Offset {
+        if partition == 0 {
+            *self.shared.durable.borrow()
+        } else {
+            0
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'static, Result<(), LogError>> {
+        // Queued appends stay in the channel and are committed before the writer exits.
+        lock(&self.sender).take();
+        let mut stopped = self.stopped.clone();
+        Box::pin(async move {
+            // The writer drops its end after its last group commit and closing its files.
+            while stopped.changed().await.is_ok() {}
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> LogStats {
+        let table = read_lock(&self.shared.table);
+        LogStats {
+            bytes: table.segments.iter().map(|s| s.len).sum(),
+            records: *self.shared.durable.borrow(),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+            segments: table.segments.len() as u64,
+        }
+    }
+}
+
+fn err_future<T: Send + 'static>(error: LogError) -> BoxFuture<'static, Result<T, LogError>> {
+    Box::pin(async move { Err(error) })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn validate_config(config: &FileLogConfig) -> Result<(), LogError> {
+    let invalid = |msg: &str| {
+        Err(LogError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid file log config: {msg}"),
+        )))
+    };
+    if config.segment_bytes < 2 * SEGMENT_HEADER_LEN {
+        return invalid("segment_bytes is too small");
+    }
+    if config.max_record_bytes > (u32::MAX as usize - BODY_PREFIX) {
+        return invalid("max_record_bytes must fit a u32 frame length");
+    }
+    if config.max_batch_bytes == 0 {
+        return invalid("max_batch_bytes must be positive");
+    }
+    Ok(())
+}
+
+/// The state shared by the log handle, the writer thread and the readers.
+struct Shared {
+    table: RwLock<Table>,
+    /// The durable end offset; published after the table is updated.
+    durable: watch::Sender<Offset>,
+    syncs: AtomicU64,
+    faults: Faults,
+}
+
+struct Table {
+    /// Sorted by base offset; never empty.
+    segments: Vec<SegmentInfo>,
+}
+
+impl Table {
+    /// Index of the segment holding `offset` (the last one whose base is ≤ offset).
+    fn find(&self, offset: Offset) -> Option<usize> {
+        self.segments
+            .partition_point(|s| s.base <= offset)
+            .checked_sub(1)
+    }
+}
+
+struct SegmentInfo {
+    base: Offset,
+    path: PathBuf,
+    /// Durable length in bytes: readers read below it.
+    len: u64,
+    /// Sparse index: (offset, byte position of its frame), ascending.
+    index: Vec<(Offset, u64)>,
+    /// Whether `index` is complete (sealed segments found at open are indexed lazily).
+    indexed: bool,
+}
+
+/// Error injection for tests: each counter fails that many upcoming operations.
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Upcoming writes fail with ENOSPC after writing half their bytes.
+    fail_writes: AtomicU32,
+    /// Upcoming fdatasyncs fail with EIO.
+    fail_syncs: AtomicU32,
+}
+
+impl Faults {
+    #[cfg(test)]
+    pub(crate) fn fail_next_writes(&self, n: u32) {
+        self.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fail_next_syncs(&self, n: u32) {
+        self.fail_syncs.store(n, Ordering::SeqCst);
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn write_all_at(&self, file: &File, data: &[u8], pos: u64) -> io::Result<()> {
+        if Self::take(&self.fail_writes) {
+            file.write_all_at(&data[..data.len() / 2], pos)?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        file.write_all_at(data, pos)
+    }
+
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        if Self::take(&self.fail_syncs) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        file.sync_data()
+    }
+}
+
+fn map_io_error(error: &io::Error) -> LogError {
+    match error.raw_os_error() {
+        Some(code) if code == libc::ENOSPC || code == libc::EDQUOT => LogError::NoSpace,
+        _ => LogError::Io(io::Error::new(error.kind(), error.to_string())),
+    }
+}
+
+fn segment_path(dir: &Path, base: Offset) -> PathBuf {
+    dir.join(format!("{base:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Segment files of `dir`, sorted by base offset.
+fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(digits) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(base) = digits.parse::<Offset>() else {
+            continue;
+        };
+        segments.push((base, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(LOCK_FILE))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LogError::Unavailable(format!(
+                "log directory {} is in use by another log instance",
+                dir.display()
+            )));
+        }
+        return Err(error.into());
+    }
+    Ok(file)
+}
+
+fn segment_header(base: Offset) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    header[..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&base.to_le_bytes());
+    header
+}
+
+enum Header {
+    Valid,
+    /// Not a complete header: a crash while the segment was being created.
+    Torn(String),
+}
+
+fn read_header(file: &File, file_len: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; file_len.min(SEGMENT_HEADER_LEN) as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// `Err` is damage that is not a torn write.
+fn check_header(bytes: &[u8], base: Offset) -> Result<Header, String> {
+    if bytes.len() < SEGMENT_HEADER_LEN as usize {
+        return Ok(Header::Torn(format!(
+            "partial segment header ({} of {SEGMENT_HEADER_LEN} bytes)",
+            bytes.len()
+        )));
+    }
+    if bytes.iter().all(|&b| b == 0) {
+        return Ok(Header::Torn("all-zero segment header".into()));
+    }
+    if bytes[..8] != SEGMENT_MAGIC {
+        return Err("bad segment magic".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported segment format version {version}"));
+    }
+    let header_base = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if header_base != base {
+        return Err(format!(
+            "header base offset {header_base} does not match the file name ({base})"
+        ));
+    }
+    Ok(Header::Valid)
+}
+
+fn encode_frame(buf: &mut Vec<u8>, offset: Offset, key: &[u8], value: &[u8]) {
+    let body_len = (BODY_PREFIX + key.len() + value.len()) as u32;
+    buf.extend_from_slice(&body_len.to_le_bytes());
+    let crc_at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let body_at = buf.len();
+    buf.extend_from_slice(&offset.to_le_bytes());
+    buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(value);
+    let crc = crc32c::crc32c(&buf[body_at..]);
+    buf[crc_at..body_at].copy_from_slice(&crc.to_le_bytes());
+}
+
+enum Parsed {
+    /// A whole, CRC-checked frame of `total` bytes; key at `18..18+key_len`, value after.
+    Frame {
+        offset: Offset,
+        key_len: usize,
+        total: usize,
+    },
+    /// The frame needs this many bytes in all.
+    Incomplete(usize),
+    Bad(String),
+}
+
+fn parse_frame(buf: &[u8]) -> Parsed {
+    if buf.len() < FRAME_PREFIX {
+        return Parsed::Incomplete(FRAME_PREFIX);
+    }
+    let body_len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    if body_len < BODY_PREFIX {
+        return Parsed::Bad(format!("frame length {body_len} is below the minimum of {BODY_PREFIX}"));
+    }
+    let total = FRAME_PREFIX + body_len;
+    if buf.len() < total {
+        return Parsed::Incomplete(total);
+    }
+    let stored = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let body = &buf[FRAME_PREFIX..total];
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Parsed::Bad(format!(
+            "CRC32C mismatch (stored {stored:08x}, computed {computed:08x})"
+        ));
+    }
+    let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    let key_len = u16::from_le_bytes(body[8..10].try_into().expect("2 bytes")) as usize;
+    if BODY_PREFIX + key_len > body_len {
+        return Parsed::Bad(format!("key length {key_len} runs past the frame"));
+    }
+    Parsed::Frame {
+        offset,
+        key_len,
+        total,
+    }
+}
+
+struct Scan {
+    /// End of the last valid frame.
+    valid_len: u64,
+    records: u64,
+    next_offset: Offset,
+    index: Vec<(Offset, u64)>,
+    /// Where and why the scan stopped before the end of the file.
+    stop: Option<(u64, String)>,
+}
+
+/// Walks the frames of a segment from its header to `file_len`, checking CRCs and offsets.
+fn scan_segment(file: &File, base: Offset, file_len: u64) -> io::Result<Scan> {
+    let mut scan = Scan {
+        valid_len: SEGMENT_HEADER_LEN,
+        records: 0,
+        next_offset: base,
+        index: Vec::new(),
+        stop: None,
+    };
+    let mut data: Vec<u8> = Vec::new();
+    let mut data_pos = SEGMENT_HEADER_LEN; // file position of data[0]
+    let mut cursor = 0usize;
+    loop {
+        let pos = data_pos + cursor as u64;
+        match parse_frame(&data[cursor..]) {
+            Parsed::Frame { offset, total, .. } => {
+                if offset != scan.next_offset {
+                    scan.stop = Some((
+                        pos,
+                        format!("frame holds offset {offset}, expected {}", scan.next_offset),
+                    ));
+                    break;
+                }
+                if (offset - base) % INDEX_INTERVAL == 0 {
+                    scan.index.push((offset, pos));
+                }
+                cursor += total;
+                scan.records += 1;
+                scan.next_offset += 1;
+                scan.valid_len = pos + total as u64;
+            }
+            Parsed::Incomplete(need) => {
+                let available = file_len.saturating_sub(pos);
+                if available == 0 {
+                    break;
+                }
+                if need as u64 > available {
+                    let reason = if available < FRAME_PREFIX as u64 {
+                        format!("torn frame header ({available} bytes at the end of the file)")
+                    } else {
+                        format!(
+                            "frame of {need} bytes runs past the end of the file ({available} bytes left)"
+                        )
+                    };
+                    scan.stop = Some((pos, reason));
+                    break;
+                }
+                data.drain(..cursor);
+                cursor = 0;
+                data_pos = pos;
+                let have = data.len();
+                let want = need.max(READ_CHUNK).min(available as usize);
+                data.resize(want, 0);
+                file.read_exact_at(&mut data[have..], data_pos + have as u64)?;
+            }
+            Parsed::Bad(reason) => {
+                scan.stop = Some((pos, reason));
+                break;
+            }
+        }
+    }
+    Ok(scan)
+}
+
+struct RecoveredTail {
+    file: File,
+    len: u64,
+    next_offset: Offset,
+    index: Vec<(Offset, u64)>,
+}
+
+/// Repairs the last segment (see the module doc), creating the first one for a new log.
+/// Leaves `segments` holding the segments that remain.
+fn recover_tail(
+    dir: &Path,
+    dir_file: &File,
+    segments: &mut Vec<(Offset, PathBuf)>,
+    report: &mut RecoveryReport,
+) -> Result<RecoveredTail, LogError> {
+    let mut reasons: Vec<String> = Vec::new();
+    let result = loop {
+        let Some((base, path)) = segments.last().cloned() else {
+            let path = segment_path(dir, 0);
+            let file = create_fresh_segment(&path, 0)?;
+            dir_file.sync_all()?;
+            segments.push((0, path));
+            break RecoveredTail {
+                file,
+                len: SEGMENT_HEADER_LEN,
+                next_offset: 0,
+                index: Vec::new(),
+            };
+        };
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file_len = file.metadata()?.len();
+        let only = segments.len() == 1;
+        let (records, stop) = match check_header(&read_header(&file, file_len)?, base) {
+            Err(reason) => {
+                return Err(LogError::Corrupt {
+                    location: format!("{} byte 0", path.display()),
+                    reason,
+                })
+            }
+            Ok(Header::Torn(reason)) => (None, Some((0, reason))),
+            Ok(Header::Valid) => {
+                let scan = scan_segment(&file, base, file_len)?;
+                let stop = scan.stop.clone();
+                (Some(scan), stop)
+            }
+        };
+        let has_records = records.as_ref().is_some_and(|s| s.records > 0);
+        if !has_records && !only {
+            // A crash during a roll: drop the empty trailing segment, the previous one
+            // becomes the tail again.
+            drop(file);
+            fs::remove_file(&path)?;
+            dir_file.sync_all()?;
+            report.truncated_bytes += file_len;
+            let why = stop.map(|(_, r)| r).unwrap_or_else(|| "no records".into());
+            reasons.push(format!("{}: removed trailing segment ({why})", path.display()));
+            segments.pop();
+            continue;
+        }
+        match records {
+            None => {
+                // The only segment, and its header is torn: start it afresh.
+                drop(file);
+                let file = create_fresh_segment(&path, base)?;
+                report.truncated_bytes += file_len;
+                let why = stop.map(|(_, r)| r).unwrap_or_default();
+                reasons.push(format!("{}: rewrote segment header ({why})", path.display()));
+                break RecoveredTail {
+                    file,
+                    len: SEGMENT_HEADER_LEN,
+                    next_offset: base,
+                    index: Vec::new(),
+                };
+            }
+            Some(scan) => {
+                if let Some((position, why)) = stop {
+                    file.set_len(scan.valid_len)?;
+                    file.sync_all()?;
+                    report.truncated_bytes += file_len - scan.valid_len;
+                    reasons.push(format!(
+                        "{} byte {position}: truncated {} bytes ({why})",
+                        path.display(),
+                        file_len - scan.valid_len
+                    ));
+                }
+                break RecoveredTail {
+                    file,
+                    len: scan.valid_len,
+                    next_offset: scan.next_offset,
+                    index: scan.index,
+                };
+            }
+        }
+    };
+    if !reasons.is_empty() {
+        let reason = reasons.join("; ");
+        tracing::warn!(truncated_bytes = report.truncated_bytes, %reason, "log tail repaired");
+        report.dropped_reason = Some(reason);
+    }
+    Ok(result)
+}
+
+/// Creates (or empties) a segment with just its header, synced.
+fn create_fresh_segment(path: &Path, base: Offset) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all_at(&segment_header(base), 0)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+struct AppendRequest {
+    records: Vec<LogRecord>,
+    /// Sum of the frame sizes.
+    bytes: usize,
+    reply: oneshot::Sender<Result<Vec<RecordPosition>, LogError>>,
+}
+
+/// The writer thread's state: the only code that changes segment files.
+struct Writer {
+    dir: PathBuf,
+    dir_file: File,
+    _lock: File,
+    config: FileLogConfig,
+    /// The last segment, open for writing.
+    file: File,
+    tail_base: Offset,
+    tail_path: PathBuf,
+    /// Synced length of the last segment.
+    tail_len: u64,
+    /// Next offset to assign (= durable end).
+    next_offset: Offset,
+    /// A failed group may have left bytes past `tail_len` that could not be truncated yet.
+    dirty: bool,
+    buf: Vec<u8>,
+    shared: Arc<Shared>,
+}
+
+/// What one group commit changed, to publish on success or undo on failure.
+struct Group {
+    /// The segment that was the tail when the group began, if the group rolled.
+    original: Option<File>,
+    /// Segments this group created.
+    created: Vec<PathBuf>,
+    /// Durable lengths and new index entries per segment touched, in order.
+    updates: Vec<SegmentUpdate>,
+    seg_base: Offset,
+    seg_path: PathBuf,
+    /// File position where `Writer::buf` goes in the current segment.
+    seg_start: u64,
+    index: Vec<(Offset, u64)>,
+    next: Offset,
+}
+
+struct SegmentUpdate {
+    base: Offset,
+    path: PathBuf,
+    len: u64,
+    index: Vec<(Offset, u64)>,
+}
+
+impl Writer {
+    fn run(mut self, requests: mpsc::Receiver<AppendRequest>, stopped: watch::Sender<()>) {
+        let max_batch = self.config.max_batch_bytes;
+        let mut carry: Option<AppendRequest> = None;
+        loop {
+            let first = match carry.take() {
+                Some(request) => request,
+                None => match requests.recv() {
+                    Ok(request) => request,
+                    Err(_) => break, // every sender is gone and the queue is drained
+                },
+            };
+            let mut bytes = first.bytes;
+            let mut group = vec![first];
+            while bytes < max_batch {
+                match requests.try_recv() {
+                    Ok(request) if bytes + request.bytes > max_batch => {
+                        carry = Some(request);
+                        break;
+                    }
+                    Ok(request) => {
+                        bytes += request.bytes;
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+        drop(self); // close the files and release the directory lock
+        drop(stopped); // then tell close() we are done
+    }
+
+    fn commit(&mut self, requests: Vec<AppendRequest>) {
+        let first_offset = self.next_offset;
+        let mut group = Group {
+            original: None,
+            created: Vec::new(),
+            updates: Vec::new(),
+            seg_base: self.tail_base,
+            seg_path: self.tail_path.clone(),
+            seg_start: self.tail_len,
+            index: Vec::new(),
+            next: self.next_offset,
+        };
+        match self.write_group(&requests, &mut group) {
+            Ok(()) => {
+                self.publish(group);
+                let mut offset = first_offset;
+                for request in requests {
+                    let n = request.records.len() as u64;
+                    let positions = (offset..offset + n)
+                        .map(|offset| RecordPosition {
+                            partition: 0,
+                            offset,
+                        })
+                        .collect();
+                    offset += n;
+                    let _ = request.reply.send(Ok(positions));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, requests = requests.len(), "log group commit failed");
+                self.rollback(group);
+                for request in requests {
+                    let _ = request.reply.send(Err(map_io_error(&error)));
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, requests: &[AppendRequest], g: &mut Group) -> io::Result<()> {
+        let faults = &self.shared.faults;
+        if self.dirty {
+            self.file.set_len(self.tail_len)?;
+            faults.sync_data(&self.file)?;
+            self.dirty = false;
+        }
+        self.buf.clear();
+        for record in requests.iter().flat_map(|r| &r.records) {
+            let frame_len = (FRAME_OVERHEAD + record.key.len() + record.value.len()) as u64;
+            let current = g.seg_start + self.buf.len() as u64;
+            if current > SEGMENT_HEADER_LEN && current + frame_len > self.config.segment_bytes {
+                // Seal the current segment, then roll to a new one named by the next offset.
+                faults.write_all_at(&self.file, &self.buf, g.seg_start)?;
+                faults.sync_data(&self.file)?;
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                g.updates.push(SegmentUpdate {
+                    base: g.seg_base,
+                    path: g.seg_path.clone(),
+                    len: current,
+                    index: std::mem::take(&mut g.index),
+                });
+                let path = segment_path(&self.dir, g.next);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?;
+                g.created.push(path.clone());
+                let previous = std::mem::replace(&mut self.file, file);
+                if g.original.is_none() {
+                    g.original = Some(previous);
+                }
+                faults.write_all_at(&self.file, &segment_header(g.next), 0)?;
+                g.seg_base = g.next;
+                g.seg_path = path;
+                g.seg_start = SEGMENT_HEADER_LEN;
+                self.buf.clear();
+            }
+            if (g.next - g.seg_base) % INDEX_INTERVAL == 0 {
+                g.index.push((g.next, g.seg_start + self.buf.len() as u64));
+            }
+            encode_frame(&mut self.buf, g.next, &record.key, &record.value);
+            g.next += 1;
+        }
+        faults.write_all_at(&self.file, &self.buf, g.seg_start)?;
+        faults.sync_data(&self.file)?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        if !g.created.is_empty() {
+            self.dir_file.sync_all()?;
+        }
+        g.updates.push(SegmentUpdate {
+            base: g.seg_base,
+            path: g.seg_path.clone(),
+            len: g.seg_start + self.buf.len() as u64,
+            index: std::mem::take(&mut g.index),
+        });
+        Ok(())
+    }
+
+    /// Makes a committed group visible: segment table first, then the durable end.
+    fn publish(&mut self, g: Group) {
+        self.tail_base = g.seg_base;
+        self.tail_path = g.seg_path;
+        self.tail_len = g.seg_start + self.buf.len() as u64;
+        self.next_offset = g.next;
+        {
+            let mut table = write_lock(&self.shared.table);
+            for update in g.updates {
+                match table.segments.last_mut() {
+                    Some(last) if last.base == update.base => {
+                        last.len = update.len;
+                        last.index.extend(update.index);
+                    }
+                    _ => table.segments.push(SegmentInfo {
+                        base: update.base,
+                        path: update.path,
+                        len: update.len,
+                        index: update.index,
+                        indexed: true,
+                    }),
+                }
+            }
+        }
+        self.shared.durable.send_replace(self.next_offset);
+    }
+
+    /// Undoes a failed group: deletes the segments it created and truncates the tail back
+    /// to its synced length. If that fails too, retries before the next group.
+    fn rollback(&mut self, g: Group) {
+        if let Some(original) = g.original {
+            self.file = original;
+        }
+        for path in &g.created {
+            if let Err(error) = fs::remove_file(path) {
+                tracing::error!(%error, path = %path.display(), "could not remove segment of a failed group");
+            }
+        }
+        if !g.created.is_empty() {
+            if let Err(error) = self.dir_file.sync_all() {
+                tracing::error!(%error, "could not sync the log directory");
+            }
+        }
+        let truncated = self
+            .file
+            .set_len(self.tail_len)
+            .and_then(|()| self.shared.faults.sync_data(&self.file));
+        if let Err(error) = truncated {
+            tracing::error!(%error, "could not truncate the log tail after a failed write");
+            self.dirty = true;
+        }
+    }
+}
+
+/// Runs blocking file I/O from async code without stalling the runtime's other tasks.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+struct SegmentReader {
+    shared: Arc<Shared>,
+    durable: watch::Receiver<Offset>,
+    /// Offset of the next record to return.
+    next: Offset,
+    cursor: Option<ReadCursor>,
+}
+
+struct ReadCursor {
+    base: Offset,
+    file: File,
+    /// Read but not yet returned bytes; starts at a frame boundary.
+    buf: Bytes,
+    /// File position just after `buf`.
+    read_pos: u64,
+}
+
+impl SegmentReader {
+    fn corrupt(&self, base: Offset, position: u64, reason: String) -> LogError {
+        let table = read_lock(&self.shared.table);
+        let path = table
+            .find(base)
+            .map(|i| table.segments[i].path.display().to_string())
+            .unwrap_or_else(|| format!("segment {base}"));
+        LogError::Corrupt {
+            location: format!("{path} byte {position}"),
+            reason,
+        }
+    }
+
+    /// Opens the segment holding `offset` at the nearest index entry at or before it.
+    fn open_at(&self, offset: Offset) -> Result<ReadCursor, LogError> {
+        let (base, path, len, indexed) = {
+            let table = read_lock(&self.shared.table);
+            let start = table.segments[0].base;
+            let end = *self.durable.borrow();
+            let i = table.find(offset).ok_or(LogError::OutOfRange { offset, start, end })?;
+            let s = &table.segments[i];
+            (s.base, s.path.clone(), s.len, s.indexed)
+        };
+        let file = File::open(&path)?;
+        if !indexed {
+            let scan = scan_segment(&file, base, len)?;
+            if let Some((position, reason)) = scan.stop {
+                return Err(self.corrupt(base, position, reason));
+            }
+            let mut table = write_lock(&self.shared.table);
+            if let Some(i) = table.find(base) {
+                let s = &mut table.segments[i];
+                if s.base == base && !s.indexed {
+                    s.index = scan.index;
+                    s.indexed = true;
+                }
+            }
+        }
+        let read_pos = {
+            let table = read_lock(&self.shared.table);
+            let s = &table.segments[table.find(base).expect("segment present")];
+            let i = s.index.partition_point(|&(o, _)| o <= offset);
+            if i == 0 {
+                SEGMENT_HEADER_LEN
+            } else {
+                s.index[i - 1].1
+            }
+        };
+        Ok(ReadCursor {
+            base,
+            file,
+            buf: Bytes::new(),
+            read_pos,
+        })
+    }
+
+    /// Durable length of the segment `base`, and the base of the next segment if any.
+    fn segment_limit(&self, base: Offset) -> (u64, Option<Offset>) {
+        let table = read_lock(&self.shared.table);
+        match table.find(base) {
+            Some(i) => (
+                table.segments[i].len,
+                table.segments.get(i + 1).map(|s| s.base),
+            ),
+            None => (0, None),
+        }
+    }
+
+    /// Reads records below `end` that are available now.
+    fn read_available(
+        &mut self,
+        end: Offset,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, LogError> {
+        let wanted = (end - self.next).min(max_records as u64) as usize;
+        let mut out = Vec::with_capacity(wanted.min(8192));
+        let mut bytes = 0usize;
+        while self.next < end && out.len() < max_records && bytes < max_bytes {
+            if self.cursor.is_none() {
+                self.cursor = Some(self.open_at(self.next)?);
+            }
+            let cursor = self.cursor.as_mut().expect("cursor just set");
+            match parse_frame(&cursor.buf) {
+                Parsed::Frame {
+                    offset,
+                    key_len,
+                    total,
+                } => {
+                    if offset < self.next {
+                        // Skipping from an index entry to the start offset.
+                        cursor.buf = cursor.buf.slice(total..);
+                        continue;
+                    }
+                    if offset != self.next {
+                        let (base, position) = (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
+                        return Err(self.corrupt(
+                            base,
+                            position,
+                            format!("frame holds offset {offset}, expected {}", self.next),
+                        ));
+                    }
+                    let key_end = FRAME_OVERHEAD + key_len;
+                    out.push(LogEntry {
+                        partition: 0,
+                        offset,
+                        key: cursor.buf.slice(FRAME_OVERHEAD..key_end),
+                        value: cursor.buf.slice(key_end..total),
+                    });
+                    bytes += total - FRAME_OVERHEAD;
+                    cursor.buf = cursor.buf.slice(total..);
+                    self.next += 1;
+                }
+                Parsed::Incomplete(need) => {
+                    let (limit, next_base) = self.segment_limit(cursor.base);
+                    if cursor.read_pos < limit {
+                        let have = cursor.buf.len();
+                        // `have < need` here, so at least one byte is read.
+                        let more = need
+                            .max(READ_CHUNK)
+                            .saturating_sub(have)
+                            .min((limit - cursor.read_pos) as usize);
+                        let mut chunk = Vec::with_capacity(have + more);
+                        chunk.extend_from_slice(&cursor.buf);
+                        chunk.resize(have + more, 0);
+                        cursor.file.read_exact_at(&mut chunk[have..], cursor.read_pos)?;
+                        cursor.read_pos += more as u64;
+                        cursor.buf = Bytes::from(chunk);
+                    } else if let (true, Some(next_base)) = (cursor.buf.is_empty(), next_base) {
+                        if next_base != self.next {
+                            let (base, position) = (cursor.base, cursor.read_pos);
+                            return Err(self.corrupt(
+                                base,
+                                position,
+                                format!(
+                                    "segment ends before offset {}, the next one starts at {next_base}",
+                                    self.next
+                                ),
+                            ));
+                        }
+                        self.cursor = None; // on to the next segment
+                    } else if cursor.buf.is_empty() {
+                        break; // the durable end has not reached the table yet
+                    } else {
+                        let (base, position) = (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
+                        return Err(self.corrupt(
+                            base,
+                            position,
+                            "frame runs past the durable end of the segment".into(),
+                        ));
+                    }
+                }
+                Parsed::Bad(reason) => {
+                    let (base, position) = (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
+                    return Err(self.corrupt(base, position, reason));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl LogReader for SegmentReader {
+    fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, LogError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let end = *self.durable.borrow_and_update();
+                if self.next < end && max_records > 0 {
+                    let batch = blocking(|| self.read_available(end, max_records, max_bytes))?;
+                    if !batch.is_empty() {
+                        return Ok(batch);
+                    }
+                }
+                match tokio::time::timeout_at(deadline, self.durable.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // Timed out, or the log is gone: nothing new.
+                    Ok(Err(_)) | Err(_) => return Ok(Vec::new()),
+                }
+            }
+        })
+    }
+
+    fn position(&self) -> Offset {
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+//! The shiplog durable log: the source of truth.
+//!
+//! Owns the [`Log`] trait and its embedded backend, the segmented file log
+//! ([`file::SegmentedLog`]); the Kafka backend plugs in behind the same trait.
+//!
+//! Guarantees:
+//! - [`Log::append`] resolves only once every record of the batch is durable (fsynced for
+//!   the file log, acknowledged by all in-sync replicas for Kafka). There is no
+//!   "unconfirmed" append: the type of the call makes the ingest promise impossible to
+//!   break by accident.
+//! - Readers only ever see durable records, in offset order, each exactly once per read
+//!   position.
+//! - Consumer positions ([`PositionStore`]) are replaced atomically.
+
+pub mod file;
+mod positions;
+
+pub use positions::PositionStore;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::time::Duration;
+
+/// A record's offset within its partition. Offsets are dense: 0, 1, 2, …
+pub type Offset = u64;
+
+/// A log partition. The file log has exactly one, partition 0.
+pub type Partition = u32;
+
+/// One record to append: `key` routes it (the project: Kafka keeps a project's events in
+/// order), `value` is the event JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub key: Bytes,
+    pub value: Bytes,
+}
+
+/// One record read back, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub key: Bytes,
+    pub value: Bytes,
+}
+
+/// Where one appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPosition {
+    pub partition: Partition,
+    pub offset: Offset,
+}
+
+/// Figures for `/metrics` and operations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Bytes on disk (file log) or produced (Kafka).
+    pub bytes: u64,
+    /// Records durable in the log (file log: next offset).
+    pub records: u64,
+    /// Number of syncs (group commits) performed since open.
+    pub syncs: u64,
+    /// Number of segments (file log).
+    pub segments: u64,
+}
+
+/// Errors of the log, tagged so ingest can choose 507 / 503 / 500.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The disk is full: retry later, once space is freed (ingest: 507).
+    #[error("no space left on the log's disk")]
+    NoSpace,
+    /// The backend is unreachable or overloaded (Kafka brokers down, queue full): retry
+    /// (ingest: 503 + Retry-After).
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
+    /// The log was closed (shutdown).
+    #[error("log is closed")]
+    Closed,
+    /// A record is larger than the log accepts.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+    /// On-disk data is damaged where it must not be (not a torn tail).
+    #[error("corrupt log at {location}: {reason}")]
+    Corrupt { location: String, reason: String },
+    /// A read asked for an offset the log no longer or not yet has.
+    #[error("offset {offset} is out of range (log holds {start}..{end})")]
+    OutOfRange {
+        offset: Offset,
+        start: Offset,
+        end: Offset,
+    },
+    #[error("log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl LogError {
+    /// Whether the same append may succeed later (so the client should retry).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            LogError::NoSpace | LogError::Unavailable(_) | LogError::Closed
+        )
+    }
+}
+
+/// A durable, ordered, partitioned log.
+pub trait Log: Send + Sync + 'static {
+    /// Appends a batch and resolves once every record is durable, with the position of each
+    /// record in batch order. Concurrent calls share syncs (group commit). On error, none of
+    /// the batch may be assumed durable (the caller answers the client with an error, and a
+    /// client retry is deduplicated by the ingest layer).
+    fn append(&self, records: Vec<LogRecord>)
+        -> BoxFuture<'static, Result<Vec<RecordPosition>, LogError>>;
+
+    /// The partitions of this log.
+    fn partitions(&self) -> Vec<Partition>;
+
+    /// A reader of one partition, starting at `from` (inclusive). Reading below the log's
+    /// start is `OutOfRange`; `from` = the partition's end is fine (the reader waits).
+    fn reader(&self, partition: Partition, from: Offset) -> Result<Box<dyn LogReader>, LogError>;
+
+    /// The next offset to be written in each partition (= count of durable records for the
+    /// file log).
+    fn end_offset(&self, partition: Partition) -> Offset;
+
+    /// Syncs and stops accepting appends; pending appends complete first.
+    fn close(&self) -> BoxFuture<'static, Result<(), LogError>>;
+
+    fn stats(&self) -> LogStats;
+}
+
+/// Reads durable records of one partition in offset order.
+pub trait LogReader: Send {
+    /// Returns up to `max_records` records (or about `max_bytes`), waiting at most `wait` for
+    /// the first one; an empty vector means nothing new arrived in time.
+    fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, LogError>>;
+
+    /// The offset the next returned record will have.
+    fn position(&self) -> Offset;
+}

@@ -1,0 +1,698 @@
+//! Log entry JSON → Arrow columns, without building a `serde_json::Value` tree.
+//!
+//! Every field is first captured as a borrowed `&RawValue` (a slice of the entry's bytes)
+//! and then converted straight into the column's builder. Strings without escapes are
+//! borrowed, never copied twice. Conversion rules (documented in the crate docs):
+//! a value of the column's type is stored as is; a value of another type is converted
+//! when that is meaningful (number → utf8 text, float → int64 rounded, numeric string →
+//! number) and otherwise stored as null; whenever the stored value is not an exact
+//! image of what was sent, the original JSON is also kept in `extra`.
+
+use crate::schema::{self, ColType, ENVELOPE_STRINGS};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListArray,
+    StringBuilder, StructArray, TimestampMicrosecondBuilder,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::record_batch::RecordBatch;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use shiplog_events::Kind;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+/// A string that borrows from the input when it has no escapes.
+pub(crate) struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct FieldsSeed<F>(F);
+
+impl<'de, F: FnMut(Cow<'de, str>, &'de RawValue)> DeserializeSeed<'de> for FieldsSeed<F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(Cow<'de, str>, &'de RawValue)> Visitor<'de> for FieldsSeed<F> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(k) = map.next_key::<Str<'de>>()? {
+            let v: &'de RawValue = map.next_value()?;
+            (self.0)(k.0, v);
+        }
+        Ok(())
+    }
+}
+
+struct ElementsSeed<F>(F);
+
+impl<'de, F: FnMut(&'de RawValue)> Visitor<'de> for ElementsSeed<F> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(v) = seq.next_element::<&'de RawValue>()? {
+            (self.0)(v);
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` for each member of a JSON object; false when `json` is not an object.
+pub(crate) fn for_each_field<'de>(
+    json: &'de [u8],
+    f: impl FnMut(Cow<'de, str>, &'de RawValue),
+) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    FieldsSeed(f).deserialize(&mut de)?;
+    de.end()
+}
+
+fn for_each_element<'de>(json: &'de str, f: impl FnMut(&'de RawValue)) -> bool {
+    let mut de = serde_json::Deserializer::from_str(json);
+    de.deserialize_seq(ElementsSeed(f)).is_ok()
+}
+
+// ---------- scalar conversions from raw JSON text ----------
+
+/// The string a raw value stands for; `exact` is false when it was not a JSON string.
+fn raw_str(raw: &RawValue) -> Option<(Cow<'_, str>, bool)> {
+    let s = raw.get();
+    match s.as_bytes()[0] {
+        b'"' => {
+            let inner = &s[1..s.len() - 1];
+            if !inner.contains('\\') {
+                Some((Cow::Borrowed(inner), true))
+            } else {
+                serde_json::from_str::<String>(s)
+                    .ok()
+                    .map(|v| (Cow::Owned(v), true))
+            }
+        }
+        b'n' => None,
+        // numbers, booleans, objects and arrays: their JSON text
+        _ => Some((Cow::Borrowed(s), false)),
+    }
+}
+
+/// Returns (value, exact).
+fn raw_i64(raw: &RawValue) -> (Option<i64>, bool) {
+    let s = raw.get();
+    if s == "null" {
+        return (None, true);
+    }
+    if let Ok(v) = s.parse::<i64>() {
+        return (Some(v), true);
+    }
+    let num = if s.starts_with('"') {
+        s[1..s.len() - 1].trim().parse::<f64>().ok()
+    } else {
+        s.parse::<f64>().ok()
+    };
+    match num {
+        Some(f) if f.is_finite() && f.abs() < 9.2e18 => {
+            let r = f.round();
+            (Some(r as i64), false)
+        }
+        _ => (None, false),
+    }
+}
+
+fn raw_f64(raw: &RawValue) -> (Option<f64>, bool) {
+    let s = raw.get();
+    if s == "null" {
+        return (None, true);
+    }
+    if let Ok(v) = s.parse::<f64>() {
+        // `1e400` parses to inf: keep the original too.
+        return (Some(v), v.is_finite());
+    }
+    if s.starts_with('"') {
+        if let Ok(v) = s[1..s.len() - 1].trim().parse::<f64>() {
+            return (Some(v), false);
+        }
+    }
+    (None, false)
+}
+
+fn raw_bool(raw: &RawValue) -> (Option<bool>, bool) {
+    match raw.get() {
+        "true" => (Some(true), true),
+        "false" => (Some(false), true),
+        "null" => (None, true),
+        "\"true\"" => (Some(true), false),
+        "\"false\"" => (Some(false), false),
+        _ => (None, false),
+    }
+}
+
+/// Parses RFC 3339 into µs since the epoch. Fast path for `YYYY-MM-DDTHH:MM:SS[.f]Z`.
+pub(crate) fn parse_time_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() >= 20 && b[4] == b'-' && b[7] == b'-' && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        && b[13] == b':' && b[16] == b':' && (b[b.len() - 1] == b'Z' || b[b.len() - 1] == b'z')
+    {
+        let d = |i: usize| -> Option<i64> {
+            let c = b[i];
+            c.is_ascii_digit().then(|| (c - b'0') as i64)
+        };
+        let n2 = |i: usize| Some(d(i)? * 10 + d(i + 1)?);
+        let year = n2(0)? * 100 + n2(2)?;
+        let (month, day, hour, min, sec) = (n2(5)?, n2(8)?, n2(11)?, n2(14)?, n2(17)?);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+            return None;
+        }
+        let mut micros = 0i64;
+        let rest = &b[19..b.len() - 1];
+        if !rest.is_empty() {
+            if rest[0] != b'.' || rest.len() < 2 {
+                return slow_time(s);
+            }
+            let mut scale = 100_000i64;
+            for &c in &rest[1..] {
+                if !c.is_ascii_digit() {
+                    return slow_time(s);
+                }
+                micros += (c - b'0') as i64 * scale;
+                scale /= 10;
+            }
+        }
+        let days = days_from_civil(year, month, day);
+        return Some(((days * 24 + hour) * 60 + min) * 60_000_000 + sec * 1_000_000 + micros);
+    }
+    slow_time(s)
+}
+
+fn slow_time(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+// ---------- builders ----------
+
+/// `list<struct<…>>` built from plain child builders (faster than arrow's dyn
+/// StructBuilder).
+struct ListStructCol {
+    item_fields: arrow::datatypes::Fields,
+    /// child string builder (always `name`)
+    name: StringBuilder,
+    ints: Vec<Int64Builder>,
+    offsets: Vec<i32>,
+    validity: Vec<bool>,
+}
+
+impl ListStructCol {
+    fn new(item_fields: arrow::datatypes::Fields) -> Self {
+        let n_ints = item_fields.len() - 1;
+        ListStructCol {
+            item_fields,
+            name: StringBuilder::new(),
+            ints: (0..n_ints).map(|_| Int64Builder::new()).collect(),
+            offsets: vec![0],
+            validity: Vec::new(),
+        }
+    }
+
+    /// Appends one list; returns whether it was an exact image of `raw`.
+    fn append(&mut self, raw: Option<&RawValue>, int_names: &[&str]) -> bool {
+        let Some(raw) = raw.filter(|r| r.get() != "null") else {
+            self.offsets.push(*self.offsets.last().unwrap());
+            self.validity.push(false);
+            return true;
+        };
+        let mut exact = true;
+        let mut count = 0i32;
+        let name = &mut self.name;
+        let ints = &mut self.ints;
+        let is_list = for_each_element(raw.get(), |el| {
+            count += 1;
+            let mut got_name: Option<Cow<str>> = None;
+            let mut got: [Option<i64>; 2] = [None, None];
+            let r = for_each_field(el.get().as_bytes(), |k, v| {
+                if k == "name" {
+                    match raw_str(v) {
+                        Some((s, e)) => {
+                            exact &= e;
+                            got_name = Some(s);
+                        }
+                        None => got_name = None,
+                    }
+                } else if let Some(i) = int_names.iter().position(|n| *n == k) {
+                    let (val, e) = raw_i64(v);
+                    exact &= e;
+                    got[i] = val;
+                } else {
+                    exact = false;
+                }
+            });
+            if r.is_err() {
+                exact = false;
+            }
+            name.append_option(got_name.as_deref());
+            for (i, b) in ints.iter_mut().enumerate() {
+                b.append_option(got[i]);
+            }
+        });
+        if !is_list {
+            // roll back partially appended items is not possible with builders; a raw
+            // value that is not an array never appended any (the visitor fails first).
+            self.offsets.push(*self.offsets.last().unwrap());
+            self.validity.push(false);
+            return false;
+        }
+        self.offsets.push(self.offsets.last().unwrap() + count);
+        self.validity.push(true);
+        exact
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let mut children: Vec<ArrayRef> = vec![Arc::new(self.name.finish())];
+        for b in &mut self.ints {
+            children.push(Arc::new(b.finish()));
+        }
+        let structs = StructArray::new(self.item_fields.clone(), children, None);
+        let offsets = OffsetBuffer::new(std::mem::replace(&mut self.offsets, vec![0]).into());
+        let nulls = NullBuffer::from(std::mem::take(&mut self.validity));
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        Arc::new(ListArray::new(
+            schema::list_item(self.item_fields.clone()),
+            offsets,
+            Arc::new(structs),
+            nulls,
+        ))
+    }
+}
+
+struct CiCol {
+    cols: [StringBuilder; 3],
+    validity: Vec<bool>,
+}
+
+impl CiCol {
+    fn append(&mut self, raw: Option<&RawValue>) -> bool {
+        let Some(raw) = raw.filter(|r| r.get() != "null") else {
+            self.cols.iter_mut().for_each(|c| c.append_null());
+            self.validity.push(false);
+            return true;
+        };
+        let mut exact = true;
+        let mut got: [Option<Cow<str>>; 3] = [None, None, None];
+        let ok = for_each_field(raw.get().as_bytes(), |k, v| {
+            let i = match &*k {
+                "provider" => 0,
+                "run_id" => 1,
+                "url" => 2,
+                _ => {
+                    exact = false;
+                    return;
+                }
+            };
+            got[i] = raw_str(v).map(|(s, e)| {
+                exact &= e;
+                s
+            });
+        })
+        .is_ok();
+        for (c, g) in self.cols.iter_mut().zip(&got) {
+            c.append_option(if ok { g.as_deref() } else { None });
+        }
+        self.validity.push(ok);
+        exact && ok
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let children: Vec<ArrayRef> = self
+            .cols
+            .iter_mut()
+            .map(|c| Arc::new(c.finish()) as ArrayRef)
+            .collect();
+        let nulls = NullBuffer::from(std::mem::take(&mut self.validity));
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        Arc::new(StructArray::new(schema::ci_fields(), children, nulls))
+    }
+}
+
+enum Col {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Bool(BooleanBuilder),
+    List(ListStructCol, &'static [&'static str]),
+    Ci(CiCol),
+}
+
+impl Col {
+    fn new(t: ColType) -> Col {
+        match t {
+            ColType::Utf8 | ColType::Json => Col::Utf8(StringBuilder::new()),
+            ColType::Int64 => Col::Int64(Int64Builder::new()),
+            ColType::Float64 => Col::Float64(Float64Builder::new()),
+            ColType::Bool => Col::Bool(BooleanBuilder::new()),
+            ColType::Phases => Col::List(ListStructCol::new(schema::phase_fields()), &["duration_ms"]),
+            ColType::Chunks => Col::List(
+                ListStructCol::new(schema::chunk_fields()),
+                &["bytes", "gzip_bytes"],
+            ),
+            ColType::Assets => Col::List(ListStructCol::new(schema::asset_fields()), &["bytes"]),
+            ColType::Ci => Col::Ci(CiCol {
+                cols: [StringBuilder::new(), StringBuilder::new(), StringBuilder::new()],
+                validity: Vec::new(),
+            }),
+        }
+    }
+
+    /// Appends one value (None = absent); returns whether the stored value is exact.
+    fn append(&mut self, raw: Option<&RawValue>, json: bool) -> bool {
+        match self {
+            Col::Utf8(b) => match raw {
+                None => {
+                    b.append_null();
+                    true
+                }
+                Some(r) if json => {
+                    if r.get() == "null" {
+                        b.append_null();
+                    } else {
+                        b.append_value(r.get());
+                    }
+                    true
+                }
+                Some(r) => match raw_str(r) {
+                    Some((s, exact)) => {
+                        b.append_value(s);
+                        exact
+                    }
+                    None => {
+                        b.append_null();
+                        true
+                    }
+                },
+            },
+            Col::Int64(b) => {
+                let (v, exact) = raw.map_or((None, true), raw_i64);
+                b.append_option(v);
+                exact
+            }
+            Col::Float64(b) => {
+                let (v, exact) = raw.map_or((None, true), raw_f64);
+                b.append_option(v);
+                exact
+            }
+            Col::Bool(b) => {
+                let (v, exact) = raw.map_or((None, true), raw_bool);
+                b.append_option(v);
+                exact
+            }
+            Col::List(l, names) => l.append(raw, names),
+            Col::Ci(c) => c.append(raw),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Col::Utf8(b) => Arc::new(b.finish()),
+            Col::Int64(b) => Arc::new(b.finish()),
+            Col::Float64(b) => Arc::new(b.finish()),
+            Col::Bool(b) => Arc::new(b.finish()),
+            Col::List(l, _) => l.finish(),
+            Col::Ci(c) => c.finish(),
+        }
+    }
+}
+
+/// Accumulates the rows of one kind (one output file) in Arrow builders.
+pub(crate) struct KindBatchBuilder {
+    kind: Kind,
+    fields: &'static [(&'static str, ColType)],
+    time: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    strings: Vec<StringBuilder>,
+    data: Vec<Col>,
+    extra: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    rows: usize,
+    /// Approximate input bytes (JSON) appended.
+    pub(crate) bytes: usize,
+    pub(crate) first_offset: u64,
+    pub(crate) last_offset: u64,
+}
+
+/// One event captured as borrowed raw fields.
+pub(crate) struct RawEvent<'a> {
+    pub kind: Option<Kind>,
+    pub time: Option<i64>,
+    pub received_at: Option<i64>,
+    envelope: [Option<&'a RawValue>; 7],
+    time_raw: Option<&'a RawValue>,
+    received_raw: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    extra: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> RawEvent<'a> {
+    /// The event time in µs: `time`, else `received_at`, else the epoch (never happens for
+    /// events accepted by ingest, which always sets `received_at`).
+    pub fn event_micros(&self) -> i64 {
+        self.time.or(self.received_at).unwrap_or(0)
+    }
+}
+
+/// Decodes the envelope of one log entry. `Err` when the entry is not a JSON object.
+pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<RawEvent<'_>, serde_json::Error> {
+    let mut ev = RawEvent {
+        kind: None,
+        time: None,
+        received_at: None,
+        envelope: [None; 7],
+        time_raw: None,
+        received_raw: None,
+        data: None,
+        extra: Vec::new(),
+    };
+    let mut kind_raw: Option<&RawValue> = None;
+    for_each_field(bytes, |k, v| match &*k {
+        "kind" => kind_raw = Some(v),
+        "time" => ev.time_raw = Some(v),
+        "received_at" => ev.received_raw = Some(v),
+        "data" => ev.data = Some(v),
+        other => match ENVELOPE_STRINGS.iter().position(|n| *n == other) {
+            Some(i) => ev.envelope[i] = Some(v),
+            None => ev.extra.push((k, v)),
+        },
+    })?;
+    ev.kind = kind_raw
+        .and_then(raw_str)
+        .and_then(|(s, _)| Kind::parse(&s));
+    let t = |r: Option<&RawValue>| r.and_then(raw_str).and_then(|(s, _)| parse_time_micros(&s));
+    ev.time = t(ev.time_raw);
+    ev.received_at = t(ev.received_raw);
+    Ok(ev)
+}
+
+fn push_json_key(out: &mut String, k: &str) {
+    if out.len() > 1 {
+        out.push(',');
+    }
+    if k.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\' && c < 0x7f) {
+        out.push('"');
+        out.push_str(k);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(k).expect("string serializes"));
+    }
+    out.push(':');
+}
+
+impl KindBatchBuilder {
+    pub(crate) fn new(kind: Kind) -> Self {
+        let fields = schema::data_fields(kind);
+        KindBatchBuilder {
+            kind,
+            fields,
+            time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            received_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            strings: (0..ENVELOPE_STRINGS.len()).map(|_| StringBuilder::new()).collect(),
+            data: fields.iter().map(|(_, t)| Col::new(*t)).collect(),
+            extra: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            rows: 0,
+            bytes: 0,
+            first_offset: 0,
+            last_offset: 0,
+        }
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Appends one decoded event.
+    pub(crate) fn append(&mut self, ev: &RawEvent<'_>, partition: u32, offset: u64, len: usize) {
+        if self.rows == 0 {
+            self.first_offset = offset;
+        }
+        self.last_offset = offset;
+        self.rows += 1;
+        self.bytes += len;
+        let mut extra = String::new();
+        extra.push('{');
+        self.time.append_value(ev.event_micros());
+        self.received_at.append_option(ev.received_at);
+        // time/received_at that did not parse: keep what was sent.
+        if ev.time.is_none() {
+            if let Some(r) = ev.time_raw.filter(|r| r.get() != "null") {
+                push_json_key(&mut extra, "time");
+                extra.push_str(r.get());
+            }
+        }
+        if ev.received_at.is_none() {
+            if let Some(r) = ev.received_raw.filter(|r| r.get() != "null") {
+                push_json_key(&mut extra, "received_at");
+                extra.push_str(r.get());
+            }
+        }
+        for (i, b) in self.strings.iter_mut().enumerate() {
+            match ev.envelope[i].and_then(raw_str) {
+                Some((s, exact)) => {
+                    b.append_value(&s);
+                    if !exact {
+                        push_json_key(&mut extra, ENVELOPE_STRINGS[i]);
+                        extra.push_str(ev.envelope[i].unwrap().get());
+                    }
+                }
+                None => b.append_null(),
+            }
+        }
+        for (k, v) in &ev.extra {
+            push_json_key(&mut extra, k);
+            extra.push_str(v.get());
+        }
+        // data
+        let mut slots: [Option<&RawValue>; 16] = [None; 16];
+        let mut data_extra = String::new();
+        data_extra.push('{');
+        let fields = self.fields;
+        if let Some(d) = ev.data {
+            let r = for_each_field(d.get().as_bytes(), |k, v| {
+                match fields.iter().position(|(n, _)| *n == k) {
+                    Some(i) => slots[i] = Some(v),
+                    None => {
+                        push_json_key(&mut data_extra, &k);
+                        data_extra.push_str(v.get());
+                    }
+                }
+            });
+            if r.is_err() {
+                // `data` is not an object: keep it whole.
+                push_json_key(&mut extra, "data");
+                extra.push_str(d.get());
+            }
+        }
+        for (i, col) in self.data.iter_mut().enumerate() {
+            let json = fields[i].1 == ColType::Json;
+            if !col.append(slots[i], json) {
+                push_json_key(&mut data_extra, fields[i].0);
+                data_extra.push_str(slots[i].map_or("null", |r| r.get()));
+            }
+        }
+        if data_extra.len() > 1 {
+            data_extra.push('}');
+            push_json_key(&mut extra, "data");
+            extra.push_str(&data_extra);
+        }
+        if extra.len() > 1 {
+            extra.push('}');
+            self.extra.append_value(&extra);
+        } else {
+            self.extra.append_null();
+        }
+        self.partition.append_value(partition as i32);
+        self.offset.append_value(offset as i64);
+    }
+
+    /// Takes the accumulated rows as a record batch (the builder is reset).
+    pub(crate) fn finish(&mut self) -> RecordBatch {
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.received_at.finish()),
+        ];
+        for b in &mut self.strings {
+            cols.push(Arc::new(b.finish()));
+        }
+        for c in &mut self.data {
+            cols.push(c.finish());
+        }
+        cols.push(Arc::new(self.extra.finish()));
+        cols.push(Arc::new(self.partition.finish()));
+        cols.push(Arc::new(self.offset.finish()));
+        self.rows = 0;
+        self.bytes = 0;
+        RecordBatch::try_new(schema::kind_schema(self.kind), cols)
+            .expect("builders match the kind's schema")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_time_matches_chrono() {
+        for s in [
+            "2026-11-21T10:00:00Z",
+            "2026-11-21T10:00:00.123456Z",
+            "2026-11-21T10:00:00.1Z",
+            "2024-02-29T23:59:59.999999Z",
+            "1970-01-01T00:00:00Z",
+            "2026-11-21T10:00:00+02:00",
+            "2026-11-21T10:00:00.5-05:30",
+        ] {
+            let want = chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_micros();
+            assert_eq!(parse_time_micros(s), Some(want), "{s}");
+        }
+        assert_eq!(parse_time_micros("yesterday"), None);
+    }
+}

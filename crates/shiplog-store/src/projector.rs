@@ -1,0 +1,685 @@
+//! `ParquetProjector`: log entries → per-kind Arrow batches → zstd Parquet files,
+//! committed exactly once through `_state.json` (see the crate docs for the protocol).
+
+use crate::convert::{decode_envelope, KindBatchBuilder};
+use crate::fsutil::{
+    create_dir_durable, list_dir, remove_file_if_exists, sync_dir, DirLock, IoAt,
+};
+use crate::schema::kind_schema;
+use crate::state::State;
+use crate::StoreError;
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use shiplog_events::Kind;
+use shiplog_log::{LogEntry, Offset, Partition};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Version of the per-kind columns; bumping it rewrites the schema-only files.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Tuning of the projection. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectorConfig {
+    /// Flush when this many events are buffered (default 100,000).
+    pub flush_rows: usize,
+    /// Flush when this many bytes of event JSON are buffered (default 64 MiB).
+    pub flush_bytes: usize,
+    /// Flush buffered events at the latest this long after the first one arrived
+    /// (default 1 s, so an acknowledged event is queryable within 2 s).
+    pub flush_interval: Duration,
+    /// Records asked from the log per read (default 10,000).
+    pub read_batch_records: usize,
+    /// Cron expression (cron 0.15: `sec min hour day-of-month month day-of-week [year]`,
+    /// UTC) for compaction and retention; default `"0 15 3 * * *"` (03:15:00 daily).
+    pub compaction_schedule: String,
+    /// Days to keep per kind (by event date, UTC); a kind not listed is kept forever.
+    pub retention_days: BTreeMap<Kind, u32>,
+    /// zstd level of the Parquet files (default 1: fast; compaction uses `compaction_zstd_level`).
+    pub zstd_level: i32,
+    /// zstd level of compacted files (default 3).
+    pub compaction_zstd_level: i32,
+    /// Threads used to parse and encode a large flush (default 2; 1 disables).
+    pub threads: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            flush_rows: 100_000,
+            flush_bytes: 64 << 20,
+            flush_interval: Duration::from_secs(1),
+            read_batch_records: 10_000,
+            compaction_schedule: "0 15 3 * * *".to_string(),
+            retention_days: BTreeMap::new(),
+            zstd_level: 1,
+            compaction_zstd_level: 3,
+            threads: 2,
+        }
+    }
+}
+
+/// Steps at which a test can make the projector fail as if the process were killed.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Temp files written and fsynced, state not yet committed.
+    AfterTempWrite,
+    /// State committed, no rename done.
+    AfterStateCommit,
+    /// State committed, the first rename (or delete) done, the rest not.
+    MidRenames,
+}
+
+/// What one flush did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushReport {
+    /// Events projected into rows.
+    pub rows: u64,
+    /// Log entries that could not be decoded as events (skipped, counted).
+    pub skipped: u64,
+    /// Parquet files committed.
+    pub files: u64,
+    /// Bytes of Parquet written.
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// What one compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Files merged away.
+    pub files_in: u64,
+    /// Files written.
+    pub files_out: u64,
+    pub rows: u64,
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// `(kind, date)` partitions deleted.
+    pub partitions_deleted: Vec<(Kind, NaiveDate)>,
+}
+
+/// The parquet directory of a data directory.
+pub fn parquet_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("parquet")
+}
+
+/// `p<partition>-<first offset>-<last offset>.parquet` (offsets zero-padded to 12 digits).
+pub fn file_name(partition: Partition, first: Offset, last: Offset) -> String {
+    format!("p{partition}-{first:012}-{last:012}.parquet")
+}
+
+/// Parses a name made by [`file_name`].
+pub fn parse_file_name(name: &str) -> Option<(Partition, Offset, Offset)> {
+    let rest = name.strip_prefix('p')?.strip_suffix(".parquet")?;
+    let mut it = rest.splitn(3, '-');
+    Some((
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    ))
+}
+
+fn date_of_micros(micros: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+fn date_dir_name(d: NaiveDate) -> String {
+    format!("date={}", d.format("%Y-%m-%d"))
+}
+
+fn parse_date_dir(name: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(name.strip_prefix("date=")?, "%Y-%m-%d").ok()
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub(crate) fn writer_props(level: i32) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(level).unwrap_or_default(),
+        ))
+        .set_created_by(format!("shiplog-store {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Writes `batches` to `path` (which must not exist) as one Parquet file, fsynced.
+pub(crate) fn write_parquet(
+    path: &Path,
+    kind: Kind,
+    batches: impl IntoIterator<Item = Result<RecordBatch, StoreError>>,
+    level: i32,
+) -> Result<(u64, u64), StoreError> {
+    let file = File::create(path).at(path)?;
+    let mut w = ArrowWriter::try_new(file, kind_schema(kind), Some(writer_props(level)))?;
+    let mut rows = 0u64;
+    for b in batches {
+        let b = b?;
+        rows += b.num_rows() as u64;
+        w.write(&b)?;
+    }
+    let file = w.into_inner()?;
+    file.sync_all().at(path)?;
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((rows, bytes))
+}
+
+/// One file written under its temp name, waiting for the commit.
+struct Staged {
+    tmp: PathBuf,
+    fin: PathBuf,
+    rows: u64,
+    bytes: u64,
+}
+
+/// Projects log entries into Parquet, exactly once. Owns `<data_dir>/parquet/` while it
+/// lives (an exclusive lock on `_lock`).
+pub struct ParquetProjector {
+    root: PathBuf,
+    config: ProjectorConfig,
+    state: State,
+    buffer: Vec<LogEntry>,
+    buffered_bytes: usize,
+    /// Next expected offset per partition, including buffered entries.
+    buffered_next: BTreeMap<Partition, Offset>,
+    crash: Option<CrashPoint>,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for ParquetProjector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParquetProjector")
+            .field("root", &self.root)
+            .field("offsets", &self.state.offsets)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl ParquetProjector {
+    /// Opens (creating) `<data_dir>/parquet/`, takes its lock and recovers: completes the
+    /// renames and deletes of the last commit, removes uncommitted temp files, and
+    /// resumes from the committed offsets.
+    pub fn open(data_dir: &Path, config: ProjectorConfig) -> Result<ParquetProjector, StoreError> {
+        let root = parquet_dir(data_dir);
+        create_dir_durable(&root)?;
+        let lock = DirLock::acquire(&root)?;
+        Self::open_locked(root, config, lock)
+    }
+
+    pub(crate) fn open_locked(
+        root: PathBuf,
+        config: ProjectorConfig,
+        lock: DirLock,
+    ) -> Result<ParquetProjector, StoreError> {
+        let _ = remove_file_if_exists(&root.join("_state.json.tmp"))?;
+        let mut state = State::load(&root)?;
+        let had_pending = !state.renames.is_empty() || !state.deletes.is_empty();
+        complete_pending(&root, &state)?;
+        remove_stray_temp_files(&root)?;
+        let trash = root.join("_trash");
+        if trash.exists() {
+            fs::remove_dir_all(&trash).at(&trash)?;
+        }
+        if had_pending {
+            state.renames.clear();
+            state.deletes.clear();
+            state.store(&root)?;
+        }
+        write_schema_files(&root)?;
+        let buffered_next = state.offsets.clone();
+        if had_pending {
+            tracing::info!(dir = %root.display(), "projection recovered: completed the last commit");
+        }
+        Ok(ParquetProjector {
+            root,
+            config,
+            state,
+            buffer: Vec::new(),
+            buffered_bytes: 0,
+            buffered_next,
+            crash: None,
+            _lock: lock,
+        })
+    }
+
+    /// The parquet directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &ProjectorConfig {
+        &self.config
+    }
+
+    /// The next offset to read from `partition` (committed + buffered).
+    pub fn next_offset(&self, partition: Partition) -> Offset {
+        self.buffered_next.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// The committed (durable, queryable) next offset per partition.
+    pub fn committed_offsets(&self) -> &BTreeMap<Partition, Offset> {
+        &self.state.offsets
+    }
+
+    /// Events buffered and not yet flushed.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Buffers entries. Entries below a partition's next offset (already projected or
+    /// buffered) are ignored, so re-delivered entries never make duplicates.
+    pub fn push(&mut self, entries: Vec<LogEntry>) {
+        for e in entries {
+            let next = self.buffered_next.entry(e.partition).or_insert(0);
+            if e.offset < *next {
+                continue;
+            }
+            if e.offset > *next {
+                tracing::warn!(
+                    partition = e.partition,
+                    expected = *next,
+                    got = e.offset,
+                    "gap in the log's offsets"
+                );
+            }
+            *next = e.offset + 1;
+            self.buffered_bytes += e.value.len();
+            self.buffer.push(e);
+        }
+    }
+
+    /// Whether the buffer reached `flush_rows` or `flush_bytes`.
+    pub fn should_flush(&self) -> bool {
+        self.buffer.len() >= self.config.flush_rows || self.buffered_bytes >= self.config.flush_bytes
+    }
+
+    #[doc(hidden)]
+    pub fn inject_crash(&mut self, at: CrashPoint) {
+        self.crash = Some(at);
+    }
+
+    fn crash_point(&self, at: CrashPoint) -> Result<(), StoreError> {
+        if self.crash == Some(at) {
+            return Err(StoreError::InjectedCrash(at));
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered events as Parquet files and commits them (see the crate docs).
+    /// On error the projector must be dropped and reopened (recovery decides what
+    /// survived).
+    pub fn flush(&mut self) -> Result<FlushReport, StoreError> {
+        let start = Instant::now();
+        if self.buffer.is_empty() {
+            return Ok(FlushReport::default());
+        }
+        let entries = std::mem::take(&mut self.buffer);
+        let threads = if entries.len() >= 20_000 { self.config.threads.max(1) } else { 1 };
+        let chunk = entries.len().div_ceil(threads);
+        let root = &self.root;
+        let level = self.config.zstd_level;
+        let results: Vec<Result<(Vec<Staged>, u64), StoreError>> = if threads == 1 {
+            vec![stage_files(root, &entries, level)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = entries
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move || stage_files(root, c, level)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("projection thread panicked"))
+                    .collect()
+            })
+        };
+        let mut staged = Vec::new();
+        let mut skipped = 0;
+        for r in results {
+            let (s, k) = r?;
+            staged.extend(s);
+            skipped += k;
+        }
+        self.crash_point(CrashPoint::AfterTempWrite)?;
+
+        let mut next = self.state.clone();
+        next.offsets = self.buffered_next.clone();
+        next.renames = staged
+            .iter()
+            .map(|s| (rel(root, &s.tmp), rel(root, &s.fin)))
+            .collect();
+        next.deletes.clear();
+        next.store(root)?;
+        self.state = next;
+        self.buffered_bytes = 0;
+        self.crash_point(CrashPoint::AfterStateCommit)?;
+
+        let mut dirs = BTreeSet::new();
+        for (i, s) in staged.iter().enumerate() {
+            if i == 1 {
+                self.crash_point(CrashPoint::MidRenames)?;
+            }
+            fs::rename(&s.tmp, &s.fin).at(&s.fin)?;
+            dirs.insert(s.fin.parent().expect("file has a dir").to_path_buf());
+        }
+        for d in dirs {
+            sync_dir(&d)?;
+        }
+        let rows: u64 = staged.iter().map(|s| s.rows).sum();
+        let bytes: u64 = staged.iter().map(|s| s.bytes).sum();
+        Ok(FlushReport {
+            rows,
+            skipped,
+            files: staged.len() as u64,
+            bytes,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Merges the files of each closed day (date < `now`'s UTC date) into one file per kind,
+    /// day and log partition, committed through the state file.
+    pub fn compact(&mut self, now: DateTime<Utc>) -> Result<CompactionReport, StoreError> {
+        let today = now.date_naive();
+        let root = self.root.clone();
+        let mut report = CompactionReport::default();
+        let mut renames = Vec::new();
+        let mut deletes = Vec::new();
+        let mut staged_paths = Vec::new();
+        for kind in Kind::ALL {
+            for day_dir in list_dir(&root.join(kind.as_str()))? {
+                let Some(date) = day_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_date_dir)
+                else {
+                    continue;
+                };
+                if date >= today {
+                    continue;
+                }
+                let mut groups: BTreeMap<Partition, Vec<(Offset, Offset, PathBuf)>> = BTreeMap::new();
+                for f in list_dir(&day_dir)? {
+                    if let Some((p, a, b)) = f
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(parse_file_name)
+                    {
+                        groups.entry(p).or_default().push((a, b, f));
+                    }
+                }
+                for (p, mut files) in groups {
+                    if files.len() < 2 {
+                        continue;
+                    }
+                    files.sort();
+                    let first = files[0].0;
+                    let last = files.iter().map(|f| f.1).max().unwrap_or(first);
+                    let fin = day_dir.join(file_name(p, first, last));
+                    let tmp = day_dir.join(format!("{}.compact.tmp", file_name(p, first, last)));
+                    let inputs: Vec<PathBuf> = files.iter().map(|f| f.2.clone()).collect();
+                    let batches = inputs.iter().flat_map(|path| read_batches(path));
+                    let (rows, _) = write_parquet(&tmp, kind, batches, self.config.compaction_zstd_level)?;
+                    staged_paths.push(tmp.clone());
+                    report.rows += rows;
+                    report.files_in += inputs.len() as u64;
+                    report.files_out += 1;
+                    renames.push((rel(&root, &tmp), rel(&root, &fin)));
+                    deletes.extend(inputs.iter().map(|i| rel(&root, i)));
+                }
+            }
+        }
+        if renames.is_empty() {
+            return Ok(report);
+        }
+        if let Err(e) = self.crash_point(CrashPoint::AfterTempWrite) {
+            return Err(e);
+        }
+        let mut next = self.state.clone();
+        next.renames = renames;
+        next.deletes = deletes;
+        next.store(&root)?;
+        self.state = next;
+        self.crash_point(CrashPoint::AfterStateCommit)?;
+        apply_pending(&root, &self.state, self.crash == Some(CrashPoint::MidRenames))?;
+        Ok(report)
+    }
+
+    /// Deletes whole date partitions older than each kind's retention.
+    pub fn apply_retention(&mut self, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
+        apply_retention_in(&self.root, &self.config.retention_days, now)
+    }
+}
+
+/// Reads a Parquet file's batches (for compaction).
+fn read_batches(path: &Path) -> Box<dyn Iterator<Item = Result<RecordBatch, StoreError>>> {
+    let open = || -> Result<_, StoreError> {
+        let f = File::open(path).at(path)?;
+        Ok(ParquetRecordBatchReaderBuilder::try_new(f)?
+            .with_batch_size(64 * 1024)
+            .build()?)
+    };
+    match open() {
+        Ok(reader) => Box::new(reader.map(|b| b.map_err(StoreError::from))),
+        Err(e) => Box::new(std::iter::once(Err(e))),
+    }
+}
+
+/// Parses `entries` and writes one temp file per (kind, date, partition).
+fn stage_files(root: &Path, entries: &[LogEntry], level: i32) -> Result<(Vec<Staged>, u64), StoreError> {
+    let mut builders: HashMap<(Kind, i32, Partition), KindBatchBuilder> = HashMap::new();
+    let mut skipped = 0u64;
+    for e in entries {
+        let ev = match decode_envelope(&e.value) {
+            Ok(ev) => ev,
+            Err(err) => {
+                skipped += 1;
+                tracing::warn!(partition = e.partition, offset = e.offset, error = %err, "log entry is not a JSON event; skipped");
+                continue;
+            }
+        };
+        let Some(kind) = ev.kind else {
+            skipped += 1;
+            tracing::warn!(partition = e.partition, offset = e.offset, "log entry has no known kind; skipped");
+            continue;
+        };
+        let days = ev.event_micros().div_euclid(86_400_000_000) as i32;
+        builders
+            .entry((kind, days, e.partition))
+            .or_insert_with(|| KindBatchBuilder::new(kind))
+            .append(&ev, e.partition, e.offset, e.value.len());
+    }
+    let mut staged = Vec::new();
+    let mut keys: Vec<_> = builders.keys().copied().collect();
+    keys.sort();
+    for key in keys {
+        let b = builders.get_mut(&key).expect("key exists");
+        let (kind, _, partition) = key;
+        let (first, last) = (b.first_offset, b.last_offset);
+        let batch = b.finish();
+        let date = date_of_micros(batch_first_time(&batch));
+        let dir = root.join(kind.as_str()).join(date_dir_name(date));
+        create_dir_durable(&dir)?;
+        let fin = dir.join(file_name(partition, first, last));
+        let tmp = dir.join(format!("{}.tmp", file_name(partition, first, last)));
+        if fin.exists() {
+            return Err(StoreError::CorruptState {
+                path: fin,
+                reason: "a file for these offsets already exists: the state file is behind the data".into(),
+            });
+        }
+        let (rows, bytes) = write_parquet(&tmp, kind, std::iter::once(Ok(batch)), level)?;
+        staged.push(Staged { tmp, fin, rows, bytes });
+    }
+    Ok((staged, skipped))
+}
+
+fn batch_first_time(batch: &RecordBatch) -> i64 {
+    use arrow::array::{Array, TimestampMicrosecondArray};
+    let a = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("column 0 is time");
+    if a.is_empty() {
+        0
+    } else {
+        a.value(0)
+    }
+}
+
+/// Completes the renames and deletes a committed state lists (idempotent).
+fn complete_pending(root: &Path, state: &State) -> Result<(), StoreError> {
+    apply_pending(root, state, false)
+}
+
+fn apply_pending(root: &Path, state: &State, crash_mid: bool) -> Result<(), StoreError> {
+    let mut dirs = BTreeSet::new();
+    let mut steps = 0;
+    // Deletes first, then renames: a concurrent reader may miss a compacted day for a
+    // moment but never counts it twice.
+    for d in &state.deletes {
+        if crash_mid && steps == 1 {
+            return Err(StoreError::InjectedCrash(CrashPoint::MidRenames));
+        }
+        let p = root.join(d);
+        if remove_file_if_exists(&p)? {
+            dirs.insert(p.parent().unwrap_or(root).to_path_buf());
+        }
+        steps += 1;
+    }
+    for (tmp, fin) in &state.renames {
+        if crash_mid && steps == 1 {
+            return Err(StoreError::InjectedCrash(CrashPoint::MidRenames));
+        }
+        let (t, f) = (root.join(tmp), root.join(fin));
+        if t.exists() {
+            fs::rename(&t, &f).at(&f)?;
+            dirs.insert(f.parent().unwrap_or(root).to_path_buf());
+        } else if !f.exists() {
+            // Deleted since (retention): nothing to do.
+            tracing::debug!(file = %f.display(), "pending rename: neither temp nor final file exists");
+        }
+        steps += 1;
+    }
+    for d in dirs {
+        sync_dir(&d)?;
+    }
+    Ok(())
+}
+
+/// Deletes `*.tmp` files of uncommitted writes in every kind's date directories.
+fn remove_stray_temp_files(root: &Path) -> Result<(), StoreError> {
+    for kind in Kind::ALL {
+        for dir in list_dir(&root.join(kind.as_str()))? {
+            if !dir.is_dir() {
+                continue;
+            }
+            for f in list_dir(&dir)? {
+                if f.extension().is_some_and(|e| e == "tmp") {
+                    tracing::info!(file = %f.display(), "removing uncommitted temp file");
+                    fs::remove_file(&f).at(&f)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The schema-only (zero-row) file of a kind, so its view exists before any event.
+pub(crate) fn schema_file(root: &Path, kind: Kind) -> PathBuf {
+    root.join(kind.as_str())
+        .join("_schema")
+        .join(format!("schema-v{SCHEMA_VERSION}.parquet"))
+}
+
+/// Writes each kind's schema-only file if missing, removing older versions.
+pub(crate) fn write_schema_files(root: &Path) -> Result<(), StoreError> {
+    for kind in Kind::ALL {
+        let path = schema_file(root, kind);
+        if path.exists() {
+            continue;
+        }
+        let dir = path.parent().expect("has dir");
+        create_dir_durable(dir)?;
+        for old in list_dir(dir)? {
+            fs::remove_file(&old).at(&old)?;
+        }
+        let tmp = path.with_extension("tmp");
+        write_parquet(&tmp, kind, std::iter::empty(), 1)?;
+        fs::rename(&tmp, &path).at(&path)?;
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn apply_retention_in(
+    root: &Path,
+    retention: &BTreeMap<Kind, u32>,
+    now: DateTime<Utc>,
+) -> Result<RetentionReport, StoreError> {
+    let today = now.date_naive();
+    let mut report = RetentionReport::default();
+    for (&kind, &days) in retention {
+        let cutoff = today - chrono::Days::new(days as u64);
+        for dir in list_dir(&root.join(kind.as_str()))? {
+            let Some(date) = dir.file_name().and_then(|n| n.to_str()).and_then(parse_date_dir) else {
+                continue;
+            };
+            if date >= cutoff {
+                continue;
+            }
+            // Move out of the view's glob atomically, then delete.
+            let trash = root.join("_trash");
+            create_dir_durable(&trash)?;
+            let to = trash.join(format!("{}-{}", kind.as_str(), date_dir_name(date)));
+            fs::rename(&dir, &to).at(&to)?;
+            sync_dir(&root.join(kind.as_str()))?;
+            fs::remove_dir_all(&to).at(&to)?;
+            tracing::info!(kind = kind.as_str(), %date, "retention: deleted partition");
+            report.partitions_deleted.push((kind, date));
+        }
+    }
+    Ok(report)
+}
+
+/// Compacts the closed days of a data directory whose projection is not running (takes
+/// the directory's lock; fails with [`StoreError::Locked`] when `serve` holds it —
+/// `serve` compacts on its own schedule).
+pub fn compact(data_dir: &Path, now: DateTime<Utc>) -> Result<CompactionReport, StoreError> {
+    let mut p = ParquetProjector::open(data_dir, ProjectorConfig::default())?;
+    p.compact(now)
+}
+
+/// Applies retention to a data directory whose projection is not running.
+pub fn apply_retention(
+    data_dir: &Path,
+    retention_days: &BTreeMap<Kind, u32>,
+    now: DateTime<Utc>,
+) -> Result<RetentionReport, StoreError> {
+    let root = parquet_dir(data_dir);
+    create_dir_durable(&root)?;
+    let _lock = DirLock::acquire(&root)?;
+    apply_retention_in(&root, retention_days, now)
+}
+
+/// Unused helper kept for date math in callers.
+#[allow(dead_code)]
+pub(crate) fn day_index(d: NaiveDate) -> i32 {
+    d.num_days_from_ce()
+}

@@ -1,0 +1,239 @@
+//! The ingest path: dedup on `(source, id)`, append to the log, wait for durability.
+//!
+//! [`Ingestor::ingest`] returns only after every accepted event is durable in the log
+//! (it awaits [`Log::append`]), so an HTTP 2xx built from its result is a durability
+//! promise.
+//!
+//! Dedup: a key is first reserved as *pending* (under one short lock), then appended; once
+//! the append is durable it becomes *committed*, and on failure the reservation is removed
+//! so a retry can store it. A concurrent request that meets a pending key waits for that
+//! append's outcome before it answers "duplicate", so a `duplicates` count is never a lie.
+//! Committed keys are kept for the dedup window (default 7 days, by receive time) and are
+//! rebuilt from the log on start, so dedup holds across restarts.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use shiplog_events::Event;
+use shiplog_log::{Log, LogError, LogRecord, Offset};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// A dedup key: 128-bit hash of `source`, a separator and `id`.
+type Key = u128;
+
+fn dedup_key(source: &str, id: &str) -> Key {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source.as_bytes());
+    h.update(&[0xff]);
+    h.update(id.as_bytes());
+    h.digest128()
+}
+
+enum Slot {
+    /// Durable in the log; the value is the receive time in unix seconds.
+    Committed(i64),
+    /// Being appended by another request; resolves to `true` when durable.
+    Pending(watch::Receiver<Option<bool>>),
+}
+
+#[derive(Default)]
+struct DedupIndex {
+    slots: HashMap<Key, Slot>,
+    /// Committed keys in receive order, for expiry.
+    expiry: VecDeque<(i64, Key)>,
+}
+
+impl DedupIndex {
+    fn commit(&mut self, key: Key, at: i64) {
+        self.slots.insert(key, Slot::Committed(at));
+        self.expiry.push_back((at, key));
+    }
+
+    fn expire(&mut self, cutoff: i64) {
+        while let Some(&(at, key)) = self.expiry.front() {
+            if at >= cutoff {
+                break;
+            }
+            self.expiry.pop_front();
+            if let Some(Slot::Committed(t)) = self.slots.get(&key) {
+                if *t == at {
+                    self.slots.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// What happened to the events of one request (the valid ones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+/// Why an ingest failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A concurrent request holding the same key failed to append it: retry.
+    #[error("a concurrent append of the same event failed; retry")]
+    ConcurrentFailure,
+}
+
+impl IngestError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Log(e) => e.is_retryable(),
+            IngestError::ConcurrentFailure => true,
+        }
+    }
+}
+
+/// Accepts validated events into the log, exactly once per `(source, id)`.
+pub struct Ingestor {
+    log: Arc<dyn Log>,
+    dedup: Mutex<DedupIndex>,
+    window: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingestor {
+    pub fn new(log: Arc<dyn Log>, window: Duration, metrics: Arc<Metrics>) -> Self {
+        Ingestor {
+            log,
+            dedup: Mutex::new(DedupIndex::default()),
+            window,
+            metrics,
+        }
+    }
+
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    /// Rebuilds the dedup index from the log (every partition, from `from`), keeping the
+    /// keys received within the window. Returns the number of keys loaded.
+    pub async fn rebuild_dedup(&self, from: Offset) -> Result<usize, LogError> {
+        #[derive(Deserialize)]
+        struct KeyFields<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            source: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            received_at: Option<std::borrow::Cow<'a, str>>,
+        }
+        let cutoff = Utc::now().timestamp() - self.window.as_secs() as i64;
+        let mut loaded = 0;
+        for partition in self.log.partitions() {
+            let end = self.log.end_offset(partition);
+            if end <= from {
+                continue;
+            }
+            let mut reader = self.log.reader(partition, from)?;
+            while reader.position() < end {
+                let batch = reader
+                    .next_batch(65_536, 64 << 20, Duration::from_millis(100))
+                    .await?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut index = self.dedup.lock().unwrap();
+                for entry in batch {
+                    let Ok(k) = serde_json::from_slice::<KeyFields>(&entry.value) else {
+                        continue;
+                    };
+                    let at = k
+                        .received_at
+                        .as_deref()
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .map(|t| t.timestamp())
+                        .unwrap_or(i64::MAX);
+                    if at >= cutoff {
+                        index.commit(dedup_key(&k.source, &k.id), at);
+                        loaded += 1;
+                    }
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Appends the events that are not duplicates and waits until they are durable.
+    /// `received_at` is set on each event here.
+    pub async fn ingest(&self, events: Vec<Event>) -> Result<IngestOutcome, IngestError> {
+        let now = Utc::now();
+        let now_secs = now.timestamp();
+        let (done_tx, done_rx) = watch::channel(None);
+        let mut outcome = IngestOutcome::default();
+        let mut keys = Vec::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
+        let mut waits = Vec::new();
+        {
+            let mut index = self.dedup.lock().unwrap();
+            index.expire(now_secs - self.window.as_secs() as i64);
+            for mut event in events {
+                let key = dedup_key(&event.source, &event.id);
+                match index.slots.get(&key) {
+                    Some(Slot::Committed(_)) => outcome.duplicates += 1,
+                    Some(Slot::Pending(rx)) if rx.same_channel(&done_rx) => {
+                        outcome.duplicates += 1
+                    }
+                    Some(Slot::Pending(rx)) => waits.push(rx.clone()),
+                    None => {
+                        index.slots.insert(key, Slot::Pending(done_rx.clone()));
+                        keys.push(key);
+                        event.received_at = Some(now);
+                        records.push(LogRecord {
+                            key: Bytes::copy_from_slice(event.project.as_bytes()),
+                            value: Bytes::from(event.to_json_bytes()),
+                        });
+                    }
+                }
+            }
+        }
+        let result = if records.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let started = Instant::now();
+            let r = self.log.append(records).await;
+            self.metrics.observe_append(started.elapsed());
+            r
+        };
+        {
+            let mut index = self.dedup.lock().unwrap();
+            for &key in &keys {
+                if result.is_ok() {
+                    index.commit(key, now_secs);
+                } else {
+                    index.slots.remove(&key);
+                }
+            }
+        }
+        let _ = done_tx.send(Some(result.is_ok()));
+        result?;
+        outcome.accepted = keys.len();
+        for mut rx in waits {
+            let ok = match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.unwrap_or(false),
+                Err(_) => false,
+            };
+            if !ok {
+                return Err(IngestError::ConcurrentFailure);
+            }
+            outcome.duplicates += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Number of keys currently held for dedup.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.lock().unwrap().slots.len()
+    }
+}

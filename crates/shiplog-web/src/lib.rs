@@ -1,0 +1,299 @@
+//! The shiplog HTTP server (axum).
+//!
+//! Owns the ingest API (`POST /v1/events`), health (`GET /healthz`), metrics
+//! (`GET /metrics`), authentication (bearer tokens with scopes), and the hooks the binary
+//! uses to mount the query API and dashboards.
+//!
+//! Guarantees:
+//! - a 2xx from `POST /v1/events` is sent only after every accepted event is durable in the
+//!   log (the handler awaits [`ingest::Ingestor::ingest`], which awaits `Log::append`);
+//! - a request is refused as a whole only with a status that says whether to retry
+//!   (4xx: fix the request; 503/507 + `Retry-After`: retry later);
+//! - every rejected event is reported with its index in the body and the JSON pointer of
+//!   the offending field.
+
+pub mod auth;
+pub mod decode;
+pub mod ingest;
+pub mod metrics;
+
+use auth::{Auth, AuthError, Principal, Scope};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use ingest::{IngestError, Ingestor};
+use metrics::{ExternalSeries, Metrics};
+use serde::Serialize;
+use serde_json::json;
+use shiplog_log::LogError;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Default request body limit: 10 MiB (also the limit after gzip decompression).
+pub const DEFAULT_BODY_LIMIT: usize = 10 << 20;
+
+/// A source of extra `/metrics` series (log size, projection lag, …).
+pub type SeriesFn = Arc<dyn Fn() -> Vec<ExternalSeries> + Send + Sync>;
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub ingestor: Arc<Ingestor>,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub body_limit: usize,
+    pub started: Instant,
+    /// Extra series rendered by `/metrics`.
+    pub series: Vec<SeriesFn>,
+}
+
+/// One rejected event of a request.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    pub field: String,
+    pub error: String,
+}
+
+/// The body of every `POST /v1/events` answer.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, Default)]
+pub struct IngestResponse {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: Vec<Rejection>,
+    /// Set when the request was refused as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The ingest, health and metrics routes. The binary merges the query and dashboard
+/// routes into this router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// An error answer with a JSON body `{"error": …}`.
+pub fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Authenticates a request and checks its scope; the `Err` is the answer to send.
+pub fn authorize(auth: &Auth, headers: &HeaderMap, scope: Scope) -> Result<Principal, Response> {
+    let principal = auth
+        .authenticate(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+        .map_err(|e| {
+            let msg = match e {
+                AuthError::Missing => "missing bearer token (Authorization: Bearer …)",
+                AuthError::Unknown => "unknown token",
+            };
+            let mut r = error_response(StatusCode::UNAUTHORIZED, msg);
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        })?;
+    if !principal.allows(scope) {
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            format!("this token lacks the {scope:?} scope").to_lowercase(),
+        ));
+    }
+    Ok(principal)
+}
+
+fn refuse(state: &AppState, status: StatusCode, message: String) -> Response {
+    state.metrics.requests_refused.fetch_add(1, Relaxed);
+    let body = IngestResponse {
+        error: Some(message),
+        ..Default::default()
+    };
+    let mut r = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE
+        || status == StatusCode::INSUFFICIENT_STORAGE
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let principal = match authorize(&state.auth, &parts.headers, Scope::Ingest) {
+        Ok(p) => p,
+        Err(r) => {
+            state.metrics.requests_refused.fetch_add(1, Relaxed);
+            return r;
+        }
+    };
+    let header_str = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header_str(header::CONTENT_TYPE);
+    let content_encoding = header_str(header::CONTENT_ENCODING);
+    // Refuse an unknown content type before reading the body.
+    if let Err(e) = decode::body_format(content_type.as_deref()) {
+        return refuse(&state, status(e.status), e.message);
+    }
+    let bytes = match read_body(body, state.body_limit).await {
+        Ok(b) => b,
+        Err(r) => return refuse(&state, r.0, r.1),
+    };
+    let decoded = match decode::decode_request(
+        content_type.as_deref(),
+        content_encoding.as_deref(),
+        &bytes,
+        state.body_limit,
+    ) {
+        Ok(d) => d,
+        Err(e) => return refuse(&state, status(e.status), e.message),
+    };
+    drop(bytes);
+
+    let total = decoded.len();
+    let mut rejected = Vec::new();
+    let mut valid = Vec::with_capacity(total);
+    for (index, result) in decoded.into_iter().enumerate() {
+        match result {
+            Ok(event) if !principal.allows_project(&event.project) => rejected.push(Rejection {
+                index,
+                field: "/project".into(),
+                error: format!("this token may not write to project {:?}", event.project),
+            }),
+            Ok(event) => valid.push(event),
+            Err(e) => rejected.push(Rejection {
+                index,
+                field: e.field,
+                error: e.error,
+            }),
+        }
+    }
+    state
+        .metrics
+        .events_rejected
+        .fetch_add(rejected.len() as u64, Relaxed);
+    let outcome = if valid.is_empty() {
+        Default::default()
+    } else {
+        match state.ingestor.ingest(valid).await {
+            Ok(o) => o,
+            Err(e) => return refuse(&state, ingest_error_status(&e), e.to_string()),
+        }
+    };
+    state
+        .metrics
+        .events_accepted
+        .fetch_add(outcome.accepted as u64, Relaxed);
+    state
+        .metrics
+        .events_duplicate
+        .fetch_add(outcome.duplicates as u64, Relaxed);
+    let code = if rejected.is_empty() {
+        StatusCode::ACCEPTED
+    } else if rejected.len() < total {
+        StatusCode::MULTI_STATUS
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let body = IngestResponse {
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        rejected,
+        error: None,
+    };
+    (code, Json(body)).into_response()
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// The status for a failed ingest: 507 when the disk is full, 503 when the log may
+/// recover (retry), 500 otherwise.
+pub fn ingest_error_status(e: &IngestError) -> StatusCode {
+    match e {
+        IngestError::Log(LogError::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
+        e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        IngestError::Log(LogError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Reads a body up to `limit` bytes: over it is 413, a broken connection 400.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, (StatusCode, String)> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body exceeds the limit of {limit} bytes"),
+        )),
+        Err(e) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let log = state.ingestor.log();
+    let end: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
+    Json(json!({
+        "status": "ok",
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "log_records": end,
+    }))
+    .into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let stats = state.ingestor.log().stats();
+    let mut series = vec![
+        ExternalSeries {
+            name: "shiplog_log_bytes",
+            help: "Bytes held by the log.",
+            kind: "gauge",
+            value: stats.bytes as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_records",
+            help: "Records durable in the log.",
+            kind: "gauge",
+            value: stats.records as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_syncs_total",
+            help: "Group commits (fdatasync calls) since start.",
+            kind: "counter",
+            value: stats.syncs as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_dedup_keys",
+            help: "Keys held for deduplication.",
+            kind: "gauge",
+            value: state.ingestor.dedup_len() as f64,
+        },
+    ];
+    for f in &state.series {
+        series.extend(f());
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(&series),
+    )
+        .into_response()
+}

@@ -1,0 +1,304 @@
+//! `shiplog.toml`: the configuration file, `SHIPLOG_*` environment overrides, defaults.
+//!
+//! Precedence: command-line flag > environment > file > default.
+//!
+//! Environment: `SHIPLOG_<SECTION>__<KEY>=value` sets `<section>.<key>` (the value is read
+//! as TOML when it parses as a TOML value, else as a string), e.g.
+//! `SHIPLOG_SERVER__LISTEN=0.0.0.0:7070`, `SHIPLOG_PROJECTION__FLUSH_INTERVAL=500ms`.
+//! Short forms: `SHIPLOG_LISTEN`, `SHIPLOG_DATA_DIR`, `SHIPLOG_CONFIG` (the file itself).
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default); every error
+//! names the key and the file.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tokens: Vec<TokenConfig>,
+    pub log: LogConfig,
+    pub projection: ProjectionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            tokens: Vec::new(),
+            log: LogConfig::default(),
+            projection: ProjectionConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the log, the Parquet projections and the state live.
+    pub data_dir: PathBuf,
+    /// Largest accepted request body, in bytes (also after gzip decompression).
+    pub body_limit: usize,
+    /// How long `(source, id)` is remembered for dedup.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// How long to wait for in-flight requests on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Whole-request timeout (slow clients get 408).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7070".parse().unwrap(),
+            data_dir: PathBuf::from("./shiplog-data"),
+            body_limit: shiplog_web::DEFAULT_BODY_LIMIT,
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// The secret itself (prefer `secret_env`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Name of an environment variable that holds the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    pub scopes: Vec<shiplog_web::auth::Scope>,
+    /// Projects this token may touch (empty: all).
+    #[serde(default)]
+    pub projects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `file` (the embedded segmented log).
+    pub backend: String,
+    /// Segment size of the file log, in bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            backend: "file".into(),
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectionConfig {
+    /// How often buffered events are written to Parquet.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many events are buffered.
+    pub flush_rows: usize,
+    /// Cron expression (with seconds) for compacting closed days.
+    pub compaction_schedule: String,
+    /// Days to keep per kind (`check = 30`); absent: forever.
+    pub retention_days: BTreeMap<String, u32>,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig {
+            flush_interval: Duration::from_secs(1),
+            flush_rows: 200_000,
+            compaction_schedule: "0 15 3 * * *".into(),
+            retention_days: BTreeMap::new(),
+        }
+    }
+}
+
+/// Loads the config: the file (if any), then `SHIPLOG_*` overrides from `env`.
+pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
+    let (mut table, origin) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().trim()))?;
+            (table, p.display().to_string())
+        }
+        None => (toml::Table::new(), "defaults".to_string()),
+    };
+    let mut from_env = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("SHIPLOG_") else {
+            continue;
+        };
+        let key: Vec<String> = match rest {
+            "LISTEN" => vec!["server".into(), "listen".into()],
+            "DATA_DIR" => vec!["server".into(), "data_dir".into()],
+            r if r.contains("__") => r.split("__").map(|s| s.to_ascii_lowercase()).collect(),
+            _ => continue,
+        };
+        set_key(&mut table, &key, parse_env_value(value))
+            .with_context(|| format!("environment variable {name}"))?;
+        from_env.push(name.clone());
+    }
+    let source = if from_env.is_empty() {
+        origin
+    } else {
+        format!("{origin} (with {})", from_env.join(", "))
+    };
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.to_string().trim()))?;
+    validate(&config).with_context(|| format!("invalid configuration in {source}"))?;
+    Ok(config)
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    // A bare TOML value (`true`, `42`, `["a"]`) parses; anything else is a string.
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| value.into()),
+        Err(_) => toml::Value::String(value.to_string()),
+    }
+}
+
+fn set_key(table: &mut toml::Table, key: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = key.split_last().context("empty key")?;
+    let mut t = table;
+    for k in parents {
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        t = entry
+            .as_table_mut()
+            .with_context(|| format!("{k} is not a table"))?;
+    }
+    // Numbers given for string keys stay usable: listen/data_dir are strings.
+    let value = match (last.as_str(), value) {
+        ("listen" | "data_dir", v) if !v.is_str() => toml::Value::String(v.to_string()),
+        (_, v) => v,
+    };
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+fn validate(config: &Config) -> Result<()> {
+    if config.log.backend != "file" {
+        bail!(
+            "log.backend = {:?}: only \"file\" is available in this build",
+            config.log.backend
+        );
+    }
+    for (i, t) in config.tokens.iter().enumerate() {
+        match (&t.secret, &t.secret_env) {
+            (Some(_), Some(_)) => bail!("tokens[{i}] ({}): set secret or secret_env, not both", t.name),
+            (None, None) => bail!("tokens[{i}] ({}): secret or secret_env is required", t.name),
+            (Some(s), None) if s.len() < 16 => {
+                bail!("tokens[{i}] ({}): secret must be at least 16 characters", t.name)
+            }
+            _ => {}
+        }
+        if t.scopes.is_empty() {
+            bail!("tokens[{i}] ({}): scopes must not be empty", t.name);
+        }
+    }
+    for kind in config.projection.retention_days.keys() {
+        if shiplog_events::Kind::parse(kind).is_none() {
+            bail!("projection.retention_days.{kind}: unknown kind");
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// The configured tokens with their secrets resolved.
+    pub fn tokens(&self) -> Result<Vec<shiplog_web::auth::Token>> {
+        self.tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let secret = match (&t.secret, &t.secret_env) {
+                    (Some(s), _) => s.clone(),
+                    (None, Some(var)) => std::env::var(var).with_context(|| {
+                        format!("tokens[{i}] ({}): environment variable {var} is not set", t.name)
+                    })?,
+                    (None, None) => unreachable!("validated"),
+                };
+                if secret.is_empty() {
+                    bail!("tokens[{i}] ({}): the secret is empty", t.name);
+                }
+                Ok(shiplog_web::auth::Token::new(
+                    t.name.clone(),
+                    &secret,
+                    t.scopes.clone(),
+                    t.projects.clone(),
+                ))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shiplog.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn defaults_file_and_env() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7070");
+        let (_d, p) = write("[server]\nlisten = \"127.0.0.1:9000\"\n[projection]\nflush_interval = \"250ms\"\n");
+        let c = load(Some(&p), &[]).unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.projection.flush_interval, Duration::from_millis(250));
+        let env = vec![
+            ("SHIPLOG_LISTEN".to_string(), "127.0.0.1:9100".to_string()),
+            ("SHIPLOG_SERVER__BODY_LIMIT".to_string(), "1024".to_string()),
+            ("SHIPLOG_PROJECTION__FLUSH_INTERVAL".to_string(), "2s".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let c = load(Some(&p), &env).unwrap();
+        assert_eq!(c.server.listen.port(), 9100);
+        assert_eq!(c.server.body_limit, 1024);
+        assert_eq!(c.projection.flush_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file() {
+        let (_d, p) = write("[server]\nlisen = \"x\"\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("lisen") && e.contains("shiplog.toml"), "{e}");
+        let (_d, p) = write("[server]\nlisten = \"not an address\"\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("listen") && e.contains("shiplog.toml"), "{e}");
+        let (_d, p) = write("[[tokens]]\nname = \"ci\"\nscopes = [\"ingest\"]\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("tokens[0]") && e.contains("secret"), "{e}");
+        let (_d, p) = write("[[tokens]]\nname = \"ci\"\nsecret = \"0123456789abcdef\"\nscopes = [\"write\"]\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("write") && e.contains("shiplog.toml"), "{e}");
+        let env = vec![("SHIPLOG_SERVER__BODY_LIMIT".to_string(), "lots".to_string())];
+        let e = format!("{:#}", load(None, &env).unwrap_err());
+        assert!(e.contains("body_limit") && e.contains("SHIPLOG_SERVER__BODY_LIMIT"), "{e}");
+    }
+}

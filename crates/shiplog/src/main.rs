@@ -1,0 +1,86 @@
+//! The `shiplog` binary: configuration and the commands.
+//!
+//! `serve` runs the pipeline (ingest, log, projection, web). Other commands talk to a
+//! server over HTTP or work on a stopped server's data dir.
+
+mod config;
+mod datadir;
+mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "shiplog", version, about = "Build-and-deploy metrics pipeline")]
+struct Cli {
+    /// Config file (TOML). Also SHIPLOG_CONFIG.
+    #[arg(long, global = true, env = "SHIPLOG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./shiplog-data). Also SHIPLOG_DATA_DIR.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: ingest, log, projection, dashboards.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:7070). Also SHIPLOG_LISTEN.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<config::Config> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut c = config::load(cli.config.as_deref(), &env)?;
+    if let Some(d) = &cli.data_dir {
+        c.server.data_dir = d.clone();
+    }
+    Ok(c)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SHIPLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shiplog: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let mut config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            runtime()?.block_on(serve::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

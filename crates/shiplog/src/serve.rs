@@ -1,0 +1,108 @@
+//! `shiplog serve`: open the data dir, recover the log, start the HTTP server.
+
+use crate::config::Config;
+use crate::datadir::{log_dir, DataDirLock};
+use anyhow::{bail, Context, Result};
+use shiplog_log::file::{FileLogConfig, SegmentedLog};
+use shiplog_log::Log;
+use shiplog_web::ingest::Ingestor;
+use shiplog_web::metrics::Metrics;
+use shiplog_web::{router, AppState};
+use std::sync::Arc;
+use std::time::Instant;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+/// Opens the embedded log of a data dir, logging what recovery found.
+pub fn open_file_log(config: &Config) -> Result<SegmentedLog> {
+    let dir = log_dir(&config.server.data_dir);
+    let file_config = FileLogConfig {
+        segment_bytes: config.log.segment_bytes,
+        ..FileLogConfig::default()
+    };
+    let (log, report) = SegmentedLog::open(&dir, file_config)
+        .with_context(|| format!("cannot open the log in {}", dir.display()))?;
+    if report.truncated_bytes > 0 {
+        warn!(
+            truncated_bytes = report.truncated_bytes,
+            reason = report.dropped_reason.as_deref().unwrap_or(""),
+            "log recovery dropped an unacknowledged torn tail"
+        );
+    }
+    info!(
+        segments = report.segments,
+        records = report.records,
+        "log opened"
+    );
+    Ok(log)
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    let tokens = config.tokens()?;
+    let listen = config.server.listen;
+    if tokens.is_empty() && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen}: no tokens are configured, so shiplog serves \
+             loopback only. Add [[tokens]] to the config (see docs/configuration.md) or \
+             listen on 127.0.0.1"
+        );
+    }
+    let data_dir = config.server.data_dir.clone();
+    let _lock = DataDirLock::acquire(&data_dir, "shiplog serve")?;
+    let log: Arc<dyn Log> = Arc::new(open_file_log(&config)?);
+
+    let metrics = Arc::new(Metrics::default());
+    let ingestor = Arc::new(Ingestor::new(
+        log.clone(),
+        config.server.dedup_window,
+        metrics.clone(),
+    ));
+    let started = Instant::now();
+    let keys = ingestor.rebuild_dedup(0).await?;
+    info!(keys, elapsed_ms = started.elapsed().as_millis() as u64, "dedup index rebuilt");
+
+    let state = Arc::new(AppState {
+        ingestor,
+        auth: shiplog_web::auth::Auth::new(tokens),
+        metrics,
+        body_limit: config.server.body_limit,
+        started: Instant::now(),
+        series: Vec::new(),
+    });
+    let app = router(state)
+        .layer(TimeoutLayer::new(config.server.request_timeout))
+        .layer(TraceLayer::new_for_http());
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The URL line is the contract with `make run` and the tests: keep its shape.
+    println!("shiplog listening on http://{addr}/");
+    info!(%addr, data_dir = %data_dir.display(), "serving");
+
+    let grace = config.server.shutdown_grace;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    info!("draining and syncing the log");
+    match tokio::time::timeout(grace, log.close()).await {
+        Ok(r) => r.context("closing the log")?,
+        Err(_) => warn!("log did not close within the grace period"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,141 @@
+//! Shared harness of the end-to-end tests: spawn the real `shiplog` binary on a free
+//! loopback port, talk HTTP to it, stop it (SIGTERM or SIGKILL).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shiplog");
+
+pub struct TestServer {
+    pub child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl TestServer {
+    /// Starts `shiplog serve` on 127.0.0.1 with a free port and waits for its URL line.
+    pub fn spawn(data_dir: &Path, extra: &[&str]) -> TestServer {
+        Self::spawn_env(data_dir, extra, &[])
+    }
+
+    pub fn spawn_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let stderr_path = data_dir.with_extension(format!("stderr.{}.log", rand_suffix()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(extra)
+            .env("SHIPLOG_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn shiplog");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("shiplog listening on ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "shiplog did not start; stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        };
+        TestServer {
+            child: Some(child),
+            url,
+            data_dir: data_dir.to_path_buf(),
+            stderr_path,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("shiplog did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    std::process::id() as u64 * 1000 + N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A valid event of `kind` with a unique id.
+pub fn event(kind: &str, source: &str, id: &str, project: &str) -> serde_json::Value {
+    let data = match kind {
+        "build" => serde_json::json!({"tool": "vite", "success": true, "duration_ms": 41_000,
+            "bundle_bytes": 812_345, "phases": [{"name": "transform", "duration_ms": 30_000}],
+            "chunks": [{"name": "index", "bytes": 500_000, "gzip_bytes": 150_000}]}),
+        "deploy" => serde_json::json!({"status": "succeeded", "url": "https://web-abc.vercel.app",
+            "provider": "vercel", "duration_ms": 52_000, "triggered_by": "ci"}),
+        "migration" => serde_json::json!({"tool": "alembic", "database": "main",
+            "version": "20260101", "status": "applied", "duration_ms": 1200}),
+        "api_cost" => serde_json::json!({"provider": "openai", "model": "gpt-4o",
+            "input_tokens": 1200, "output_tokens": 300, "requests": 1, "cost_usd": 0.006}),
+        "check" => serde_json::json!({"name": "error_rate", "value": 0.01, "unit": "ratio"}),
+        other => panic!("no sample for kind {other}"),
+    };
+    serde_json::json!({
+        "id": id, "kind": kind, "source": source, "project": project,
+        "env": "production", "commit": "abc123", "deployment_id": "dpl_1",
+        "time": "2026-11-20T10:00:00Z", "data": data
+    })
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
