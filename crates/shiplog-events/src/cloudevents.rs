@@ -16,8 +16,8 @@
 //! and `deploymentid`) must have the same value both times. Error pointers refer to the
 //! CloudEvent as sent: an invalid `type` is `/type`, a project sent inside `data` is
 //! `/data/project`, a `deployment_id` taken from `subject` is `/subject`.
+use crate::{validate::type_name, Kind};
 use crate::{Event, FieldError, Origin};
-use crate::{Kind, validate::type_name};
 use serde_json::{Map, Value};
 
 /// The only CloudEvents `specversion` accepted.
@@ -39,7 +39,7 @@ pub fn from_cloudevent(value: Value) -> Result<Event, FieldError> {
     let Value::Object(mut ce) = value else {
         return Err(FieldError::new("", "a CloudEvent must be a JSON object"));
     };
-    match ce.remove("specversion") {
+    match ce.shift_remove("specversion") {
         None | Some(Value::Null) => {
             return Err(FieldError::new("/specversion", "is required (\"1.0\")"))
         }
@@ -51,7 +51,7 @@ pub fn from_cloudevent(value: Value) -> Result<Event, FieldError> {
             ))
         }
     }
-    let kind = match ce.remove("type") {
+    let kind = match ce.shift_remove("type") {
         None | Some(Value::Null) => return Err(FieldError::new("/type", "is required")),
         Some(Value::String(s)) => Kind::parse(&s).ok_or_else(|| {
             FieldError::new(
@@ -91,7 +91,7 @@ pub fn from_cloudevent(value: Value) -> Result<Event, FieldError> {
             "is not accepted in a CloudEvent: `type` names the kind",
         ));
     }
-    let mut data = match ce.remove("data") {
+    let mut data = match ce.shift_remove("data") {
         None | Some(Value::Null) => return Err(FieldError::new("/data", "is required")),
         Some(Value::Object(m)) => m,
         Some(v) => {
@@ -104,7 +104,7 @@ pub fn from_cloudevent(value: Value) -> Result<Event, FieldError> {
 
     let mut event = Map::with_capacity(ce.len() + 4);
     for key in ["id", "source", "time"] {
-        if let Some(v) = ce.remove(key) {
+        if let Some(v) = ce.shift_remove(key) {
             event.insert(key.to_string(), v);
         }
     }
@@ -115,8 +115,11 @@ pub fn from_cloudevent(value: Value) -> Result<Event, FieldError> {
         let mut found: Option<(Value, String)> = None;
         let candidates = ext_names
             .iter()
-            .map(|n| (ce.remove(*n), format!("/{n}")))
-            .chain(std::iter::once((data.remove(*field), format!("/data/{field}"))));
+            .map(|n| (ce.shift_remove(*n), format!("/{n}")))
+            .chain(std::iter::once((
+                data.shift_remove(*field),
+                format!("/data/{field}"),
+            )));
         for (v, pointer) in candidates {
             let Some(v) = v.filter(|v| !v.is_null()) else {
                 continue;
@@ -133,7 +136,7 @@ pub fn from_cloudevent(value: Value) -> Result<Event, FieldError> {
             }
         }
         if found.is_none() && *field == "deployment_id" {
-            if let Some(v) = ce.remove("subject").filter(|v| !v.is_null()) {
+            if let Some(v) = ce.shift_remove("subject").filter(|v| !v.is_null()) {
                 found = Some((v, "/subject".to_string()));
             }
         }
@@ -204,7 +207,13 @@ mod tests {
         ] {
             assert!(is_json_media_type(ok), "{ok}");
         }
-        for bad in ["text/plain", "application/xml", "+json", "application/+json", "json"] {
+        for bad in [
+            "text/plain",
+            "application/xml",
+            "+json",
+            "application/+json",
+            "json",
+        ] {
             assert!(!is_json_media_type(bad), "{bad}");
         }
     }

@@ -31,7 +31,7 @@ pub use validate::{
     MIGRATION_STATUSES, TRIGGERED_BY, VERDICTS,
 };
 
-use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -92,7 +92,8 @@ pub enum Origin {
     Internal,
 }
 
-/// Envelope field names of PRODUCT.md (plus `received_at`, set by the server).
+/// Envelope field names of PRODUCT.md (plus `received_at`, set by the server), in the order
+/// they are serialized.
 pub const ENVELOPE_FIELDS: &[&str] = &[
     "id",
     "kind",
@@ -106,6 +107,9 @@ pub const ENVELOPE_FIELDS: &[&str] = &[
     "deployment_id",
     "data",
 ];
+
+// `Event::from_json` destructures the envelope fields in this order.
+const _: () = assert!(ENVELOPE_FIELDS.len() == 11);
 
 /// Longest accepted string for `id`, `source`, `project` and the correlation keys.
 pub const MAX_KEY_LEN: usize = 512;
@@ -121,13 +125,27 @@ impl Event {
     /// [`MAX_KEY_LEN`] bytes); `data` (an object, checked by [`validate_data`]).
     /// `null` counts as absent for every field. Other fields go to `extra`.
     pub fn from_json(value: Value, origin: Origin) -> Result<Event, FieldError> {
-        let Value::Object(mut obj) = value else {
+        let Value::Object(obj) = value else {
             return Err(FieldError::new("", "an event must be a JSON object"));
         };
-        let id = take_key(&mut obj, "id", true)?.unwrap_or_default();
-        let source = take_key(&mut obj, "source", true)?.unwrap_or_default();
-        let project = take_key(&mut obj, "project", true)?.unwrap_or_default();
-        let kind = match obj.remove("kind") {
+        // One pass: envelope fields into slots (indexed like ENVELOPE_FIELDS), the rest into
+        // `extra` in the order sent (`Map::remove` would reorder it).
+        let mut slots: [Option<Value>; 11] = Default::default();
+        let mut extra = Map::new();
+        for (k, v) in obj {
+            match ENVELOPE_FIELDS.iter().position(|f| *f == k) {
+                Some(i) => slots[i] = Some(v),
+                None => {
+                    extra.insert(k, v);
+                }
+            }
+        }
+        let [id, kind, source, time, received_at, project, env, commit, branch, deployment_id, data] =
+            slots;
+        let id = take_key(id, "id", true)?.unwrap_or_default();
+        let source = take_key(source, "source", true)?.unwrap_or_default();
+        let project = take_key(project, "project", true)?.unwrap_or_default();
+        let kind = match kind {
             None | Some(Value::Null) => return Err(FieldError::new("/kind", "is required")),
             Some(Value::String(s)) => Kind::from_name(&s).ok_or_else(|| {
                 FieldError::new(
@@ -145,13 +163,13 @@ impl Event {
                 "decision events are written by shiplog only",
             ));
         }
-        let time = take_time(&mut obj, "time")?;
-        let received_at = take_time(&mut obj, "received_at")?;
-        let env = take_key(&mut obj, "env", false)?;
-        let commit = take_key(&mut obj, "commit", false)?;
-        let branch = take_key(&mut obj, "branch", false)?;
-        let deployment_id = take_key(&mut obj, "deployment_id", false)?;
-        let mut data = match obj.remove("data") {
+        let time = take_time(time, "time")?;
+        let received_at = take_time(received_at, "received_at")?;
+        let env = take_key(env, "env", false)?;
+        let commit = take_key(commit, "commit", false)?;
+        let branch = take_key(branch, "branch", false)?;
+        let deployment_id = take_key(deployment_id, "deployment_id", false)?;
+        let mut data = match data {
             None | Some(Value::Null) => return Err(FieldError::new("/data", "is required")),
             Some(Value::Object(m)) => m,
             Some(_) => return Err(FieldError::new("/data", "must be an object")),
@@ -169,7 +187,7 @@ impl Event {
             branch,
             deployment_id,
             data,
-            extra: obj,
+            extra,
         })
     }
 
@@ -201,11 +219,11 @@ impl Event {
 }
 
 fn take_key(
-    obj: &mut Map<String, Value>,
+    value: Option<Value>,
     field: &'static str,
     required: bool,
 ) -> Result<Option<String>, FieldError> {
-    match obj.remove(field) {
+    match value {
         None | Some(Value::Null) if required => {
             Err(FieldError::new(format!("/{field}"), "is required"))
         }
@@ -227,10 +245,10 @@ fn take_key(
 }
 
 fn take_time(
-    obj: &mut Map<String, Value>,
+    value: Option<Value>,
     field: &'static str,
 ) -> Result<Option<DateTime<Utc>>, FieldError> {
-    match obj.remove(field) {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_rfc3339(&s)
             .map(|t| Some(truncate_to_micros(t)))
@@ -244,16 +262,25 @@ fn take_time(
 
 /// Parses an RFC 3339 timestamp (`2026-11-21T10:00:00Z`, with offset or fraction).
 ///
-/// Accepts exactly what [`is_rfc3339`] accepts (the JSON Schema `date-time` format).
+/// Accepts what [`is_rfc3339`] accepts (the JSON Schema `date-time` format), except a time
+/// whose offset takes it outside the years 0000-9999 in UTC.
 pub fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
     if !is_rfc3339(s) {
         return Err(format!(
             "is not an RFC 3339 timestamp (like 2026-11-21T10:00:00Z): {s:?}"
         ));
     }
-    DateTime::parse_from_rfc3339(s)
+    let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("is not an RFC 3339 timestamp ({e}): {s:?}"))
+        .map_err(|e| format!("is not an RFC 3339 timestamp ({e}): {s:?}"))?;
+    // An offset can carry 0000-01-01 or 9999-12-31 out of four-digit years in UTC, which
+    // RFC 3339 cannot write back.
+    if !(0..=9999).contains(&t.year()) {
+        return Err(format!(
+            "is out of range: in UTC it falls outside the years 0000-9999: {s:?}"
+        ));
+    }
+    Ok(t)
 }
 
 /// Whether `s` is an RFC 3339 `date-time` (section 5.6), as JSON Schema's `date-time` format
@@ -267,7 +294,8 @@ pub fn is_rfc3339(s: &str) -> bool {
     }
     let d2 = |i: usize| -> Option<u32> {
         let (x, y) = (b[i], b[i + 1]);
-        (x.is_ascii_digit() && y.is_ascii_digit()).then(|| u32::from(x - b'0') * 10 + u32::from(y - b'0'))
+        (x.is_ascii_digit() && y.is_ascii_digit())
+            .then(|| u32::from(x - b'0') * 10 + u32::from(y - b'0'))
     };
     let (Some(y1), Some(y2), Some(month), Some(day)) = (d2(0), d2(2), d2(5), d2(8)) else {
         return false;

@@ -93,6 +93,7 @@ pub fn envelope_schema() -> Value {
             "type": ["string", "null"],
             "format": "date-time",
             "pattern": RFC3339_PATTERN,
+            "$comment": "shiplog also refuses a time whose offset takes it outside the years 0000-9999 in UTC.",
         })
     };
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
@@ -185,14 +186,24 @@ fn field_schema(f: &FieldSpec) -> Value {
             s.insert("type".into(), types(&["number"]));
         }
         FieldType::Count | FieldType::StrOrCount => {
-            let t: &[&str] = if f.ty == FieldType::Count {
-                &["integer"]
+            // Not `"type": ["integer", "null"]`: jsonschema 0.30 does not count `12.0` as an
+            // integer inside a type array (it does for `"type": "integer"`, as the spec says).
+            let count = json!({ "type": "integer", "minimum": 0, "maximum": MAX_COUNT });
+            let mut any_of = Vec::new();
+            if f.ty == FieldType::StrOrCount {
+                any_of.push(json!({ "type": "string" }));
+            }
+            if f.required && any_of.is_empty() {
+                if let Value::Object(count) = count {
+                    s.extend(count);
+                }
             } else {
-                &["string", "integer"]
-            };
-            s.insert("type".into(), types(t));
-            s.insert("minimum".into(), json!(0));
-            s.insert("maximum".into(), json!(MAX_COUNT));
+                any_of.push(count);
+                if !f.required {
+                    any_of.push(json!({ "type": "null" }));
+                }
+                s.insert("anyOf".into(), Value::Array(any_of));
+            }
         }
         FieldType::Enum(values) => {
             let mut v: Vec<Value> = values.iter().map(|s| json!(s)).collect();

@@ -83,7 +83,11 @@ pub const MIGRATION_STATUSES: &[&str] = &["applied", "failed", "rolled_back", "s
 pub const VERDICTS: &[&str] = &["healthy", "degraded", "inconclusive", "alert"];
 
 const PHASE: &[FieldSpec] = &[
-    req("name", Str, "Phase name, e.g. `transform`, `render-chunks`."),
+    req(
+        "name",
+        Str,
+        "Phase name, e.g. `transform`, `render-chunks`.",
+    ),
     req("duration_ms", Count, "Phase duration in milliseconds."),
 ];
 const CHUNK: &[FieldSpec] = &[
@@ -106,7 +110,11 @@ const BUILD: &[FieldSpec] = &[
     opt("tool_version", Str, "Build tool version."),
     opt("mode", Str, "Build mode, e.g. `production`."),
     req("success", Bool, "Whether the build succeeded."),
-    req("duration_ms", Count, "Wall-clock build duration in milliseconds."),
+    req(
+        "duration_ms",
+        Count,
+        "Wall-clock build duration in milliseconds.",
+    ),
     opt("phases", Array(PHASE), "Build phases with their durations."),
     opt("modules_transformed", Count, "Modules transformed."),
     opt("modules_total", Count, "Modules in the module graph."),
@@ -127,7 +135,11 @@ const DEPLOY: &[FieldSpec] = &[
         "The deployment this one replaces.",
     ),
     opt("duration_ms", Count, "Deploy duration in milliseconds."),
-    opt("triggered_by", Enum(TRIGGERED_BY), "Who triggered the deploy."),
+    opt(
+        "triggered_by",
+        Enum(TRIGGERED_BY),
+        "Who triggered the deploy.",
+    ),
 ];
 
 const MIGRATION: &[FieldSpec] = &[
@@ -142,7 +154,11 @@ const MIGRATION: &[FieldSpec] = &[
 ];
 
 const API_COST: &[FieldSpec] = &[
-    req("provider", Str, "Model provider, e.g. `openai`, `anthropic`."),
+    req(
+        "provider",
+        Str,
+        "Model provider, e.g. `openai`, `anthropic`.",
+    ),
     req("model", Str, "Model name as sent to the provider."),
     opt("input_tokens", Count, "Input (prompt) tokens."),
     opt("output_tokens", Count, "Output (completion) tokens."),
@@ -261,21 +277,30 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
 }
 
 /// Checks the known fields of one object. Returns whether a count was written as a float.
+///
+/// One pass over the object's entries, matching names against the (short) spec table: no
+/// hashing. Type errors are reported in the object's order, then missing required fields in
+/// the table's order.
 fn check_object(
     fields: &'static [FieldSpec],
     obj: &Map<String, Value>,
     at: &Path<'_>,
 ) -> Result<bool, FieldError> {
     let mut floats = false;
-    for spec in fields {
-        let here = Path::Key(at, spec.name);
-        match obj.get(spec.name) {
-            None | Some(Value::Null) => {
-                if spec.required {
-                    return Err(fail(&here, "is required"));
-                }
-            }
-            Some(v) => floats |= check_value(spec.ty, v, &here)?,
+    let mut present: u64 = 0; // bit i: fields[i] present and not null (tables have <= 64)
+    for (key, v) in obj {
+        let Some(i) = fields.iter().position(|f| f.name == key) else {
+            continue;
+        };
+        if v.is_null() {
+            continue;
+        }
+        present |= 1 << i;
+        floats |= check_value(fields[i].ty, v, &Path::Key(at, fields[i].name))?;
+    }
+    for (i, spec) in fields.iter().enumerate() {
+        if spec.required && present & (1 << i) == 0 {
+            return Err(fail(&Path::Key(at, spec.name), "is required"));
         }
     }
     Ok(floats)
@@ -293,13 +318,9 @@ fn check_value(ty: FieldType, v: &Value, at: &Path<'_>) -> Result<bool, FieldErr
             check_count(n).map_err(|e| fail(at, e))
         }
         (FieldType::StrOrCount, Value::String(_)) => Ok(false),
-        (FieldType::StrOrCount, _) => {
-            Err(wrong_type(at, "a string or a non-negative integer", v))
-        }
+        (FieldType::StrOrCount, _) => Err(wrong_type(at, "a string or a non-negative integer", v)),
         (FieldType::Count, _) => Err(wrong_type(at, "a non-negative integer", v)),
-        (FieldType::Enum(allowed), Value::String(s)) if allowed.contains(&s.as_str()) => {
-            Ok(false)
-        }
+        (FieldType::Enum(allowed), Value::String(s)) if allowed.contains(&s.as_str()) => Ok(false),
         (FieldType::Enum(allowed), _) => Err(fail(
             at,
             format!("must be one of {}, got {v}", allowed.join(", ")),
@@ -389,14 +410,31 @@ mod tests {
     #[test]
     fn build_rules() {
         assert!(check(Kind::Build, json!({"success": true, "duration_ms": 1200})).is_ok());
-        assert_eq!(field(Kind::Build, json!({"duration_ms": 1})), "/data/success");
-        assert_eq!(field(Kind::Build, json!({"success": true})), "/data/duration_ms");
-        for bad in [json!(1.5), json!(-1), json!("12"), json!(-1.0), json!(1e300), json!(true)] {
+        assert_eq!(
+            field(Kind::Build, json!({"duration_ms": 1})),
+            "/data/success"
+        );
+        assert_eq!(
+            field(Kind::Build, json!({"success": true})),
+            "/data/duration_ms"
+        );
+        for bad in [
+            json!(1.5),
+            json!(-1),
+            json!("12"),
+            json!(-1.0),
+            json!(1e300),
+            json!(true),
+        ] {
             let e = check(Kind::Build, json!({"success": true, "duration_ms": bad})).unwrap_err();
             assert_eq!(e.field, "/data/duration_ms", "{bad}: {e}");
         }
         assert!(check(Kind::Build, json!({"success": true, "duration_ms": 12.0})).is_ok());
-        assert!(check(Kind::Build, json!({"success": true, "duration_ms": MAX_COUNT})).is_ok());
+        assert!(check(
+            Kind::Build,
+            json!({"success": true, "duration_ms": MAX_COUNT})
+        )
+        .is_ok());
         assert_eq!(
             field(
                 Kind::Build,
@@ -423,13 +461,22 @@ mod tests {
     #[test]
     fn enums_and_other_kinds() {
         assert!(check(Kind::Deploy, json!({"status": "promoted"})).is_ok());
-        assert_eq!(field(Kind::Deploy, json!({"status": "done"})), "/data/status");
         assert_eq!(
-            field(Kind::Deploy, json!({"status": "failed", "triggered_by": "bot"})),
+            field(Kind::Deploy, json!({"status": "done"})),
+            "/data/status"
+        );
+        assert_eq!(
+            field(
+                Kind::Deploy,
+                json!({"status": "failed", "triggered_by": "bot"})
+            ),
             "/data/triggered_by"
         );
         assert_eq!(field(Kind::Migration, json!({})), "/data/status");
-        assert_eq!(field(Kind::ApiCost, json!({"provider": "openai"})), "/data/model");
+        assert_eq!(
+            field(Kind::ApiCost, json!({"provider": "openai"})),
+            "/data/model"
+        );
         assert_eq!(
             field(
                 Kind::ApiCost,
@@ -449,6 +496,21 @@ mod tests {
             field(Kind::Decision, json!({"rule": "r", "verdict": "ok"})),
             "/data/verdict"
         );
+    }
+
+    #[test]
+    fn tables_fit_the_presence_mask() {
+        fn walk(fields: &[FieldSpec]) {
+            assert!(fields.len() <= 64);
+            for f in fields {
+                if let FieldType::Struct(inner) | FieldType::Array(inner) = f.ty {
+                    walk(inner);
+                }
+            }
+        }
+        for kind in Kind::ALL {
+            walk(data_fields(kind));
+        }
     }
 
     #[test]

@@ -60,8 +60,10 @@
 //! directory before acknowledging. A record larger than a segment gets a segment of its own.
 //!
 //! If a write or sync fails, every request of the group fails (`ENOSPC`/`EDQUOT` as
-//! [`LogError::NoSpace`]), the segments created by the group are deleted, the last segment
-//! is truncated back to its last synced length, and the writer keeps serving later requests.
+//! [`LogError::NoSpace`]), the segments created by the group are deleted, the segment that
+//! was last when the group began is truncated back to its last synced length (and is the
+//! last segment again), and the writer keeps serving later requests. If that truncation
+//! fails too, it is retried before the next group writes anything.
 //!
 //! Readers never see a byte that is not synced: after each successful group commit the
 //! writer publishes the durable lengths of the segments and then the durable end offset
@@ -88,7 +90,9 @@
 //! records, kept by the writer for new segments and built on first use for sealed segments
 //! found at open), and scans forward. It then reads sequentially in 1 MiB chunks, checking
 //! every frame's CRC and offset, crossing into the next segment at the end of a sealed one.
-//! Returned keys and values are zero-copy slices of the chunk they were read in.
+//! Returned keys and values are zero-copy slices of the chunk they were read in (so a
+//! record kept alive keeps its chunk alive). A batch holds at least one record when one is
+//! available, then stops at `max_records` or once `max_bytes` of keys and values are reached.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -120,7 +124,7 @@ pub const FRAME_OVERHEAD: usize = 18;
 const FRAME_PREFIX: usize = 8;
 /// Body bytes before the key: offset and key length.
 const BODY_PREFIX: usize = 10;
-/// One sparse index entry per this many records of a segment.
+/// One sparse index entry per this many records of a segment (a power of two).
 pub const INDEX_INTERVAL: u64 = 4096;
 /// Readers and scans read segments in chunks of this size.
 const READ_CHUNK: usize = 1 << 20;
@@ -223,10 +227,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         }
         let scan = scan_segment(&file, base, len)?;
         report.records += scan.records;
-        if let Some((position, reason)) = scan.stop {
-            report.damage.push(damage(position, reason));
-        }
-        expected_base = Some(scan.next_offset);
+        expected_base = match scan.stop {
+            Some((position, reason)) => {
+                report.damage.push(damage(position, reason));
+                None // where this segment really ends is unknown
+            }
+            None => Some(scan.next_offset),
+        };
     }
     Ok(report)
 }
@@ -255,7 +262,10 @@ impl std::fmt::Debug for SegmentedLog {
 impl SegmentedLog {
     /// Opens (creating if needed) the log in `dir`, recovers its tail, and starts the writer
     /// thread. Fails with [`LogError::Unavailable`] if another process has it open.
-    pub fn open(dir: &Path, config: FileLogConfig) -> Result<(SegmentedLog, RecoveryReport), LogError> {
+    pub fn open(
+        dir: &Path,
+        config: FileLogConfig,
+    ) -> Result<(SegmentedLog, RecoveryReport), LogError> {
         validate_config(&config)?;
         fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
@@ -699,7 +709,9 @@ fn parse_frame(buf: &[u8]) -> Parsed {
     }
     let body_len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
     if body_len < BODY_PREFIX {
-        return Parsed::Bad(format!("frame length {body_len} is below the minimum of {BODY_PREFIX}"));
+        return Parsed::Bad(format!(
+            "frame length {body_len} is below the minimum of {BODY_PREFIX}"
+        ));
     }
     let total = FRAME_PREFIX + body_len;
     if buf.len() < total {
@@ -758,7 +770,7 @@ fn scan_segment(file: &File, base: Offset, file_len: u64) -> io::Result<Scan> {
                     ));
                     break;
                 }
-                if (offset - base) % INDEX_INTERVAL == 0 {
+                if (offset - base) & (INDEX_INTERVAL - 1) == 0 {
                     scan.index.push((offset, pos));
                 }
                 cursor += total;
@@ -854,7 +866,10 @@ fn recover_tail(
             dir_file.sync_all()?;
             report.truncated_bytes += file_len;
             let why = stop.map(|(_, r)| r).unwrap_or_else(|| "no records".into());
-            reasons.push(format!("{}: removed trailing segment ({why})", path.display()));
+            reasons.push(format!(
+                "{}: removed trailing segment ({why})",
+                path.display()
+            ));
             segments.pop();
             continue;
         }
@@ -865,7 +880,10 @@ fn recover_tail(
                 let file = create_fresh_segment(&path, base)?;
                 report.truncated_bytes += file_len;
                 let why = stop.map(|(_, r)| r).unwrap_or_default();
-                reasons.push(format!("{}: rewrote segment header ({why})", path.display()));
+                reasons.push(format!(
+                    "{}: rewrote segment header ({why})",
+                    path.display()
+                ));
                 break RecoveredTail {
                     file,
                     len: SEGMENT_HEADER_LEN,
@@ -1075,7 +1093,7 @@ impl Writer {
                 g.seg_start = SEGMENT_HEADER_LEN;
                 self.buf.clear();
             }
-            if (g.next - g.seg_base) % INDEX_INTERVAL == 0 {
+            if (g.next - g.seg_base) & (INDEX_INTERVAL - 1) == 0 {
                 g.index.push((g.next, g.seg_start + self.buf.len() as u64));
             }
             encode_frame(&mut self.buf, g.next, &record.key, &record.value);
@@ -1196,7 +1214,9 @@ impl SegmentReader {
             let table = read_lock(&self.shared.table);
             let start = table.segments[0].base;
             let end = *self.durable.borrow();
-            let i = table.find(offset).ok_or(LogError::OutOfRange { offset, start, end })?;
+            let i = table
+                .find(offset)
+                .ok_or(LogError::OutOfRange { offset, start, end })?;
             let s = &table.segments[i];
             (s.base, s.path.clone(), s.len, s.indexed)
         };
@@ -1232,19 +1252,21 @@ impl SegmentReader {
             read_pos,
         })
     }
+}
 
-    /// Durable length of the segment `base`, and the base of the next segment if any.
-    fn segment_limit(&self, base: Offset) -> (u64, Option<Offset>) {
-        let table = read_lock(&self.shared.table);
-        match table.find(base) {
-            Some(i) => (
-                table.segments[i].len,
-                table.segments.get(i + 1).map(|s| s.base),
-            ),
-            None => (0, None),
-        }
+/// Durable length of the segment `base`, and the base of the next segment if any.
+fn segment_limit(shared: &Shared, base: Offset) -> (u64, Option<Offset>) {
+    let table = read_lock(&shared.table);
+    match table.find(base) {
+        Some(i) => (
+            table.segments[i].len,
+            table.segments.get(i + 1).map(|s| s.base),
+        ),
+        None => (0, None),
     }
+}
 
+impl SegmentReader {
     /// Reads records below `end` that are available now.
     fn read_available(
         &mut self,
@@ -1255,7 +1277,7 @@ impl SegmentReader {
         let wanted = (end - self.next).min(max_records as u64) as usize;
         let mut out = Vec::with_capacity(wanted.min(8192));
         let mut bytes = 0usize;
-        while self.next < end && out.len() < max_records && bytes < max_bytes {
+        while self.next < end && out.len() < max_records && (out.is_empty() || bytes < max_bytes) {
             if self.cursor.is_none() {
                 self.cursor = Some(self.open_at(self.next)?);
             }
@@ -1272,7 +1294,8 @@ impl SegmentReader {
                         continue;
                     }
                     if offset != self.next {
-                        let (base, position) = (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
+                        let (base, position) =
+                            (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
                         return Err(self.corrupt(
                             base,
                             position,
@@ -1291,7 +1314,7 @@ impl SegmentReader {
                     self.next += 1;
                 }
                 Parsed::Incomplete(need) => {
-                    let (limit, next_base) = self.segment_limit(cursor.base);
+                    let (limit, next_base) = segment_limit(&self.shared, cursor.base);
                     if cursor.read_pos < limit {
                         let have = cursor.buf.len();
                         // `have < need` here, so at least one byte is read.
@@ -1302,7 +1325,9 @@ impl SegmentReader {
                         let mut chunk = Vec::with_capacity(have + more);
                         chunk.extend_from_slice(&cursor.buf);
                         chunk.resize(have + more, 0);
-                        cursor.file.read_exact_at(&mut chunk[have..], cursor.read_pos)?;
+                        cursor
+                            .file
+                            .read_exact_at(&mut chunk[have..], cursor.read_pos)?;
                         cursor.read_pos += more as u64;
                         cursor.buf = Bytes::from(chunk);
                     } else if let (true, Some(next_base)) = (cursor.buf.is_empty(), next_base) {
@@ -1321,7 +1346,8 @@ impl SegmentReader {
                     } else if cursor.buf.is_empty() {
                         break; // the durable end has not reached the table yet
                     } else {
-                        let (base, position) = (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
+                        let (base, position) =
+                            (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
                         return Err(self.corrupt(
                             base,
                             position,

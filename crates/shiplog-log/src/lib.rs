@@ -15,6 +15,7 @@
 pub mod file;
 mod positions;
 
+pub use file::{FileLogConfig, RecoveryReport, SegmentedLog, VerifyReport};
 pub use positions::PositionStore;
 
 use bytes::Bytes;
@@ -110,8 +111,10 @@ pub trait Log: Send + Sync + 'static {
     /// record in batch order. Concurrent calls share syncs (group commit). On error, none of
     /// the batch may be assumed durable (the caller answers the client with an error, and a
     /// client retry is deduplicated by the ingest layer).
-    fn append(&self, records: Vec<LogRecord>)
-        -> BoxFuture<'static, Result<Vec<RecordPosition>, LogError>>;
+    fn append(
+        &self,
+        records: Vec<LogRecord>,
+    ) -> BoxFuture<'static, Result<Vec<RecordPosition>, LogError>>;
 
     /// The partitions of this log.
     fn partitions(&self) -> Vec<Partition>;

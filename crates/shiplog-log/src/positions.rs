@@ -1,20 +1,7 @@
 //! Consumer positions: where each named consumer (a projection, a rule engine) has read up
 //! to, per partition, replaced atomically.
 //!
-//! # File format
-//!
-//! One file per consumer, `<name>.pos` in the store's directory, UTF-8 text:
-//!
-//! ```text
-//! shiplog-positions 1
-//! <partition> <offset>
-//! …
-//! crc32c <8 hex digits>
-//! ```
-//!
-//! The CRC32C covers every byte before the `crc32c` line. A save writes `.<name>.pos.tmp`,
-//! fsyncs it, renames it over `<name>.pos` and fsyncs the directory, so a crash leaves either
-//! the old or the new positions, never a mix. A missing file means "no positions yet".
+//! The file format is documented on [`PositionStore`].
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +13,22 @@ use crate::{LogError, Offset, Partition};
 const HEADER: &str = "shiplog-positions 1\n";
 const MAX_NAME_LEN: usize = 128;
 
-/// Stores consumer positions in a directory; see the [module documentation](self).
+/// Stores consumer positions in a directory.
+///
+/// # File format
+///
+/// One file per consumer, `<name>.pos` in the store's directory, UTF-8 text:
+///
+/// ```text
+/// shiplog-positions 1
+/// <partition> <offset>
+/// …
+/// crc32c <8 hex digits>
+/// ```
+///
+/// The CRC32C covers every byte before the `crc32c` line. A save writes `.<name>.pos.tmp`,
+/// fsyncs it, renames it over `<name>.pos` and fsyncs the directory, so a crash leaves either
+/// the old or the new positions, never a mix. A missing file means "no positions yet".
 #[derive(Debug, Clone)]
 pub struct PositionStore {
     dir: PathBuf,
@@ -43,7 +45,11 @@ impl PositionStore {
     }
 
     /// Atomically replaces the positions of consumer `name`.
-    pub fn save(&self, name: &str, positions: &BTreeMap<Partition, Offset>) -> Result<(), LogError> {
+    pub fn save(
+        &self,
+        name: &str,
+        positions: &BTreeMap<Partition, Offset>,
+    ) -> Result<(), LogError> {
         validate_name(name)?;
         fs::create_dir_all(&self.dir)?;
         let mut text = String::from(HEADER);
@@ -167,7 +173,15 @@ mod tests {
     fn rejects_bad_names() {
         let dir = tempfile::tempdir().unwrap();
         let store = PositionStore::new(dir.path());
-        for name in ["", "../x", "a/b", "a\\b", ".hidden", "a b", &"x".repeat(200)] {
+        for name in [
+            "",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a b",
+            &"x".repeat(200),
+        ] {
             assert!(store.save(name, &BTreeMap::new()).is_err(), "{name:?}");
             assert!(store.load(name).is_err(), "{name:?}");
         }

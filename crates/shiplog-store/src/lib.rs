@@ -1,1 +1,141 @@
-//! placeholder
+//! The shiplog store: the projection log → Arrow → Parquet, and DuckDB on top of it.
+//!
+//! Owns `<data_dir>/parquet/`: [`ParquetProjector`] (and the [`run_projection`] task that
+//! drives it for `serve`), [`compact`]ion and retention, [`replay`], and the read-only,
+//! confined [`QueryEngine`].
+//!
+//! Guarantees:
+//! - **exactly once**: every log offset below the committed offset of its partition is in
+//!   exactly one visible Parquet row (or was counted as undecodable and skipped), whatever
+//!   moment the process is killed at;
+//! - an event is queryable at most `flush_interval` (default 1 s) + one log read wait after
+//!   the log made it readable;
+//! - the Parquet files are plain zstd Parquet that any reader opens; their columns are
+//!   documented below and fixed per [`SCHEMA_VERSION`];
+//! - projections are disposable: [`replay`] rebuilds them row for row from the log.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <data_dir>/parquet/
+//!   _lock                      flock held by the one process projecting (serve, replay, compact)
+//!   _state.json                the single commit point (below)
+//!   <kind>/_schema/schema-v1.parquet          zero-row file: the kind's columns (so the view exists)
+//!   <kind>/date=YYYY-MM-DD/p<P>-<first>-<last>.parquet
+//! ```
+//!
+//! `<kind>` is `build`, `deploy`, `migration`, `api_cost`, `check`, `decision`; the date is
+//! the UTC date of the event time; `P` the log partition; `first`/`last` the first and last
+//! log offsets (12 digits, zero padded) of the rows in the file (rows are in offset order;
+//! the offsets between them belong to other kinds or dates). Files being written end in
+//! `.tmp` and are never matched by the views' `*.parquet` globs.
+//!
+//! # Commit protocol (two-phase, after Arroyo's Parquet sink)
+//!
+//! A flush (1) writes each file under `<final>.tmp` and fsyncs it; (2) atomically replaces
+//! `_state.json` (write `_state.json.tmp`, fsync, rename, fsync dir) with the new next
+//! offset per partition and the list of renames `tmp → final`: this is the commit; (3)
+//! renames the files into place and fsyncs their directories. Compaction commits the same
+//! way, with the list of files it replaces (`deletes`). Opening a projector recovers: it
+//! completes the deletes and renames listed in the state (roll forward), deletes every other
+//! `*.tmp` (uncommitted writes), and resumes reading the log at the state's offsets. A kill
+//! before (2) loses only temp files (the events are re-read); a kill after (2) is completed
+//! on restart. So no row is ever duplicated or lost.
+//!
+//! # Columns
+//!
+//! Every kind's files (and DuckDB view) start with the envelope:
+//!
+//! | column | type | |
+//! |---|---|---|
+//! | `time` | TIMESTAMP µs UTC | event time: `time` when sent, else `received_at` |
+//! | `received_at` | TIMESTAMP µs UTC | when shiplog accepted the event |
+//! | `id`, `source`, `project` | VARCHAR | |
+//! | `env`, `commit`, `branch`, `deployment_id` | VARCHAR | null when absent |
+//!
+//! then the kind's `data` fields, named as in PRODUCT.md:
+//!
+//! | kind (view) | columns |
+//! |---|---|
+//! | `build` (`builds`) | `tool`, `tool_version`, `mode` VARCHAR; `success` BOOLEAN; `duration_ms` BIGINT; `phases` STRUCT(name VARCHAR, duration_ms BIGINT)[]; `modules_transformed`, `modules_total`, `bundle_bytes`, `gzip_bytes` BIGINT; `chunks` STRUCT(name VARCHAR, bytes BIGINT, gzip_bytes BIGINT)[]; `assets` STRUCT(name VARCHAR, bytes BIGINT)[]; `ci` STRUCT(provider VARCHAR, run_id VARCHAR, url VARCHAR) |
+//! | `deploy` (`deploys`) | `status`, `url`, `provider`, `previous_deployment_id` VARCHAR; `duration_ms` BIGINT; `triggered_by` VARCHAR |
+//! | `migration` (`migrations`) | `tool`, `database`, `version`, `name`, `status` VARCHAR; `duration_ms` BIGINT; `error`, `checksum` VARCHAR |
+//! | `api_cost` (`api_costs`) | `provider`, `model` VARCHAR; `input_tokens`, `output_tokens`, `cached_tokens`, `requests` BIGINT; `cost_usd` DOUBLE; `price_version`, `feature` VARCHAR; `usage` VARCHAR (the JSON object as sent) |
+//! | `check` (`checks`) | `name` VARCHAR; `passed` BOOLEAN; `value` DOUBLE; `unit` VARCHAR |
+//! | `decision` (`decisions`) | `rule`, `verdict`, `metric` VARCHAR; `value`, `baseline`, `threshold` DOUBLE; `samples` BIGINT; `action`, `outcome` VARCHAR; `dry_run` BOOLEAN |
+//!
+//! and end with `extra` VARCHAR (JSON object of what has no column: unknown envelope fields
+//! by name, and unknown `data` fields under `"data"`, e.g. `{"subject":"x","data":{"foo":1}}`;
+//! null when there is none), `_partition` INTEGER and `_offset` BIGINT (the event's log
+//! position). The `events` view unions the envelope columns of every kind with `kind`
+//! VARCHAR first: `kind, time, received_at, id, source, project, env, commit, branch,
+//! deployment_id, extra, _partition, _offset`.
+//!
+//! Type rules: a value of the column's type is stored as is; otherwise it is converted when
+//! meaningful (a number or boolean into a VARCHAR column becomes its JSON text, an object
+//! or array its compact JSON; a fractional number into BIGINT is rounded; a numeric string
+//! into a number column is parsed) else stored as null — and whenever the stored value is
+//! not an exact image of what was sent (also: unknown fields inside `phases`, `chunks`,
+//! `assets` items or `ci`), the original JSON value is kept in `extra` too. Nothing sent is
+//! lost. Log entries that are not JSON objects with a known `kind` are skipped and counted
+//! (`shiplog_projection_events_skipped_total`); events always have `received_at` (ingest
+//! sets it), an event with neither `time` nor `received_at` is dated 1970-01-01.
+
+mod convert;
+mod fsutil;
+mod projector;
+mod query;
+mod run;
+mod schema;
+mod state;
+
+pub use projector::{
+    apply_retention, compact, file_name, parquet_dir, parse_file_name, CompactionReport,
+    CrashPoint, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport,
+    SCHEMA_VERSION,
+};
+pub use query::{QueryEngine, QueryError, QueryResult};
+pub use run::{
+    replay, run_projection, ProjectedOffsets, ProjectionHandle, ProjectionMetrics,
+    ReplayProgress, ReplayReport,
+};
+pub use schema::{kind_schema, ENVELOPE_COLUMNS};
+
+use std::path::PathBuf;
+
+/// Errors of the projection, compaction and replay.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (or projector) holds the directory's lock.
+    #[error("the projection directory {0} is in use by another shiplog process")]
+    Locked(PathBuf),
+    /// `_state.json` cannot be read, or the files disagree with it.
+    #[error("projection state {path} is damaged: {reason}")]
+    CorruptState { path: PathBuf, reason: String },
+    /// A configuration value is invalid (e.g. the compaction cron expression).
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Log(#[from] shiplog_log::LogError),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("duckdb: {0}")]
+    DuckDb(#[from] duckdb::Error),
+    /// A test-injected failure (see [`CrashPoint`]).
+    #[error("injected crash at {0:?}")]
+    InjectedCrash(CrashPoint),
+}
+
+impl StoreError {
+    /// Whether retrying later (after reopening) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, StoreError::Config(_))
+    }
+}

@@ -9,7 +9,7 @@ use crate::schema::kind_schema;
 use crate::state::State;
 use crate::StoreError;
 use arrow::record_batch::RecordBatch;
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -447,9 +447,7 @@ impl ParquetProjector {
         if renames.is_empty() {
             return Ok(report);
         }
-        if let Err(e) = self.crash_point(CrashPoint::AfterTempWrite) {
-            return Err(e);
-        }
+        self.crash_point(CrashPoint::AfterTempWrite)?;
         let mut next = self.state.clone();
         next.renames = renames;
         next.deletes = deletes;
@@ -678,8 +676,3 @@ pub fn apply_retention(
     apply_retention_in(&root, retention_days, now)
 }
 
-/// Unused helper kept for date math in callers.
-#[allow(dead_code)]
-pub(crate) fn day_index(d: NaiveDate) -> i32 {
-    d.num_days_from_ce()
-}

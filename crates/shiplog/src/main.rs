@@ -3,6 +3,7 @@
 //! `serve` runs the pipeline (ingest, log, projection, web). Other commands talk to a
 //! server over HTTP or work on a stopped server's data dir.
 
+mod bench;
 mod config;
 mod datadir;
 mod serve;
@@ -33,6 +34,27 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:7070). Also SHIPLOG_LISTEN.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// Benchmarks that print figures (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Ingest events/s with durable ack vs a no-op axum server, same load, same run.
+    Ingest {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Events per request (repeatable).
+        #[arg(long = "batch", default_values_t = [1usize, 100])]
+        batches: Vec<usize>,
     },
 }
 
@@ -74,6 +96,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.server.listen = l;
             }
             runtime()?.block_on(serve::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { which } => {
+            match which {
+                BenchCommand::Ingest {
+                    connections,
+                    seconds,
+                    batches,
+                } => runtime()?.block_on(bench::ingest(bench::IngestBenchArgs {
+                    connections,
+                    seconds,
+                    batch_sizes: batches,
+                }))?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,734 @@
+use super::*;
+use futures::future::join_all;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn record(key: &[u8], value: &[u8]) -> LogRecord {
+    LogRecord {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(value),
+    }
+}
+
+fn numbered(i: u64, value_len: usize) -> LogRecord {
+    let mut value = format!("value-{i}-").into_bytes();
+    value.resize(value_len.max(value.len()), b'x');
+    record(format!("k{}", i % 7).as_bytes(), &value)
+}
+
+fn small(segment_bytes: u64) -> FileLogConfig {
+    FileLogConfig {
+        segment_bytes,
+        ..FileLogConfig::default()
+    }
+}
+
+async fn read_all(log: &SegmentedLog, from: Offset) -> Vec<LogEntry> {
+    let mut reader = log.reader(0, from).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let batch = reader
+            .next_batch(97, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+fn last_segment(dir: &Path) -> PathBuf {
+    list_segments(dir).unwrap().pop().unwrap().1
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn append_read_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, report) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        assert_eq!(
+            report,
+            RecoveryReport {
+                segments: 1,
+                ..Default::default()
+            }
+        );
+        let positions = log
+            .append(vec![
+                record(b"a", b"one"),
+                record(b"", b""),
+                record(b"c", b"three"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(log.append(vec![]).await.unwrap(), vec![]);
+        assert_eq!(log.end_offset(0), 3);
+        let entries = read_all(&log, 1).await;
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].key, Bytes::new());
+        assert_eq!(entries[1].value, Bytes::from_static(b"three"));
+        let stats = log.stats();
+        assert_eq!((stats.records, stats.segments, stats.syncs), (3, 1, 1));
+        assert_eq!(
+            stats.bytes,
+            fs::metadata(last_segment(dir.path())).unwrap().len()
+        );
+        log.close().await.unwrap();
+    });
+    let (log, report) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+    assert_eq!(
+        report,
+        RecoveryReport {
+            segments: 1,
+            records: 3,
+            ..Default::default()
+        }
+    );
+    runtime().block_on(async {
+        assert_eq!(read_all(&log, 0).await.len(), 3);
+        assert!(matches!(
+            log.reader(0, 4),
+            Err(LogError::OutOfRange {
+                offset: 4,
+                start: 0,
+                end: 3
+            })
+        ));
+        assert!(log.reader(1, 0).is_err());
+        assert!(verify(dir.path()).unwrap().is_clean());
+    });
+}
+
+#[test]
+fn rejects_oversized_records_and_second_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = FileLogConfig {
+        max_record_bytes: 100,
+        ..FileLogConfig::default()
+    };
+    let (log, _) = SegmentedLog::open(dir.path(), config).unwrap();
+    assert!(matches!(
+        SegmentedLog::open(dir.path(), FileLogConfig::default()),
+        Err(LogError::Unavailable(_))
+    ));
+    runtime().block_on(async {
+        let err = log.append(vec![record(b"k", &[0; 100])]).await.unwrap_err();
+        assert!(matches!(
+            err,
+            LogError::RecordTooLarge {
+                size: 101,
+                limit: 100
+            }
+        ));
+        log.append(vec![record(b"k", &[0; 99])]).await.unwrap();
+    });
+    drop(log);
+    SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+}
+
+#[test]
+fn many_segments_readers_cross_and_seek() {
+    let dir = tempfile::tempdir().unwrap();
+    // ~90-byte frames, ~2,900 records per segment: several index entries per... segment
+    // is below INDEX_INTERVAL, so use bigger segments for the index part below.
+    let rt = runtime();
+    let n = 3000u64;
+    rt.block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), small(4096)).unwrap();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(37) {
+            let batch = chunk.iter().map(|&i| numbered(i, 60)).collect();
+            log.append(batch).await.unwrap();
+        }
+        assert!(log.stats().segments > 50, "{:?}", log.stats());
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len() as u64, n);
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.offset, i as u64);
+            assert_eq!(*e, entry_of(i as u64, numbered(i as u64, 60)));
+        }
+        for from in [1, 44, 45, 46, 1000, 2999, 3000] {
+            let tail = read_all(&log, from).await;
+            assert_eq!(tail.len() as u64, n - from);
+            assert!(tail.first().is_none_or(|e| e.offset == from));
+        }
+        log.close().await.unwrap();
+    });
+    let (log, report) = SegmentedLog::open(dir.path(), small(4096)).unwrap();
+    assert_eq!(report.records, n);
+    assert_eq!(report.truncated_bytes, 0);
+    rt.block_on(async {
+        let tail = read_all(&log, 1234).await;
+        assert_eq!(tail[0], entry_of(1234, numbered(1234, 60)));
+        assert_eq!(tail.len() as u64, n - 1234);
+    });
+    let v = verify(dir.path()).unwrap();
+    assert!(v.is_clean(), "{v:?}");
+    assert_eq!(v.records, n);
+}
+
+fn entry_of(offset: Offset, r: LogRecord) -> LogEntry {
+    LogEntry {
+        partition: 0,
+        offset,
+        key: r.key,
+        value: r.value,
+    }
+}
+
+#[test]
+fn sparse_index_seeks_in_sealed_and_live_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let n = 30_000u64;
+    let config = small(512 << 10); // ~13,000 records of ~40 bytes per segment
+    rt.block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), config.clone()).unwrap();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            log.append(chunk.iter().map(|&i| numbered(i, 20)).collect())
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.stats().segments, 3);
+        for from in [0, 4095, 4096, 4097, 12_345, 20_000, 29_999] {
+            let mut reader = log.reader(0, from).unwrap();
+            let batch = reader
+                .next_batch(3, usize::MAX, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(batch[0], entry_of(from, numbered(from, 20)));
+            assert_eq!(reader.position(), from + batch.len() as u64);
+        }
+    });
+    let (log, _) = SegmentedLog::open(dir.path(), config).unwrap();
+    rt.block_on(async {
+        for from in [9000, 8192, 1, 17_000, 28_000] {
+            let mut reader = log.reader(0, from).unwrap();
+            let batch = reader
+                .next_batch(2, usize::MAX, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(batch[0], entry_of(from, numbered(from, 20)));
+        }
+        // Sealed segments got indexed on first use.
+        let table = read_lock(&log.shared.table);
+        assert!(table.segments.iter().all(|s| s.indexed));
+        assert!(table.segments[0].index.len() >= 3);
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), small(64 << 10)).unwrap();
+        let log = Arc::new(log);
+        let tasks = (0..8u64).map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..500u64 {
+                    let r = record(&t.to_le_bytes(), &i.to_le_bytes());
+                    let pos = log.append(vec![r]).await.unwrap();
+                    got.push((pos[0].offset, t, i));
+                }
+                got
+            })
+        });
+        let mut all: Vec<(Offset, u64, u64)> = Vec::new();
+        for task in join_all(tasks).await {
+            all.extend(task.unwrap());
+        }
+        all.sort();
+        assert_eq!(
+            all.iter().map(|a| a.0).collect::<Vec<_>>(),
+            (0..4000).collect::<Vec<_>>()
+        );
+        // Per task, offsets grow with the append order.
+        for t in 0..8 {
+            let mine: Vec<_> = all.iter().filter(|a| a.1 == t).map(|a| a.2).collect();
+            assert_eq!(mine, (0..500).collect::<Vec<_>>());
+        }
+        let stats = log.stats();
+        assert!(stats.syncs < 4000, "{stats:?}");
+        eprintln!("4000 appends by 8 tasks: {stats:?}");
+        let entries = read_all(&log, 0).await;
+        for (e, (offset, t, i)) in entries.iter().zip(&all) {
+            assert_eq!(e.offset, *offset);
+            assert_eq!(e.key.as_ref(), t.to_le_bytes());
+            assert_eq!(e.value.as_ref(), i.to_le_bytes());
+        }
+    });
+}
+
+#[test]
+fn reader_waits_for_durable_data() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        let log = Arc::new(log);
+        let mut reader = log.reader(0, 0).unwrap();
+        let started = std::time::Instant::now();
+        assert!(reader
+            .next_batch(10, 1000, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let writer = log.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            writer.append(vec![record(b"k", b"v")]).await.unwrap();
+        });
+        let batch = reader
+            .next_batch(10, 1000, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(reader.position(), 1);
+    });
+}
+
+#[test]
+fn tailing_reader_follows_appends_across_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), small(2048)).unwrap();
+        let log = Arc::new(log);
+        let mut reader = log.reader(0, 0).unwrap();
+        let tail = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 2000 {
+                let batch = reader
+                    .next_batch(64, 1000, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert!(!batch.is_empty(), "timed out after {} records", got.len());
+                got.extend(batch);
+            }
+            got
+        });
+        let writers = (0..4u64).map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..50u64 {
+                    let batch = (0..10)
+                        .map(|j| numbered(t * 1000 + i * 10 + j, 50))
+                        .collect();
+                    log.append(batch).await.unwrap();
+                }
+            })
+        });
+        for w in join_all(writers).await {
+            w.unwrap();
+        }
+        let got = tail.await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            (0..2000).collect::<Vec<_>>()
+        );
+        assert_eq!(got, read_all(&log, 0).await);
+        assert!(log.stats().segments > 20);
+    });
+}
+
+#[test]
+fn batches_respect_max_bytes_but_return_at_least_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        log.append((0..10).map(|i| numbered(i, 100)).collect())
+            .await
+            .unwrap();
+        let mut reader = log.reader(0, 0).unwrap();
+        assert_eq!(
+            reader
+                .next_batch(10, 0, Duration::ZERO)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            reader
+                .next_batch(10, 250, Duration::ZERO)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            reader
+                .next_batch(100, usize::MAX, Duration::ZERO)
+                .await
+                .unwrap()
+                .len(),
+            6
+        );
+    });
+}
+
+#[test]
+fn write_errors_fail_the_group_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
+        log.append(vec![record(b"a", b"ok")]).await.unwrap();
+        let seg = last_segment(dir.path());
+        let len = fs::metadata(&seg).unwrap().len();
+        let mut reader = log.reader(0, 1).unwrap();
+
+        log.faults().fail_next_writes(1);
+        let err = log.append(vec![record(b"b", &[7; 300])]).await.unwrap_err();
+        assert!(matches!(err, LogError::NoSpace), "{err:?}");
+        assert!(err.is_retryable());
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+        assert_eq!(log.end_offset(0), 1);
+
+        log.faults().fail_next_syncs(1);
+        let err = log.append(vec![record(b"c", &[8; 300])]).await.unwrap_err();
+        assert!(matches!(err, LogError::Io(_)), "{err:?}");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+        assert!(reader
+            .next_batch(10, 1 << 20, Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A failure in a group that rolled: the new segments are removed again.
+        log.faults().fail_next_syncs(2);
+        let big: Vec<_> = (0..10).map(|i| record(b"r", &[i; 300])).collect();
+        assert!(log.append(big.clone()).await.is_err());
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+
+        // The disk recovered: later appends work and get the next offsets.
+        let pos = log.append(big).await.unwrap();
+        assert_eq!(pos[0].offset, 1);
+        assert!(log.stats().segments > 1);
+        let batch = reader
+            .next_batch(100, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 10);
+        assert_eq!(batch[9].value.as_ref(), [9; 300]);
+        log.close().await.unwrap();
+    });
+    let (log, report) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
+    assert_eq!((report.records, report.truncated_bytes), (11, 0));
+    assert!(verify(dir.path()).unwrap().is_clean());
+    drop(log);
+}
+
+#[test]
+fn close_completes_pending_appends_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        let pending: Vec<_> = (0..50)
+            .map(|i| log.append(vec![numbered(i, 100)]))
+            .collect();
+        let closing = log.close();
+        assert!(matches!(
+            log.append(vec![numbered(0, 1)]).await,
+            Err(LogError::Closed)
+        ));
+        closing.await.unwrap();
+        for (i, p) in join_all(pending).await.into_iter().enumerate() {
+            assert_eq!(p.unwrap()[0].offset, i as u64);
+        }
+        log.close().await.unwrap(); // twice is fine
+                                    // Durable records stay readable after close.
+        assert_eq!(read_all(&log, 0).await.len(), 50);
+        // The directory is released: it can be opened again while `log` still exists.
+        let (again, report) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        assert_eq!(report.records, 50);
+        drop(again);
+    });
+}
+
+#[test]
+fn drop_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+    let pending = log.append(vec![numbered(1, 10)]);
+    drop(log);
+    // Queued appends are still committed by a dropped log.
+    assert_eq!(rt.block_on(pending).unwrap()[0].offset, 0);
+    let (_, report) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+    assert_eq!(report.records, 1);
+}
+
+#[test]
+fn recovery_handles_torn_headers_and_empty_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        log.append(vec![numbered(0, 10), numbered(1, 10)])
+            .await
+            .unwrap();
+    });
+    // A crash during a roll: an empty file, then a partial header.
+    for content in [
+        &b""[..],
+        &segment_header(2)[..7],
+        &[0u8; 24][..],
+        &segment_header(2)[..],
+    ] {
+        fs::write(segment_path(dir.path(), 2), content).unwrap();
+        let (log, report) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        assert_eq!((report.segments, report.records), (1, 2), "{report:?}");
+        assert_eq!(report.truncated_bytes, content.len() as u64);
+        assert!(report
+            .dropped_reason
+            .unwrap()
+            .contains("removed trailing segment"));
+        drop(log);
+    }
+    // The only segment with a torn header is rewritten.
+    let other = tempfile::tempdir().unwrap();
+    fs::write(segment_path(other.path(), 0), &segment_header(0)[..5]).unwrap();
+    let (log, report) = SegmentedLog::open(other.path(), FileLogConfig::default()).unwrap();
+    assert_eq!((report.records, report.truncated_bytes), (0, 5));
+    rt.block_on(async { log.append(vec![numbered(0, 1)]).await.unwrap() });
+    drop(log);
+    // A complete but foreign header is damage, not a torn write.
+    let mut bad = segment_header(0);
+    bad[0] = b'X';
+    fs::write(segment_path(other.path(), 0), bad).unwrap();
+    assert!(matches!(
+        SegmentedLog::open(other.path(), FileLogConfig::default()),
+        Err(LogError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn verify_reports_damage_in_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
+        for i in 0..40 {
+            log.append(vec![numbered(i, 100)]).await.unwrap();
+        }
+    });
+    let segments = list_segments(dir.path()).unwrap();
+    assert!(segments.len() > 3);
+    let (_, victim) = &segments[1];
+    let mut bytes = fs::read(victim).unwrap();
+    let at = SEGMENT_HEADER_LEN as usize + 200;
+    bytes[at] ^= 0x40;
+    fs::write(victim, bytes).unwrap();
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert_eq!(&report.damage[0].segment, victim);
+    assert!(report.damage[0].position <= at as u64);
+    assert!(report.damage[0].reason.contains("CRC32C"), "{report:?}");
+    // Readers hit the damage as Corrupt instead of returning bad data.
+    let (log, _) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
+    runtime().block_on(async {
+        let mut reader = log.reader(0, 0).unwrap();
+        let mut result = Ok(());
+        for _ in 0..100 {
+            match reader.next_batch(5, 1 << 20, Duration::ZERO).await {
+                Ok(b) if b.is_empty() => break,
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(result, Err(LogError::Corrupt { .. })),
+            "{result:?}"
+        );
+    });
+}
+
+/// What a crash may leave after the last acknowledged frame.
+#[derive(Debug, Clone)]
+enum Tail {
+    Random(Vec<u8>),
+    /// A valid next frame cut after this many bytes (modulo its length).
+    Partial(usize),
+    BadCrc,
+    WrongOffset,
+    Zeros(usize),
+    /// A new segment file holding this prefix of a header plus a frame.
+    NewSegment(usize),
+}
+
+fn tail_strategy() -> impl Strategy<Value = Tail> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Tail::Random),
+        any::<usize>().prop_map(Tail::Partial),
+        Just(Tail::BadCrc),
+        Just(Tail::WrongOffset),
+        (1usize..40).prop_map(Tail::Zeros),
+        (0usize..80).prop_map(Tail::NewSegment),
+    ]
+}
+
+fn batches_strategy() -> impl Strategy<Value = Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+    let rec = (
+        proptest::collection::vec(any::<u8>(), 0..12),
+        proptest::collection::vec(any::<u8>(), 0..300),
+    );
+    proptest::collection::vec(proptest::collection::vec(rec, 1..8), 1..12)
+}
+
+fn frame(offset: Offset, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_frame(&mut buf, offset, key, value);
+    buf
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Acknowledged records survive whatever unacknowledged bytes a crash leaves behind,
+    /// byte-identical and in order, and nothing else appears.
+    #[test]
+    fn acknowledged_records_survive_a_torn_tail(
+        batches in batches_strategy(),
+        concurrent in any::<bool>(),
+        segment_bytes in prop_oneof![Just(700u64), Just(64u64 << 20)],
+        tail in tail_strategy(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let config = small(segment_bytes);
+        let mut acked: BTreeMap<Offset, LogRecord> = BTreeMap::new();
+        rt.block_on(async {
+            let (log, _) = SegmentedLog::open(dir.path(), config.clone()).unwrap();
+            let batches: Vec<Vec<LogRecord>> = batches
+                .iter()
+                .map(|b| b.iter().map(|(k, v)| record(k, v)).collect())
+                .collect();
+            let results = if concurrent {
+                join_all(batches.iter().map(|b| log.append(b.clone()))).await
+            } else {
+                let mut results = Vec::new();
+                for b in &batches {
+                    results.push(log.append(b.clone()).await);
+                }
+                results
+            };
+            for (batch, result) in batches.into_iter().zip(results) {
+                for (r, p) in batch.into_iter().zip(result.unwrap()) {
+                    acked.insert(p.offset, r);
+                }
+            }
+            log.close().await.unwrap();
+        });
+        let end = acked.len() as u64;
+        prop_assert_eq!(acked.keys().copied().collect::<Vec<_>>(), (0..end).collect::<Vec<_>>());
+
+        let seg = last_segment(dir.path());
+        let garbage_len = match &tail {
+            Tail::Random(bytes) => { append_bytes(&seg, bytes); bytes.len() }
+            Tail::Partial(cut) => {
+                let f = frame(end, b"key", &[5; 50]);
+                let cut = 1 + cut % (f.len() - 1);
+                append_bytes(&seg, &f[..cut]);
+                cut
+            }
+            Tail::BadCrc => {
+                let mut f = frame(end, b"key", b"value");
+                f[5] ^= 1;
+                append_bytes(&seg, &f);
+                f.len()
+            }
+            Tail::WrongOffset => {
+                let f = frame(end + 1, b"key", b"value");
+                append_bytes(&seg, &f);
+                f.len()
+            }
+            Tail::Zeros(n) => { append_bytes(&seg, &vec![0; *n]); *n }
+            Tail::NewSegment(cut) => {
+                let mut bytes = segment_header(end).to_vec();
+                bytes.extend(frame(end, b"k", b"v"));
+                let cut = (*cut).min(bytes.len() - 1);
+                fs::write(segment_path(dir.path(), end), &bytes[..cut]).unwrap();
+                cut
+            }
+        };
+
+        let (log, report) = SegmentedLog::open(dir.path(), config.clone()).unwrap();
+        prop_assert_eq!(report.records, end);
+        prop_assert_eq!(report.truncated_bytes, garbage_len as u64);
+        prop_assert!(report.dropped_reason.is_some() || garbage_len == 0);
+        let entries = rt.block_on(read_all(&log, 0));
+        prop_assert_eq!(entries.len() as u64, end);
+        for e in entries {
+            let r = &acked[&e.offset];
+            prop_assert_eq!(&e.key, &r.key);
+            prop_assert_eq!(&e.value, &r.value);
+        }
+        // The repaired log takes new appends at the right offset.
+        let pos = rt.block_on(log.append(vec![record(b"after", b"crash")])).unwrap();
+        prop_assert_eq!(pos[0].offset, end);
+        drop(log);
+        prop_assert!(verify(dir.path()).unwrap().is_clean());
+    }
+
+    /// Cutting the tail segment anywhere keeps exactly the frames wholly before the cut.
+    #[test]
+    fn cut_tail_keeps_the_whole_frames_before_the_cut(
+        batches in batches_strategy(),
+        cut in any::<u64>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let records: Vec<LogRecord> =
+            batches.iter().flatten().map(|(k, v)| record(k, v)).collect();
+        rt.block_on(async {
+            let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+            for b in &batches {
+                log.append(b.iter().map(|(k, v)| record(k, v)).collect()).await.unwrap();
+            }
+        });
+        let seg = last_segment(dir.path());
+        let len = fs::metadata(&seg).unwrap().len();
+        let cut = SEGMENT_HEADER_LEN + cut % (len - SEGMENT_HEADER_LEN + 1);
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut).unwrap();
+        let mut end = SEGMENT_HEADER_LEN;
+        let kept = records
+            .iter()
+            .take_while(|r| {
+                end += (FRAME_OVERHEAD + r.key.len() + r.value.len()) as u64;
+                end <= cut
+            })
+            .count();
+        let (log, report) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        prop_assert_eq!(report.records, kept as u64);
+        let entries = rt.block_on(read_all(&log, 0));
+        prop_assert_eq!(entries.len(), kept);
+        for (e, r) in entries.iter().zip(&records) {
+            prop_assert_eq!(&e.key, &r.key);
+            prop_assert_eq!(&e.value, &r.value);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The projection task of `serve` ([`run_projection`]) and [`replay`].
+
+use crate::fsutil::{create_dir_durable, list_dir, DirLock, IoAt};
+use crate::projector::{parquet_dir, FlushReport, ParquetProjector, ProjectorConfig};
+use crate::StoreError;
+use chrono::Utc;
+use shiplog_log::{Log, LogError, LogReader, Offset, Partition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// Next offset to project per log partition: every event below it is queryable.
+pub type ProjectedOffsets = BTreeMap<Partition, Offset>;
+
+/// Counters of the projection, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProjectionMetrics {
+    pub rows_written: AtomicU64,
+    pub files_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub flushes: AtomicU64,
+    pub events_skipped: AtomicU64,
+    pub flush_errors: AtomicU64,
+    /// Duration of the last flush, µs.
+    pub last_flush_micros: AtomicU64,
+    /// Sum of flush durations, µs.
+    pub flush_micros_total: AtomicU64,
+    pub compactions: AtomicU64,
+    pub files_compacted: AtomicU64,
+    pub partitions_deleted: AtomicU64,
+}
+
+impl ProjectionMetrics {
+    fn record_flush(&self, r: &FlushReport) {
+        self.rows_written.fetch_add(r.rows, Relaxed);
+        self.files_written.fetch_add(r.files, Relaxed);
+        self.bytes_written.fetch_add(r.bytes, Relaxed);
+        self.events_skipped.fetch_add(r.skipped, Relaxed);
+        self.flushes.fetch_add(1, Relaxed);
+        let us = r.elapsed.as_micros() as u64;
+        self.last_flush_micros.store(us, Relaxed);
+        self.flush_micros_total.fetch_add(us, Relaxed);
+    }
+
+    /// The counters in Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut put = |name: &str, kind: &str, help: &str, v: f64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        };
+        put("shiplog_projection_rows_written_total", "counter", "Rows written to Parquet.", self.rows_written.load(Relaxed) as f64);
+        put("shiplog_projection_files_written_total", "counter", "Parquet files committed by flushes.", self.files_written.load(Relaxed) as f64);
+        put("shiplog_projection_bytes_written_total", "counter", "Parquet bytes committed by flushes.", self.bytes_written.load(Relaxed) as f64);
+        put("shiplog_projection_flushes_total", "counter", "Flushes committed.", self.flushes.load(Relaxed) as f64);
+        put("shiplog_projection_events_skipped_total", "counter", "Log entries that were not decodable events.", self.events_skipped.load(Relaxed) as f64);
+        put("shiplog_projection_flush_errors_total", "counter", "Failed flushes (the projector reopened and retried).", self.flush_errors.load(Relaxed) as f64);
+        put("shiplog_projection_last_flush_seconds", "gauge", "Duration of the last flush.", self.last_flush_micros.load(Relaxed) as f64 / 1e6);
+        put("shiplog_projection_flush_seconds_total", "counter", "Total time spent flushing.", self.flush_micros_total.load(Relaxed) as f64 / 1e6);
+        put("shiplog_projection_compactions_total", "counter", "Compaction runs.", self.compactions.load(Relaxed) as f64);
+        put("shiplog_projection_files_compacted_total", "counter", "Files merged away by compaction.", self.files_compacted.load(Relaxed) as f64);
+        put("shiplog_projection_partitions_deleted_total", "counter", "Date partitions deleted by retention.", self.partitions_deleted.load(Relaxed) as f64);
+        out
+    }
+}
+
+/// The running projection of `serve`.
+#[derive(Debug)]
+pub struct ProjectionHandle {
+    /// Committed offsets; changes after every flush (rules wait on it).
+    pub progress: watch::Receiver<ProjectedOffsets>,
+    pub metrics: Arc<ProjectionMetrics>,
+    /// Ends after `shutdown` turns true (a last flush is done first).
+    pub task: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+/// Longest single wait on the log, so shutdown is noticed quickly.
+const MAX_WAIT: Duration = Duration::from_millis(200);
+
+/// Opens the projector (recovery included) and spawns the projection loop: read the log
+/// from the committed offsets, buffer, flush on size or `flush_interval`, compact and
+/// apply retention on `compaction_schedule`. A failed flush is logged, counted, and retried
+/// after reopening the projector (recovery), with backoff. Must be called inside a tokio
+/// runtime.
+pub async fn run_projection(
+    log: Arc<dyn Log>,
+    data_dir: PathBuf,
+    config: ProjectorConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<ProjectionHandle, StoreError> {
+    let schedule = cron::Schedule::from_str(&config.compaction_schedule).map_err(|e| {
+        StoreError::Config(format!(
+            "compaction_schedule {:?}: {e} (format: sec min hour day-of-month month day-of-week)",
+            config.compaction_schedule
+        ))
+    })?;
+    let dir = data_dir.clone();
+    let cfg = config.clone();
+    let projector = tokio::task::spawn_blocking(move || ParquetProjector::open(&dir, cfg))
+        .await
+        .expect("open task panicked")?;
+    let (tx, rx) = watch::channel(projector.committed_offsets().clone());
+    let metrics = Arc::new(ProjectionMetrics::default());
+    let m = metrics.clone();
+    let task = tokio::spawn(
+        async move {
+            projection_loop(log, data_dir, config, schedule, Some(projector), tx, m, shutdown).await
+        }
+        .instrument(tracing::info_span!("projection")),
+    );
+    Ok(ProjectionHandle {
+        progress: rx,
+        metrics,
+        task,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn projection_loop(
+    log: Arc<dyn Log>,
+    data_dir: PathBuf,
+    config: ProjectorConfig,
+    schedule: cron::Schedule,
+    mut projector: Option<ParquetProjector>,
+    tx: watch::Sender<ProjectedOffsets>,
+    metrics: Arc<ProjectionMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let mut backoff = Duration::from_millis(500);
+    let mut next_compaction = schedule.upcoming(Utc).next();
+    loop {
+        let p = match projector.take() {
+            Some(p) => p,
+            None => {
+                let dir = data_dir.clone();
+                let cfg = config.clone();
+                match tokio::task::spawn_blocking(move || ParquetProjector::open(&dir, cfg))
+                    .await
+                    .expect("open task panicked")
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reopening the projection failed; retrying");
+                        if wait_or_shutdown(&shutdown, backoff).await {
+                            return Ok(());
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+        };
+        let _ = tx.send(p.committed_offsets().clone());
+        match run_once(&log, p, &config, &schedule, &mut next_compaction, &tx, &metrics, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                metrics.flush_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "projection failed; reopening (recovery) after backoff");
+                if wait_or_shutdown(&shutdown, backoff).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Sleeps `d`; true if shutdown was requested meanwhile.
+async fn wait_or_shutdown(shutdown: &watch::Receiver<bool>, d: Duration) -> bool {
+    let mut s = shutdown.clone();
+    let _ = tokio::time::timeout(d, s.wait_for(|v| *v)).await;
+    *shutdown.borrow()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_once(
+    log: &Arc<dyn Log>,
+    mut p: ParquetProjector,
+    config: &ProjectorConfig,
+    schedule: &cron::Schedule,
+    next_compaction: &mut Option<chrono::DateTime<Utc>>,
+    tx: &watch::Sender<ProjectedOffsets>,
+    metrics: &Arc<ProjectionMetrics>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let mut readers: Vec<Box<dyn LogReader>> = Vec::new();
+    for part in log.partitions() {
+        readers.push(log.reader(part, p.next_offset(part))?);
+    }
+    let mut first_buffered: Option<Instant> = None;
+    loop {
+        let stopping = *shutdown.borrow();
+        let n = readers.len().max(1) as u32;
+        for r in readers.iter_mut() {
+            let wait = if stopping {
+                Duration::ZERO
+            } else {
+                match first_buffered {
+                    Some(t) => config
+                        .flush_interval
+                        .saturating_sub(t.elapsed())
+                        .min(MAX_WAIT)
+                        / n,
+                    None => MAX_WAIT / n,
+                }
+            };
+            let batch = r
+                .next_batch(config.read_batch_records, config.flush_bytes.max(1 << 20), wait)
+                .await?;
+            if !batch.is_empty() {
+                first_buffered.get_or_insert_with(Instant::now);
+                p.push(batch);
+            }
+        }
+        let due = first_buffered.is_some_and(|t| t.elapsed() >= config.flush_interval);
+        if p.buffered() > 0 && (p.should_flush() || due || stopping) {
+            p = flush_blocking(p, tx, metrics).await?;
+            first_buffered = None;
+        }
+        if stopping {
+            return Ok(());
+        }
+        if next_compaction.is_some_and(|t| Utc::now() >= t) {
+            p = compact_blocking(p, metrics).await?;
+            *next_compaction = schedule.upcoming(Utc).next();
+        }
+    }
+}
+
+async fn flush_blocking(
+    mut p: ParquetProjector,
+    tx: &watch::Sender<ProjectedOffsets>,
+    metrics: &ProjectionMetrics,
+) -> Result<ParquetProjector, StoreError> {
+    let span = tracing::info_span!("flush", events = p.buffered(), rows = tracing::field::Empty, files = tracing::field::Empty, ms = tracing::field::Empty);
+    let s2 = span.clone();
+    let (p, r) = tokio::task::spawn_blocking(move || {
+        let _g = s2.enter();
+        let r = p.flush();
+        (p, r)
+    })
+    .await
+    .expect("flush task panicked");
+    let report = r?;
+    span.record("rows", report.rows);
+    span.record("files", report.files);
+    span.record("ms", report.elapsed.as_millis() as u64);
+    metrics.record_flush(&report);
+    tracing::debug!(parent: &span, "flushed");
+    let _ = tx.send(p.committed_offsets().clone());
+    Ok(p)
+}
+
+async fn compact_blocking(
+    mut p: ParquetProjector,
+    metrics: &ProjectionMetrics,
+) -> Result<ParquetProjector, StoreError> {
+    let span = tracing::info_span!("compaction");
+    let s2 = span.clone();
+    let (p, r) = tokio::task::spawn_blocking(move || {
+        let _g = s2.enter();
+        let now = Utc::now();
+        let r = p.compact(now).and_then(|c| Ok((c, p.apply_retention(now)?)));
+        (p, r)
+    })
+    .await
+    .expect("compaction task panicked");
+    let (c, ret) = r?;
+    metrics.compactions.fetch_add(1, Relaxed);
+    metrics.files_compacted.fetch_add(c.files_in, Relaxed);
+    metrics
+        .partitions_deleted
+        .fetch_add(ret.partitions_deleted.len() as u64, Relaxed);
+    tracing::info!(parent: &span, files_in = c.files_in, files_out = c.files_out, deleted = ret.partitions_deleted.len(), "compacted");
+    Ok(p)
+}
+
+/// Progress of a replay, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayProgress {
+    /// Log entries read so far.
+    pub done: u64,
+    /// Entries to read (sum of the partitions' end offsets when the replay started).
+    pub total: u64,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub events: u64,
+    pub rows: u64,
+    pub skipped: u64,
+    pub files: u64,
+    pub elapsed: Duration,
+}
+
+/// Deletes the projection of `data_dir` and rebuilds it from offset 0 of every partition,
+/// up to the log's end at the start. The directory lock must be free (stop `serve`
+/// first). Parsing and writing run on the calling thread (use a multi-thread runtime).
+pub async fn replay(
+    log: &dyn Log,
+    data_dir: &Path,
+    config: &ProjectorConfig,
+    progress: &mut dyn FnMut(ReplayProgress),
+) -> Result<ReplayReport, StoreError> {
+    let start = Instant::now();
+    let root = parquet_dir(data_dir);
+    create_dir_durable(&root)?;
+    let lock = DirLock::acquire(&root)?;
+    for entry in list_dir(&root)? {
+        if entry.file_name().is_some_and(|n| n == "_lock") {
+            continue;
+        }
+        if entry.is_dir() {
+            std::fs::remove_dir_all(&entry).at(&entry)?;
+        } else {
+            std::fs::remove_file(&entry).at(&entry)?;
+        }
+    }
+    crate::fsutil::sync_dir(&root)?;
+    let mut p = ParquetProjector::open_locked(root, config.clone(), lock)?;
+    let parts = log.partitions();
+    let ends: Vec<Offset> = parts.iter().map(|&q| log.end_offset(q)).collect();
+    let total: u64 = ends.iter().sum();
+    let mut report = ReplayReport::default();
+    progress(ReplayProgress { done: 0, total });
+    for (&part, &end) in parts.iter().zip(&ends) {
+        if end == 0 {
+            continue;
+        }
+        let mut reader = log.reader(part, 0).map_err(|e| match e {
+            LogError::OutOfRange { start, .. } => StoreError::Config(format!(
+                "partition {part} of the log starts at offset {start}: events before it were deleted, a replay cannot rebuild them"
+            )),
+            e => e.into(),
+        })?;
+        while reader.position() < end {
+            let batch = reader
+                .next_batch(config.read_batch_records, config.flush_bytes.max(1 << 20), Duration::from_millis(500))
+                .await?;
+            let batch: Vec<_> = batch.into_iter().filter(|e| e.offset < end).collect();
+            report.events += batch.len() as u64;
+            p.push(batch);
+            if p.should_flush() {
+                let r = p.flush()?;
+                report.rows += r.rows;
+                report.skipped += r.skipped;
+                report.files += r.files;
+            }
+            progress(ReplayProgress { done: report.events, total });
+        }
+    }
+    let r = p.flush()?;
+    report.rows += r.rows;
+    report.skipped += r.skipped;
+    report.files += r.files;
+    p.apply_retention(Utc::now())?;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}

@@ -1,0 +1,194 @@
+//! `shiplog bench ingest`: ingest throughput with durable acknowledgement, against a no-op
+//! axum server that reads and discards the body, under the same load in the same run.
+//!
+//! Both servers run in this process on loopback; the load generator (N connections, each
+//! posting as fast as it is answered) shares the machine with them, equally for both.
+
+use anyhow::{ensure, Result};
+use axum::routing::post;
+use axum::Router;
+use shiplog_log::file::{FileLogConfig, SegmentedLog};
+use shiplog_log::Log;
+use shiplog_web::ingest::Ingestor;
+use shiplog_web::metrics::Metrics;
+use shiplog_web::{router, AppState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct IngestBenchArgs {
+    pub connections: usize,
+    pub seconds: f64,
+    pub batch_sizes: Vec<usize>,
+}
+
+/// One realistic event (~450 bytes of JSON) with a unique id.
+pub fn sample_event(run: u64, n: u64) -> String {
+    let kind = n % 5;
+    let data = match kind {
+        0 => r#"{"tool":"vite","tool_version":"8.3.4","mode":"production","success":true,"duration_ms":41200,"phases":[{"name":"transform","duration_ms":30100},{"name":"render","duration_ms":8000}],"modules_transformed":1234,"bundle_bytes":812345,"gzip_bytes":245000,"chunks":[{"name":"index","bytes":500000,"gzip_bytes":150000}]}"#,
+        1 => r#"{"status":"succeeded","url":"https://web-app-3f2a9c1.vercel.app","provider":"vercel","previous_deployment_id":"dpl_122","duration_ms":52000,"triggered_by":"ci"}"#,
+        2 => r#"{"tool":"alembic","database":"main","version":"20261120_01","name":"add_index","status":"applied","duration_ms":1200}"#,
+        3 => r#"{"provider":"openai","model":"gpt-4o-mini","input_tokens":1200,"output_tokens":310,"cached_tokens":0,"requests":1,"feature":"summaries"}"#,
+        _ => r#"{"name":"error_rate","value":0.012,"unit":"ratio","passed":true}"#,
+    };
+    let kind = ["build", "deploy", "migration", "api_cost", "check"][kind as usize];
+    format!(
+        r#"{{"id":"bench-{run}-{n}","kind":"{kind}","source":"bench","time":"2026-11-20T10:00:00Z","project":"web-app","env":"production","commit":"3f2a9c1e","branch":"main","deployment_id":"dpl_123","data":{data}}}"#
+    )
+}
+
+struct Load {
+    events: u64,
+    requests: u64,
+    elapsed: Duration,
+}
+
+async fn drive(url: &str, connections: usize, batch: usize, seconds: f64, run: u64) -> Result<Load> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, url) = (client.clone(), url.to_string());
+        let (next, events, requests, stop, errors) = (
+            next.clone(),
+            events.clone(),
+            requests.clone(),
+            stop.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut body = String::with_capacity(batch * 500);
+            while !stop.load(Relaxed) {
+                let first = next.fetch_add(batch as u64, Relaxed);
+                body.clear();
+                if batch > 1 {
+                    body.push('[');
+                }
+                for i in 0..batch as u64 {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(&sample_event(run, first + i));
+                }
+                if batch > 1 {
+                    body.push(']');
+                }
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        events.fetch_add(batch as u64, Relaxed);
+                        requests.fetch_add(1, Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Relaxed);
+    let elapsed = start.elapsed();
+    for t in tasks {
+        t.await?;
+    }
+    ensure!(errors.load(Relaxed) == 0, "{} requests failed", errors.load(Relaxed));
+    Ok(Load {
+        events: events.load(Relaxed),
+        requests: requests.load(Relaxed),
+        elapsed,
+    })
+}
+
+async fn spawn(app: Router) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/v1/events"))
+}
+
+pub async fn ingest(args: IngestBenchArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (log, _) = SegmentedLog::open(&dir.path().join("log"), FileLogConfig::default())?;
+    let log: Arc<dyn Log> = Arc::new(log);
+    let metrics = Arc::new(Metrics::default());
+    let ingestor = Arc::new(Ingestor::new(
+        log.clone(),
+        Duration::from_secs(7 * 86400),
+        metrics.clone(),
+    ));
+    let state = Arc::new(AppState {
+        ingestor,
+        auth: Default::default(),
+        metrics,
+        body_limit: shiplog_web::DEFAULT_BODY_LIMIT,
+        started: Instant::now(),
+        series: Vec::new(),
+    });
+    let shiplog_url = spawn(router(state)).await?;
+    let noop = Router::new().route(
+        "/v1/events",
+        post(|body: axum::body::Bytes| async move {
+            drop(body);
+            axum::http::StatusCode::ACCEPTED
+        }),
+    );
+    let noop_url = spawn(noop).await?;
+
+    println!(
+        "ingest benchmark: {} connections, {:.0} s per run, {} cores, durable ack (fdatasync, group commit)",
+        args.connections,
+        args.seconds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!(
+        "{:>8} {:>14} {:>14} {:>14} {:>8}",
+        "batch", "shiplog ev/s", "no-op ev/s", "shiplog req/s", "ratio"
+    );
+    let mut run = 0;
+    for &batch in &args.batch_sizes {
+        // Warm up both, then measure.
+        run += 1;
+        drive(&shiplog_url, args.connections, batch, 0.5, run).await?;
+        drive(&noop_url, args.connections, batch, 0.5, run).await?;
+        run += 1;
+        let s = drive(&shiplog_url, args.connections, batch, args.seconds, run).await?;
+        let n = drive(&noop_url, args.connections, batch, args.seconds, run).await?;
+        let s_rate = s.events as f64 / s.elapsed.as_secs_f64();
+        let n_rate = n.events as f64 / n.elapsed.as_secs_f64();
+        println!(
+            "{:>8} {:>14.0} {:>14.0} {:>14.0} {:>8.2}",
+            batch,
+            s_rate,
+            n_rate,
+            s.requests as f64 / s.elapsed.as_secs_f64(),
+            s_rate / n_rate
+        );
+    }
+    let stats = log.stats();
+    println!(
+        "log: {} records, {} syncs ({:.1} records per sync), {} bytes",
+        stats.records,
+        stats.syncs,
+        stats.records as f64 / stats.syncs.max(1) as f64,
+        stats.bytes
+    );
+    log.close().await?;
+    Ok(())
+}
