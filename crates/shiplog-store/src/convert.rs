@@ -563,10 +563,6 @@ impl KindBatchBuilder {
         }
     }
 
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Appends one decoded event.
     pub(crate) fn append(&mut self, ev: &RawEvent<'_>, partition: u32, offset: u64, len: usize) {
         if self.rows == 0 {

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 /// lock).
 pub struct DataDirLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 impl DataDirLock {
@@ -49,7 +48,7 @@ impl DataDirLock {
         file.seek(SeekFrom::Start(0))?;
         write!(file, "{what}, pid {}", std::process::id())?;
         file.flush()?;
-        Ok(DataDirLock { _file: file, path })
+        Ok(DataDirLock { _file: file })
     }
 }
 

@@ -71,7 +71,10 @@ pub async fn serve(config: Config) -> Result<()> {
         series: Vec::new(),
     });
     let app = router(state)
-        .layer(TimeoutLayer::new(config.server.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            config.server.request_timeout,
+        ))
         .layer(TraceLayer::new_for_http());
 
     let listener = tokio::net::TcpListener::bind(listen)
