@@ -10,8 +10,8 @@
 
 use crate::schema::{self, ColType, ENVELOPE_STRINGS};
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListArray,
-    StringBuilder, StructArray, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListArray, StringBuilder,
+    StructArray, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::record_batch::RecordBatch;
@@ -176,8 +176,13 @@ fn raw_bool(raw: &RawValue) -> (Option<bool>, bool) {
 /// Parses RFC 3339 into µs since the epoch. Fast path for `YYYY-MM-DDTHH:MM:SS[.f]Z`.
 pub(crate) fn parse_time_micros(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() >= 20 && b[4] == b'-' && b[7] == b'-' && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')
-        && b[13] == b':' && b[16] == b':' && (b[b.len() - 1] == b'Z' || b[b.len() - 1] == b'z')
+    if b.len() >= 20
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        && b[13] == b':'
+        && b[16] == b':'
+        && (b[b.len() - 1] == b'Z' || b[b.len() - 1] == b'z')
     {
         let d = |i: usize| -> Option<i64> {
             let c = b[i];
@@ -186,7 +191,12 @@ pub(crate) fn parse_time_micros(s: &str) -> Option<i64> {
         let n2 = |i: usize| Some(d(i)? * 10 + d(i + 1)?);
         let year = n2(0)? * 100 + n2(2)?;
         let (month, day, hour, min, sec) = (n2(5)?, n2(8)?, n2(11)?, n2(14)?, n2(17)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || min > 59
+            || sec > 60
+        {
             return None;
         }
         let mut micros = 0i64;
@@ -387,14 +397,20 @@ impl Col {
             ColType::Int64 => Col::Int64(Int64Builder::new()),
             ColType::Float64 => Col::Float64(Float64Builder::new()),
             ColType::Bool => Col::Bool(BooleanBuilder::new()),
-            ColType::Phases => Col::List(ListStructCol::new(schema::phase_fields()), &["duration_ms"]),
+            ColType::Phases => {
+                Col::List(ListStructCol::new(schema::phase_fields()), &["duration_ms"])
+            }
             ColType::Chunks => Col::List(
                 ListStructCol::new(schema::chunk_fields()),
                 &["bytes", "gzip_bytes"],
             ),
             ColType::Assets => Col::List(ListStructCol::new(schema::asset_fields()), &["bytes"]),
             ColType::Ci => Col::Ci(CiCol {
-                cols: [StringBuilder::new(), StringBuilder::new(), StringBuilder::new()],
+                cols: [
+                    StringBuilder::new(),
+                    StringBuilder::new(),
+                    StringBuilder::new(),
+                ],
                 validity: Vec::new(),
             }),
         }
@@ -533,7 +549,9 @@ fn push_json_key(out: &mut String, k: &str) {
     if out.len() > 1 {
         out.push(',');
     }
-    if k.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\' && c < 0x7f) {
+    if k.bytes()
+        .all(|c| c >= 0x20 && c != b'"' && c != b'\\' && c < 0x7f)
+    {
         out.push('"');
         out.push_str(k);
         out.push('"');
@@ -551,7 +569,9 @@ impl KindBatchBuilder {
             fields,
             time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             received_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            strings: (0..ENVELOPE_STRINGS.len()).map(|_| StringBuilder::new()).collect(),
+            strings: (0..ENVELOPE_STRINGS.len())
+                .map(|_| StringBuilder::new())
+                .collect(),
             data: fields.iter().map(|(_, t)| Col::new(*t)).collect(),
             extra: StringBuilder::new(),
             partition: Int32Builder::new(),

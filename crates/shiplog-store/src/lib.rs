@@ -91,13 +91,12 @@ mod state;
 
 pub use projector::{
     apply_retention, compact, file_name, parquet_dir, parse_file_name, CompactionReport,
-    CrashPoint, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport,
-    SCHEMA_VERSION,
+    CrashPoint, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport, SCHEMA_VERSION,
 };
 pub use query::{QueryEngine, QueryError, QueryResult};
 pub use run::{
-    replay, run_projection, ProjectedOffsets, ProjectionHandle, ProjectionMetrics,
-    ReplayProgress, ReplayReport,
+    replay, run_projection, ProjectedOffsets, ProjectionHandle, ProjectionMetrics, ReplayProgress,
+    ReplayReport,
 };
 pub use schema::{kind_schema, ENVELOPE_COLUMNS};
 

@@ -2,9 +2,7 @@
 //! committed exactly once through `_state.json` (see the crate docs for the protocol).
 
 use crate::convert::{decode_envelope, KindBatchBuilder};
-use crate::fsutil::{
-    create_dir_durable, list_dir, remove_file_if_exists, sync_dir, DirLock, IoAt,
-};
+use crate::fsutil::{create_dir_durable, list_dir, remove_file_if_exists, sync_dir, DirLock, IoAt};
 use crate::schema::kind_schema;
 use crate::state::State;
 use crate::StoreError;
@@ -307,7 +305,8 @@ impl ParquetProjector {
 
     /// Whether the buffer reached `flush_rows` or `flush_bytes`.
     pub fn should_flush(&self) -> bool {
-        self.buffer.len() >= self.config.flush_rows || self.buffered_bytes >= self.config.flush_bytes
+        self.buffer.len() >= self.config.flush_rows
+            || self.buffered_bytes >= self.config.flush_bytes
     }
 
     #[doc(hidden)]
@@ -331,7 +330,11 @@ impl ParquetProjector {
             return Ok(FlushReport::default());
         }
         let entries = std::mem::take(&mut self.buffer);
-        let threads = if entries.len() >= 20_000 { self.config.threads.max(1) } else { 1 };
+        let threads = if entries.len() >= 20_000 {
+            self.config.threads.max(1)
+        } else {
+            1
+        };
         let chunk = entries.len().div_ceil(threads);
         let root = &self.root;
         let level = self.config.zstd_level;
@@ -413,7 +416,8 @@ impl ParquetProjector {
                 if date >= today {
                     continue;
                 }
-                let mut groups: BTreeMap<Partition, Vec<(Offset, Offset, PathBuf)>> = BTreeMap::new();
+                let mut groups: BTreeMap<Partition, Vec<(Offset, Offset, PathBuf)>> =
+                    BTreeMap::new();
                 for f in list_dir(&day_dir)? {
                     if let Some((p, a, b)) = f
                         .file_name()
@@ -434,7 +438,8 @@ impl ParquetProjector {
                     let tmp = day_dir.join(format!("{}.compact.tmp", file_name(p, first, last)));
                     let inputs: Vec<PathBuf> = files.iter().map(|f| f.2.clone()).collect();
                     let batches = inputs.iter().flat_map(|path| read_batches(path));
-                    let (rows, _) = write_parquet(&tmp, kind, batches, self.config.compaction_zstd_level)?;
+                    let (rows, _) =
+                        write_parquet(&tmp, kind, batches, self.config.compaction_zstd_level)?;
                     staged_paths.push(tmp.clone());
                     report.rows += rows;
                     report.files_in += inputs.len() as u64;
@@ -454,7 +459,11 @@ impl ParquetProjector {
         next.store(&root)?;
         self.state = next;
         self.crash_point(CrashPoint::AfterStateCommit)?;
-        apply_pending(&root, &self.state, self.crash == Some(CrashPoint::MidRenames))?;
+        apply_pending(
+            &root,
+            &self.state,
+            self.crash == Some(CrashPoint::MidRenames),
+        )?;
         Ok(report)
     }
 
@@ -479,7 +488,11 @@ fn read_batches(path: &Path) -> Box<dyn Iterator<Item = Result<RecordBatch, Stor
 }
 
 /// Parses `entries` and writes one temp file per (kind, date, partition).
-fn stage_files(root: &Path, entries: &[LogEntry], level: i32) -> Result<(Vec<Staged>, u64), StoreError> {
+fn stage_files(
+    root: &Path,
+    entries: &[LogEntry],
+    level: i32,
+) -> Result<(Vec<Staged>, u64), StoreError> {
     let mut builders: HashMap<(Kind, i32, Partition), KindBatchBuilder> = HashMap::new();
     let mut skipped = 0u64;
     for e in entries {
@@ -493,7 +506,11 @@ fn stage_files(root: &Path, entries: &[LogEntry], level: i32) -> Result<(Vec<Sta
         };
         let Some(kind) = ev.kind else {
             skipped += 1;
-            tracing::warn!(partition = e.partition, offset = e.offset, "log entry has no known kind; skipped");
+            tracing::warn!(
+                partition = e.partition,
+                offset = e.offset,
+                "log entry has no known kind; skipped"
+            );
             continue;
         };
         let days = ev.event_micros().div_euclid(86_400_000_000) as i32;
@@ -518,11 +535,18 @@ fn stage_files(root: &Path, entries: &[LogEntry], level: i32) -> Result<(Vec<Sta
         if fin.exists() {
             return Err(StoreError::CorruptState {
                 path: fin,
-                reason: "a file for these offsets already exists: the state file is behind the data".into(),
+                reason:
+                    "a file for these offsets already exists: the state file is behind the data"
+                        .into(),
             });
         }
         let (rows, bytes) = write_parquet(&tmp, kind, std::iter::once(Ok(batch)), level)?;
-        staged.push(Staged { tmp, fin, rows, bytes });
+        staged.push(Staged {
+            tmp,
+            fin,
+            rows,
+            bytes,
+        });
     }
     Ok((staged, skipped))
 }
@@ -636,7 +660,11 @@ pub(crate) fn apply_retention_in(
     for (&kind, &days) in retention {
         let cutoff = today - chrono::Days::new(days as u64);
         for dir in list_dir(&root.join(kind.as_str()))? {
-            let Some(date) = dir.file_name().and_then(|n| n.to_str()).and_then(parse_date_dir) else {
+            let Some(date) = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_date_dir)
+            else {
                 continue;
             };
             if date >= cutoff {
@@ -675,4 +703,3 @@ pub fn apply_retention(
     let _lock = DirLock::acquire(&root)?;
     apply_retention_in(&root, retention_days, now)
 }
-

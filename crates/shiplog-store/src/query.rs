@@ -53,7 +53,9 @@ pub struct QueryEngine {
 
 impl std::fmt::Debug for QueryEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryEngine").field("root", &self.root).finish()
+        f.debug_struct("QueryEngine")
+            .field("root", &self.root)
+            .finish()
     }
 }
 
@@ -70,16 +72,31 @@ fn view_sql(root: &Path) -> Vec<String> {
         let mut cols: Vec<&str> = ENVELOPE_COLUMNS[..9].to_vec();
         cols.extend(data_fields(kind).iter().map(|(n, _)| *n));
         cols.extend(&ENVELOPE_COLUMNS[9..]);
-        let cols = cols.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+        let cols = cols
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         out.push(format!(
             "CREATE OR REPLACE VIEW {} AS SELECT {cols} FROM read_parquet({}, union_by_name = true, hive_partitioning = false)",
             kind.view_name(),
             sql_str(&glob.to_string_lossy()),
         ));
-        let env = ENVELOPE_COLUMNS.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
-        union.push(format!("SELECT '{}' AS kind, {env} FROM {}", kind.as_str(), kind.view_name()));
+        let env = ENVELOPE_COLUMNS
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        union.push(format!(
+            "SELECT '{}' AS kind, {env} FROM {}",
+            kind.as_str(),
+            kind.view_name()
+        ));
     }
-    out.push(format!("CREATE OR REPLACE VIEW events AS {}", union.join(" UNION ALL ")));
+    out.push(format!(
+        "CREATE OR REPLACE VIEW events AS {}",
+        union.join(" UNION ALL ")
+    ));
     out
 }
 
@@ -94,7 +111,10 @@ impl QueryEngine {
         write_schema_files(&root)?;
         let root = root
             .canonicalize()
-            .map_err(|source| crate::StoreError::Io { path: root.clone(), source })?;
+            .map_err(|source| crate::StoreError::Io {
+                path: root.clone(),
+                source,
+            })?;
         let conn = Connection::open_in_memory_with_flags(Config::default())?;
         for v in view_sql(&root) {
             conn.execute_batch(&v)?;
@@ -160,11 +180,42 @@ impl QueryEngine {
     fn check_read_only(&self, sql: &str) -> Result<(), QueryError> {
         let keyword = first_keyword(sql);
         const REFUSED: &[&str] = &[
-            "ATTACH", "DETACH", "INSTALL", "LOAD", "COPY", "EXPORT", "IMPORT", "PRAGMA", "SET",
-            "RESET", "CREATE", "DROP", "ALTER", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "MERGE",
-            "CALL", "CHECKPOINT", "VACUUM", "ANALYZE", "USE", "BEGIN", "COMMIT", "ROLLBACK",
-            "ABORT", "START", "PREPARE", "EXECUTE", "DEALLOCATE", "GRANT", "REVOKE", "COMMENT",
-            "UPDATE_EXTENSIONS", "FORCE",
+            "ATTACH",
+            "DETACH",
+            "INSTALL",
+            "LOAD",
+            "COPY",
+            "EXPORT",
+            "IMPORT",
+            "PRAGMA",
+            "SET",
+            "RESET",
+            "CREATE",
+            "DROP",
+            "ALTER",
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "TRUNCATE",
+            "MERGE",
+            "CALL",
+            "CHECKPOINT",
+            "VACUUM",
+            "ANALYZE",
+            "USE",
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+            "ABORT",
+            "START",
+            "PREPARE",
+            "EXECUTE",
+            "DEALLOCATE",
+            "GRANT",
+            "REVOKE",
+            "COMMENT",
+            "UPDATE_EXTENSIONS",
+            "FORCE",
         ];
         if let Some(k) = &keyword {
             if REFUSED.contains(&k.as_str()) {
@@ -175,13 +226,20 @@ impl QueryEngine {
         }
         let conn = self.take_conn()?;
         let r: Result<String, _> =
-            conn.query_row("SELECT json_serialize_sql(?::VARCHAR)", [sql], |row| row.get(0));
+            conn.query_row("SELECT json_serialize_sql(?::VARCHAR)", [sql], |row| {
+                row.get(0)
+            });
         self.give_back(conn);
         let json = r.map_err(|e| QueryError::Internal(e.to_string()))?;
-        let v: Value = serde_json::from_str(&json).map_err(|e| QueryError::Internal(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(&json).map_err(|e| QueryError::Internal(e.to_string()))?;
         if v.get("error").and_then(Value::as_bool) == Some(true) {
             let etype = v.get("error_type").and_then(Value::as_str).unwrap_or("");
-            let msg = v.get("error_message").and_then(Value::as_str).unwrap_or("").to_string();
+            let msg = v
+                .get("error_message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             return Err(if etype == "parser" {
                 QueryError::Invalid(msg)
             } else {
@@ -191,7 +249,10 @@ impl QueryEngine {
                 ))
             });
         }
-        let n = v.get("statements").and_then(Value::as_array).map_or(0, Vec::len);
+        let n = v
+            .get("statements")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         match n {
             1 => Ok(()),
             0 => Err(QueryError::Invalid("empty query".into())),
@@ -201,7 +262,12 @@ impl QueryEngine {
         }
     }
 
-    fn run(&self, sql: &str, params: &[Value], timeout: Duration) -> Result<QueryResult, QueryError> {
+    fn run(
+        &self,
+        sql: &str,
+        params: &[Value],
+        timeout: Duration,
+    ) -> Result<QueryResult, QueryError> {
         let conn = self.take_conn()?;
         let interrupt = conn.interrupt_handle();
         let timed_out = Arc::new(AtomicBool::new(false));
@@ -265,15 +331,32 @@ fn json_to_duck(v: &Value) -> duckdb::types::Value {
 
 fn classify(e: duckdb::Error) -> QueryError {
     let msg = e.to_string();
-    let head = msg.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+    let head = msg
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if head.contains("permission") {
         QueryError::Forbidden(msg)
     } else if head.contains("interrupt") {
         QueryError::Internal(msg)
     } else if [
-        "parser", "binder", "catalog", "conversion", "invalid input", "type mismatch",
-        "syntax", "not implemented", "out of range", "invalid", "io", "constraint",
-        "dependency", "sequence", "serialization",
+        "parser",
+        "binder",
+        "catalog",
+        "conversion",
+        "invalid input",
+        "type mismatch",
+        "syntax",
+        "not implemented",
+        "out of range",
+        "invalid",
+        "io",
+        "constraint",
+        "dependency",
+        "sequence",
+        "serialization",
     ]
     .iter()
     .any(|k| head.contains(k))
@@ -357,17 +440,26 @@ pub(crate) fn cell(a: &ArrayRef, i: usize) -> Value {
         }
         DataType::Timestamp(unit, _) => {
             let us = match unit {
-                TimeUnit::Second => a.as_primitive::<t::TimestampSecondType>().value(i).saturating_mul(1_000_000),
-                TimeUnit::Millisecond => a.as_primitive::<t::TimestampMillisecondType>().value(i).saturating_mul(1000),
+                TimeUnit::Second => a
+                    .as_primitive::<t::TimestampSecondType>()
+                    .value(i)
+                    .saturating_mul(1_000_000),
+                TimeUnit::Millisecond => a
+                    .as_primitive::<t::TimestampMillisecondType>()
+                    .value(i)
+                    .saturating_mul(1000),
                 TimeUnit::Microsecond => a.as_primitive::<t::TimestampMicrosecondType>().value(i),
-                TimeUnit::Nanosecond => a.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000,
+                TimeUnit::Nanosecond => {
+                    a.as_primitive::<t::TimestampNanosecondType>().value(i) / 1000
+                }
             };
             micros_to_rfc3339(us)
         }
         DataType::Date32 => {
             let d = a.as_primitive::<t::Date32Type>().value(i);
-            chrono::NaiveDate::from_num_days_from_ce_opt(d + 719_163)
-                .map_or(Value::Null, |d| Value::String(d.format("%Y-%m-%d").to_string()))
+            chrono::NaiveDate::from_num_days_from_ce_opt(d + 719_163).map_or(Value::Null, |d| {
+                Value::String(d.format("%Y-%m-%d").to_string())
+            })
         }
         DataType::List(_) => {
             let l = a.as_list::<i32>();

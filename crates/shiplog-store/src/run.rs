@@ -51,19 +51,76 @@ impl ProjectionMetrics {
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
         let mut put = |name: &str, kind: &str, help: &str, v: f64| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
         };
-        put("shiplog_projection_rows_written_total", "counter", "Rows written to Parquet.", self.rows_written.load(Relaxed) as f64);
-        put("shiplog_projection_files_written_total", "counter", "Parquet files committed by flushes.", self.files_written.load(Relaxed) as f64);
-        put("shiplog_projection_bytes_written_total", "counter", "Parquet bytes committed by flushes.", self.bytes_written.load(Relaxed) as f64);
-        put("shiplog_projection_flushes_total", "counter", "Flushes committed.", self.flushes.load(Relaxed) as f64);
-        put("shiplog_projection_events_skipped_total", "counter", "Log entries that were not decodable events.", self.events_skipped.load(Relaxed) as f64);
-        put("shiplog_projection_flush_errors_total", "counter", "Failed flushes (the projector reopened and retried).", self.flush_errors.load(Relaxed) as f64);
-        put("shiplog_projection_last_flush_seconds", "gauge", "Duration of the last flush.", self.last_flush_micros.load(Relaxed) as f64 / 1e6);
-        put("shiplog_projection_flush_seconds_total", "counter", "Total time spent flushing.", self.flush_micros_total.load(Relaxed) as f64 / 1e6);
-        put("shiplog_projection_compactions_total", "counter", "Compaction runs.", self.compactions.load(Relaxed) as f64);
-        put("shiplog_projection_files_compacted_total", "counter", "Files merged away by compaction.", self.files_compacted.load(Relaxed) as f64);
-        put("shiplog_projection_partitions_deleted_total", "counter", "Date partitions deleted by retention.", self.partitions_deleted.load(Relaxed) as f64);
+        put(
+            "shiplog_projection_rows_written_total",
+            "counter",
+            "Rows written to Parquet.",
+            self.rows_written.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_files_written_total",
+            "counter",
+            "Parquet files committed by flushes.",
+            self.files_written.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_bytes_written_total",
+            "counter",
+            "Parquet bytes committed by flushes.",
+            self.bytes_written.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_flushes_total",
+            "counter",
+            "Flushes committed.",
+            self.flushes.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_events_skipped_total",
+            "counter",
+            "Log entries that were not decodable events.",
+            self.events_skipped.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_flush_errors_total",
+            "counter",
+            "Failed flushes (the projector reopened and retried).",
+            self.flush_errors.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_last_flush_seconds",
+            "gauge",
+            "Duration of the last flush.",
+            self.last_flush_micros.load(Relaxed) as f64 / 1e6,
+        );
+        put(
+            "shiplog_projection_flush_seconds_total",
+            "counter",
+            "Total time spent flushing.",
+            self.flush_micros_total.load(Relaxed) as f64 / 1e6,
+        );
+        put(
+            "shiplog_projection_compactions_total",
+            "counter",
+            "Compaction runs.",
+            self.compactions.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_files_compacted_total",
+            "counter",
+            "Files merged away by compaction.",
+            self.files_compacted.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_partitions_deleted_total",
+            "counter",
+            "Date partitions deleted by retention.",
+            self.partitions_deleted.load(Relaxed) as f64,
+        );
         out
     }
 }
@@ -108,7 +165,17 @@ pub async fn run_projection(
     let m = metrics.clone();
     let task = tokio::spawn(
         async move {
-            projection_loop(log, data_dir, config, schedule, Some(projector), tx, m, shutdown).await
+            projection_loop(
+                log,
+                data_dir,
+                config,
+                schedule,
+                Some(projector),
+                tx,
+                m,
+                shutdown,
+            )
+            .await
         }
         .instrument(tracing::info_span!("projection")),
     );
@@ -155,7 +222,18 @@ async fn projection_loop(
             }
         };
         let _ = tx.send(p.committed_offsets().clone());
-        match run_once(&log, p, &config, &schedule, &mut next_compaction, &tx, &metrics, &shutdown).await {
+        match run_once(
+            &log,
+            p,
+            &config,
+            &schedule,
+            &mut next_compaction,
+            &tx,
+            &metrics,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.flush_errors.fetch_add(1, Relaxed);
@@ -200,16 +278,22 @@ async fn run_once(
                 Duration::ZERO
             } else {
                 match first_buffered {
-                    Some(t) => config
-                        .flush_interval
-                        .saturating_sub(t.elapsed())
-                        .min(MAX_WAIT)
-                        / n,
+                    Some(t) => {
+                        config
+                            .flush_interval
+                            .saturating_sub(t.elapsed())
+                            .min(MAX_WAIT)
+                            / n
+                    }
                     None => MAX_WAIT / n,
                 }
             };
             let batch = r
-                .next_batch(config.read_batch_records, config.flush_bytes.max(1 << 20), wait)
+                .next_batch(
+                    config.read_batch_records,
+                    config.flush_bytes.max(1 << 20),
+                    wait,
+                )
                 .await?;
             if !batch.is_empty() {
                 first_buffered.get_or_insert_with(Instant::now);
@@ -236,7 +320,13 @@ async fn flush_blocking(
     tx: &watch::Sender<ProjectedOffsets>,
     metrics: &ProjectionMetrics,
 ) -> Result<ParquetProjector, StoreError> {
-    let span = tracing::info_span!("flush", events = p.buffered(), rows = tracing::field::Empty, files = tracing::field::Empty, ms = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "flush",
+        events = p.buffered(),
+        rows = tracing::field::Empty,
+        files = tracing::field::Empty,
+        ms = tracing::field::Empty
+    );
     let s2 = span.clone();
     let (p, r) = tokio::task::spawn_blocking(move || {
         let _g = s2.enter();
@@ -264,7 +354,9 @@ async fn compact_blocking(
     let (p, r) = tokio::task::spawn_blocking(move || {
         let _g = s2.enter();
         let now = Utc::now();
-        let r = p.compact(now).and_then(|c| Ok((c, p.apply_retention(now)?)));
+        let r = p
+            .compact(now)
+            .and_then(|c| Ok((c, p.apply_retention(now)?)));
         (p, r)
     })
     .await
@@ -340,7 +432,11 @@ pub async fn replay(
         })?;
         while reader.position() < end {
             let batch = reader
-                .next_batch(config.read_batch_records, config.flush_bytes.max(1 << 20), Duration::from_millis(500))
+                .next_batch(
+                    config.read_batch_records,
+                    config.flush_bytes.max(1 << 20),
+                    Duration::from_millis(500),
+                )
                 .await?;
             let batch: Vec<_> = batch.into_iter().filter(|e| e.offset < end).collect();
             report.events += batch.len() as u64;
@@ -351,7 +447,10 @@ pub async fn replay(
                 report.skipped += r.skipped;
                 report.files += r.files;
             }
-            progress(ReplayProgress { done: report.events, total });
+            progress(ReplayProgress {
+                done: report.events,
+                total,
+            });
         }
     }
     let r = p.flush()?;

@@ -178,7 +178,10 @@ fn build_schema(kind: Kind) -> SchemaRef {
 pub fn kind_schema(kind: Kind) -> SchemaRef {
     static SCHEMAS: OnceLock<Vec<SchemaRef>> = OnceLock::new();
     let all = SCHEMAS.get_or_init(|| Kind::ALL.iter().map(|k| build_schema(*k)).collect());
-    let i = Kind::ALL.iter().position(|k| *k == kind).expect("kind in ALL");
+    let i = Kind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("kind in ALL");
     all[i].clone()
 }
 

@@ -26,6 +26,29 @@ use crate::metrics::Metrics;
 /// A dedup key: 128-bit hash of `source`, a separator and `id`.
 type Key = u128;
 
+/// The keys are already uniformly distributed hashes: hashing them again (SipHash) would
+/// only cost time on the ingest path.
+#[derive(Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64 ^ (v >> 64) as u64;
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<PreHashed>>;
+
 fn dedup_key(source: &str, id: &str) -> Key {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(source.as_bytes());
@@ -43,7 +66,7 @@ enum Slot {
 
 #[derive(Default)]
 struct DedupIndex {
-    slots: HashMap<Key, Slot>,
+    slots: KeyMap<Slot>,
     /// Committed keys in receive order, for expiry.
     expiry: VecDeque<(i64, Key)>,
 }

@@ -4,6 +4,7 @@
 //! server over HTTP or work on a stopped server's data dir.
 
 mod bench;
+mod collect;
 mod config;
 mod datadir;
 mod serve;
@@ -40,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         which: BenchCommand,
     },
+    #[command(flatten)]
+    Collect(collect::CollectCommand),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Collect(c) => collect::run(c, &config),
     }
 }
 

@@ -20,18 +20,20 @@ impl Rng {
     }
 }
 
-fn ts(base_secs: i64, i: u64) -> String {
-    let t = chrono::DateTime::from_timestamp(base_secs + (i as i64) * 7, (i % 1000) as u32 * 1000).unwrap();
+fn ts(base_secs: i64, step: i64, i: u64) -> String {
+    let t =
+        chrono::DateTime::from_timestamp(base_secs + (i as i64) * step, (i % 1000) as u32 * 1000)
+            .unwrap();
     shiplog_events::format_rfc3339(&t)
 }
 
 /// Event `i` of a mixed stream: 60% checks, 15% builds, 10% api_cost, 10% deploys,
 /// 5% migrations; times spread over several days from `base_secs`.
-pub fn event(rng: &mut Rng, i: u64, base_secs: i64) -> Value {
+pub fn event(rng: &mut Rng, i: u64, base_secs: i64, step_secs: i64) -> Value {
     let r = rng.below(100);
     let dep = format!("dpl_{:08x}", i / 50);
     let commit = format!("{:040x}", (i / 50).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let received = ts(base_secs, i);
+    let received = ts(base_secs, step_secs, i);
     let mut ev = json!({
         "id": format!("evt-{i:010}"),
         "source": "ci/github",
@@ -43,15 +45,21 @@ pub fn event(rng: &mut Rng, i: u64, base_secs: i64) -> Value {
         "deployment_id": dep,
     });
     if i % 4 != 0 {
-        ev["time"] = json!(ts(base_secs, i));
+        ev["time"] = json!(ts(base_secs, step_secs, i));
     }
     let (kind, data) = if r < 60 {
         let names = ["smoke", "health", "error_rate", "latency_p95"];
         let name = names[rng.below(4) as usize];
         let data = match name {
-            "smoke" | "health" => json!({"name": name, "passed": rng.below(10) != 0, "unit": "bool", "region": "fra1"}),
-            "error_rate" => json!({"name": name, "value": rng.below(1000) as f64 / 10000.0, "unit": "ratio", "samples": rng.below(500)}),
-            _ => json!({"name": name, "value": 80.0 + rng.below(4000) as f64 / 10.0, "unit": "ms", "window_s": 60}),
+            "smoke" | "health" => {
+                json!({"name": name, "passed": rng.below(10) != 0, "unit": "bool", "region": "fra1"})
+            }
+            "error_rate" => {
+                json!({"name": name, "value": rng.below(1000) as f64 / 10000.0, "unit": "ratio", "samples": rng.below(500)})
+            }
+            _ => {
+                json!({"name": name, "value": 80.0 + rng.below(4000) as f64 / 10.0, "unit": "ms", "window_s": 60})
+            }
         };
         ev["source"] = json!("checks/probe");
         ("check", data)

@@ -52,7 +52,10 @@ impl MemLog {
 }
 
 impl Log for MemLog {
-    fn append(&self, records: Vec<LogRecord>) -> BoxFuture<'static, Result<Vec<RecordPosition>, LogError>> {
+    fn append(
+        &self,
+        records: Vec<LogRecord>,
+    ) -> BoxFuture<'static, Result<Vec<RecordPosition>, LogError>> {
         let me = self.clone();
         Box::pin(async move {
             let n = me.0.parts.len() as u64;
@@ -72,7 +75,11 @@ impl Log for MemLog {
     }
 
     fn reader(&self, partition: Partition, from: Offset) -> Result<Box<dyn LogReader>, LogError> {
-        Ok(Box::new(MemReader { log: self.clone(), partition, pos: from }))
+        Ok(Box::new(MemReader {
+            log: self.clone(),
+            partition,
+            pos: from,
+        }))
     }
 
     fn end_offset(&self, partition: Partition) -> Offset {
@@ -95,14 +102,23 @@ struct MemReader {
 }
 
 impl LogReader for MemReader {
-    fn next_batch(&mut self, max_records: usize, _max_bytes: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<LogEntry>, LogError>> {
+    fn next_batch(
+        &mut self,
+        max_records: usize,
+        _max_bytes: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<LogEntry>, LogError>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 let notified = self.log.0.notify.notified();
                 let end = self.log.end_offset(self.partition);
                 if end > self.pos {
-                    let out = self.log.entries(self.partition, self.pos, (self.pos + max_records as u64).min(end));
+                    let out = self.log.entries(
+                        self.partition,
+                        self.pos,
+                        (self.pos + max_records as u64).min(end),
+                    );
                     self.pos += out.len() as u64;
                     return Ok(out);
                 }

@@ -1,0 +1,205 @@
+// Delivery and spool rules against a scripted HTTP server (no Vite): 2xx deletes,
+// 5xx/429/timeouts keep, 4xx moves to rejected/ with the answer; spooled events go first.
+
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import http from 'node:http';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+
+import { deliver, detectCi, detectGit, errorText, spoolDirFor } from '../index.js';
+import { cleanupAll, tempDir } from './helpers.js';
+
+/** An HTTP server that answers each request with the next scripted [status, body]. */
+async function scripted(script) {
+  const seen = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      seen.push({ method: req.method, url: req.url, headers: req.headers, event: JSON.parse(body) });
+      const [status, answer] = script.shift() || [202, { accepted: 1, duplicates: 0, rejected: [] }];
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(typeof answer === 'string' ? answer : JSON.stringify(answer));
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = /** @type {import('node:net').AddressInfo} */ (server.address());
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    seen,
+    close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
+  };
+}
+
+const ev = (id) => ({ id, kind: 'build', source: 'vite-plugin', project: 'p', data: { success: true, duration_ms: 1 } });
+const spooled = (dir) => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.json')) : []);
+
+describe('delivery and spool', () => {
+  after(cleanupAll);
+
+  it('posts to /v1/events with the bearer token and JSON content type', async () => {
+    const s = await scripted([]);
+    const dir = join(tempDir(), 'spool');
+    const out = await deliver(ev('a'), { url: s.url, token: 'sekret', timeoutMs: 2000, spoolDir: dir });
+    assert.equal(out.delivered, true);
+    assert.equal(s.seen[0].method, 'POST');
+    assert.equal(s.seen[0].url, '/v1/events');
+    assert.equal(s.seen[0].headers.authorization, 'Bearer sekret');
+    assert.equal(s.seen[0].headers['content-type'], 'application/json');
+    assert.deepEqual(spooled(dir), []);
+    await s.close();
+  });
+
+  it('keeps events on 5xx and 429, sends them oldest first, deletes each only after a 2xx', async () => {
+    const dir = join(tempDir(), 'spool');
+    const s = await scripted([
+      [503, { error: 'log unavailable' }],
+      [429, { error: 'slow down' }],
+      // Third delivery: spool a then b, then c: a ok, b 500 (stop; b and c stay).
+      [202, { accepted: 1, duplicates: 0, rejected: [] }],
+      [500, 'oops'],
+    ]);
+    const o = { url: s.url, timeoutMs: 2000, spoolDir: dir };
+    assert.equal((await deliver(ev('a'), o)).spooled, true);
+    await new Promise((r) => setTimeout(r, 2)); // distinct time prefixes
+    const second = await deliver(ev('b'), o);
+    // The spooled `a` got the 429: the server is busy, so `b` is not even tried.
+    assert.equal(second.spooled, true);
+    assert.match(second.warning, /HTTP 429/);
+    assert.equal(s.seen.length, 2);
+    assert.equal(spooled(dir).length, 2);
+
+    await new Promise((r) => setTimeout(r, 2));
+    const third = await deliver(ev('c'), o);
+    assert.deepEqual(s.seen.slice(2).map((x) => x.event.id), ['a', 'b'], 'oldest first');
+    assert.equal(third.spoolSent, 1);
+    assert.equal(third.spooled, true);
+    assert.equal(third.spoolLeft, 2);
+    const left = spooled(dir).map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')).id);
+    assert.deepEqual(left, ['b', 'c']);
+
+    const fourth = await deliver(ev('d'), o);
+    assert.equal(fourth.delivered, true);
+    assert.equal(fourth.spoolSent, 2);
+    assert.deepEqual(s.seen.slice(4).map((x) => x.event.id), ['b', 'c', 'd']);
+    assert.deepEqual(spooled(dir), []);
+    await s.close();
+  });
+
+  it('moves an event the server refuses (4xx) to rejected/ with the answer, and never retries it', async () => {
+    const dir = join(tempDir(), 'spool');
+    const answer = { accepted: 0, duplicates: 0, rejected: [{ index: 0, field: '/project', error: 'is required' }] };
+    const s = await scripted([[503, 'busy'], [400, answer]]);
+    const o = { url: s.url, timeoutMs: 2000, spoolDir: dir };
+    await deliver(ev('bad'), o);
+    assert.equal(spooled(dir).length, 1);
+    const next = await deliver(ev('good'), o);
+    assert.equal(next.delivered, true);
+    assert.equal(next.spoolRejected, 1);
+    assert.match(next.warning, /rejected/);
+    assert.deepEqual(spooled(dir), []);
+    const rejected = readdirSync(join(dir, 'rejected')).sort();
+    assert.equal(rejected.length, 2);
+    const answerFile = rejected.find((f) => f.endsWith('.answer.json'));
+    const saved = JSON.parse(readFileSync(join(dir, 'rejected', answerFile), 'utf8'));
+    assert.equal(saved.status, 400);
+    assert.deepEqual(saved.answer, answer);
+    const eventFile = rejected.find((f) => !f.endsWith('.answer.json'));
+    assert.equal(JSON.parse(readFileSync(join(dir, 'rejected', eventFile), 'utf8')).id, 'bad');
+    // Nothing of rejected/ is sent again.
+    await deliver(ev('third'), o);
+    assert.deepEqual(s.seen.map((x) => x.event.id), ['bad', 'bad', 'good', 'third']);
+    await s.close();
+  });
+
+  it("keeps this build's refused event in rejected/ too, and drops unreadable spool files there", async () => {
+    const dir = join(tempDir(), 'spool');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, '000000000000001-garbage.json'), '{not json');
+    const s = await scripted([[401, { error: 'unknown token' }]]);
+    const out = await deliver(ev('x'), { url: s.url, token: 'wrong', timeoutMs: 2000, spoolDir: dir });
+    assert.equal(out.rejected, true);
+    assert.equal(out.spooled, false);
+    assert.equal(out.spoolRejected, 1);
+    assert.match(out.warning, /HTTP 401/);
+    assert.equal(readdirSync(join(dir, 'rejected')).length, 4);
+    assert.deepEqual(spooled(dir), []);
+    await s.close();
+  });
+
+  it('bounds the whole delivery by timeoutMs and caps the spool size', async () => {
+    const dir = join(tempDir(), 'spool');
+    const server = http.createServer(() => {}); // never answers
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${/** @type {any} */ (server.address()).port}`;
+    const t0 = Date.now();
+    for (const id of ['1', '2', '3']) {
+      const out = await deliver(ev(id), { url, timeoutMs: 300, spoolDir: dir, maxSpoolFiles: 2 });
+      assert.equal(out.spooled, true);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    const ms = Date.now() - t0;
+    assert.ok(ms < 3 * 300 + 1000, `three deliveries took ${ms} ms`);
+    const ids = spooled(dir).map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')).id);
+    assert.deepEqual(ids, ['2', '3'], 'the oldest is dropped past maxSpoolFiles');
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+});
+
+describe('event fields', () => {
+  it('detects CI providers', () => {
+    assert.equal(detectCi({}), null);
+    assert.deepEqual(detectCi({ GITLAB_CI: 'true', CI_PIPELINE_ID: '884213', CI_PIPELINE_URL: 'https://gitlab.com/acme/docs-site/-/pipelines/884213' }), {
+      provider: 'gitlab',
+      run_id: '884213',
+      url: 'https://gitlab.com/acme/docs-site/-/pipelines/884213',
+    });
+    assert.deepEqual(detectCi({ CIRCLECI: 'true', CIRCLE_WORKFLOW_ID: 'wf-1', CIRCLE_BUILD_URL: 'https://circleci.com/gh/acme/web/42' }), {
+      provider: 'circleci',
+      run_id: 'wf-1',
+      url: 'https://circleci.com/gh/acme/web/42',
+    });
+    assert.deepEqual(detectCi({ VERCEL: '1', VERCEL_URL: 'web-abc.vercel.app', VERCEL_DEPLOYMENT_ID: 'dpl_123' }), {
+      provider: 'vercel',
+      run_id: 'dpl_123',
+      url: 'https://web-abc.vercel.app',
+    });
+    assert.equal(detectCi({ CI: 'true' }).provider, 'other');
+    assert.equal(detectCi({ CI: 'false' }), null);
+  });
+
+  it('takes commit and branch from CI variables first', () => {
+    const dir = tempDir(); // not a git repository: git gives nothing
+    assert.deepEqual(detectGit({ CI_COMMIT_SHA: 'abc', CI_COMMIT_REF_NAME: 'feat/x' }, dir), { commit: 'abc', branch: 'feat/x' });
+    assert.deepEqual(detectGit({ CIRCLE_SHA1: 'c1', CIRCLE_BRANCH: 'main' }, dir), { commit: 'c1', branch: 'main' });
+    assert.deepEqual(detectGit({ VERCEL_GIT_COMMIT_SHA: 'v1', VERCEL_GIT_COMMIT_REF: 'preview' }, dir), { commit: 'v1', branch: 'preview' });
+    assert.deepEqual(detectGit({ GITHUB_SHA: 'g1', GITHUB_REF_NAME: '12/merge', GITHUB_HEAD_REF: 'feat/pay' }, dir), { commit: 'g1', branch: 'feat/pay' });
+    assert.deepEqual(detectGit({}, dir), { commit: null, branch: null });
+    // No git binary at all: silently nothing.
+    const path = process.env.PATH;
+    process.env.PATH = dir;
+    try {
+      assert.deepEqual(detectGit({}, process.cwd()), { commit: null, branch: null });
+    } finally {
+      process.env.PATH = path;
+    }
+  });
+
+  it('cuts the error to 2 KB of UTF-8 without colours', () => {
+    const long = `\u001b[31m[PARSE_ERROR]\u001b[0m ${'é'.repeat(3000)}`;
+    const t = errorText(new Error(long));
+    assert.ok(Buffer.byteLength(t) <= 2048);
+    assert.ok(t.startsWith('[PARSE_ERROR] éé'));
+    assert.equal(errorText('plain'), 'plain');
+  });
+
+  it('puts the spool in node_modules/.cache when there is one', () => {
+    const root = tempDir();
+    assert.equal(spoolDirFor({}, root), join(root, '.shiplog-spool'));
+    mkdirSync(join(root, 'node_modules'));
+    assert.equal(spoolDirFor({}, root), join(root, 'node_modules', '.cache', 'shiplog'));
+    assert.equal(spoolDirFor({ spoolDir: 'x/y' }, root), join(root, 'x', 'y'));
+  });
+});
