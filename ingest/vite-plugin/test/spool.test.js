@@ -35,9 +35,9 @@ async function scripted(script) {
 const ev = (id) => ({ id, kind: 'build', source: 'vite-plugin', project: 'p', data: { success: true, duration_ms: 1 } });
 const spooled = (dir) => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.json')) : []);
 
-describe('delivery and spool', () => {
-  after(cleanupAll);
+after(cleanupAll);
 
+describe('delivery and spool', () => {
   it('posts to /v1/events with the bearer token and JSON content type', async () => {
     const s = await scripted([]);
     const dir = join(tempDir(), 'spool');

@@ -224,6 +224,13 @@ export function viteSuite(label, specifier, expect) {
       assert.equal(lines.length, 1);
       assert.match(lines[0].msg, /SHIPLOG_URL/);
       assert.deepEqual(readdirSync(spoolDir), []);
+
+      // disabled: nothing is sent, nothing is logged.
+      const off = await build({ plugin: { url: server.url, spoolDir, disabled: true } });
+      assert.equal(off.error, null);
+      assert.equal(off.events.length, 0);
+      assert.deepEqual(off.logger.shiplog(), []);
+      await assertStored(server, [event]);
       await server.stop();
     });
 
