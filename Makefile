@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA_DIR ?= ./shiplog-data
 LISTEN ?= 127.0.0.1:7070
 
-.PHONY: all deps build run serve test test-rust fmt clippy check bench clean
+.PHONY: all deps build run serve test test-rust test-plugin fmt clippy check bench clean
 
 all: build
 
@@ -23,10 +23,17 @@ build: deps
 run: build
 	./target/release/shiplog serve --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-## test: every test of the project
-test: deps
+## test: every test of the project (Rust, end-to-end, the Vite plugin)
+test: test-rust test-plugin
+
+test-rust: deps
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+
+## test-plugin: the Vite plugin's tests run real vite builds against target/debug/shiplog
+test-plugin: deps
+	$(CARGO) build -p shiplog
+	cd ingest/vite-plugin && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 fmt:
 	$(CARGO) fmt --all

@@ -381,7 +381,7 @@ pub fn execute(command: &[OsString]) -> Run {
     let t_out = std::thread::spawn(move || pump(out, false, tx));
     let t_err = std::thread::spawn(move || pump(err, true, tx2));
 
-    let mut handle = |run: &mut Run, msg: Msg| {
+    let handle = |run: &mut Run, msg: Msg| {
         let Msg::Line(is_err, line, at, wall) = msg;
         match parse_line(&line) {
             Some(LineInfo::Migration(seen)) => run.seen.push((seen, at, wall)),

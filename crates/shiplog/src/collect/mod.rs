@@ -27,8 +27,6 @@ use std::time::Duration;
 
 pub use ci::Ci;
 
-/// Exit code: invalid input or usage (also clap's own usage errors).
-pub const EXIT_INVALID: u8 = 2;
 /// Exit code: the server refused the event (4xx), or refused the token.
 pub const EXIT_REJECTED: u8 = 3;
 /// Exit code: not delivered, with `--strict` (the events are spooled all the same).

@@ -55,7 +55,6 @@ pub struct Sender {
     retries: u32,
     total: Duration,
     pub spool: Spool,
-    pub strict: bool,
 }
 
 impl Sender {
@@ -72,7 +71,6 @@ impl Sender {
             retries: args.retries,
             total: args.send_timeout,
             spool: Spool::new(args.spool_dir.clone().unwrap_or_else(|| Spool::default_dir(env))),
-            strict: args.strict,
         })
     }
 
