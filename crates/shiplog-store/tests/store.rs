@@ -77,7 +77,7 @@ fn offsets_of(data_dir: &Path) -> Vec<(i64, i64)> {
 #[test]
 fn projects_typed_columns_and_keeps_unknown_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let evs = vec![
+    let evs = [
         json!({"id":"b1","kind":"build","source":"vite-plugin","time":"2026-11-20T10:00:00Z","received_at":"2026-11-20T10:00:01.5Z","project":"web","commit":"abc","branch":"main",
                "subject":"x","data":{"tool":"vite","tool_version":"8.3.0","mode":"production","success":true,"duration_ms":61234.6,
                "phases":[{"name":"transform","duration_ms":100},{"name":"render","duration_ms":200,"note":"n"}],

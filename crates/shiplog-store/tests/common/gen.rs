@@ -1,5 +1,5 @@
 //! Realistic mixed events for tests and the benchmark (shared by `#[path]`).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::manual_is_multiple_of)]
 
 use serde_json::{json, Value};
 

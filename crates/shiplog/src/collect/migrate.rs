@@ -23,8 +23,11 @@ use std::time::{Duration, Instant, SystemTime};
 /// Output kept for error texts: at most this many bytes and lines.
 const TAIL_BYTES: usize = 64 * 1024;
 const TAIL_LINES: usize = 50;
-/// Longest `error` reported.
-const ERROR_BYTES: usize = 4096;
+/// Longest `error` reported, and its lines.
+const ERROR_BYTES: usize = 2048;
+const ERROR_LINES: usize = 20;
+/// Longest `output_tail` reported with a failure.
+const OUTPUT_TAIL_BYTES: usize = 8192;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tool {
@@ -443,6 +446,33 @@ pub fn execute(command: &[OsString]) -> Run {
     run
 }
 
+/// The error text of a failed run: the exception of a Python traceback (Alembic) when the
+/// output ends with one, else the last lines.
+pub fn error_text(tail: &Tail) -> String {
+    let lines: Vec<&String> = tail.lines.iter().collect();
+    // A traceback's frames (`  File "…", line N`) are indented (its header may have left
+    // the tail); the exception follows the last indented line.
+    if let Some(tb) = lines.iter().position(|l| {
+        l.starts_with("Traceback (most recent call last)") || l.starts_with("  File \"")
+    }) {
+        let after = &lines[tb..];
+        if let Some(last_frame) = after.iter().rposition(|l| l.starts_with(' ')) {
+            let exc: Vec<&str> = after[last_frame + 1..].iter().map(|l| l.as_str()).collect();
+            let text = exc.join("\n");
+            if !text.trim().is_empty() {
+                let mut t = Tail::default();
+                exc.iter().for_each(|l| t.push(l.to_string()));
+                return t.text(ERROR_BYTES);
+            }
+        }
+    }
+    let mut t = Tail::default();
+    for l in lines.iter().skip(lines.len().saturating_sub(ERROR_LINES)) {
+        t.push(l.to_string());
+    }
+    t.text(ERROR_BYTES)
+}
+
 fn event(base: &Map<String, Value>, id: &str, data: Map<String, Value>, time: Option<SystemTime>) -> Value {
     let mut e = Map::new();
     e.insert("id".into(), id.into());
@@ -475,11 +505,11 @@ pub fn events(
     } else if let Some(sig) = run.signal {
         Some(format!("killed by signal {sig}"))
     } else if failed {
-        let tail = if run.stderr_tail.is_empty() {
-            run.stdout_tail.text(ERROR_BYTES)
+        let tail = error_text(if run.stderr_tail.is_empty() {
+            &run.stdout_tail
         } else {
-            run.stderr_tail.text(ERROR_BYTES)
-        };
+            &run.stderr_tail
+        });
         Some(if tail.is_empty() {
             format!("exited with code {}", run.exit_code)
         } else {
@@ -557,11 +587,13 @@ pub fn events(
                 data.insert("error".into(), e.clone().into());
             }
             data.insert("exit_code".into(), run.exit_code.into());
-            if run.signal.is_some() {
-                let tail = run.stderr_tail.text(ERROR_BYTES);
-                if !tail.is_empty() {
-                    data.insert("output_tail".into(), tail.into());
-                }
+            let tail = if run.stderr_tail.is_empty() {
+                run.stdout_tail.text(OUTPUT_TAIL_BYTES)
+            } else {
+                run.stderr_tail.text(OUTPUT_TAIL_BYTES)
+            };
+            if !tail.is_empty() {
+                data.insert("output_tail".into(), tail.into());
             }
         }
         if let Some(p) = &program {
@@ -690,6 +722,28 @@ mod tests {
         assert_eq!(s.version, None);
         assert_eq!(s.name.as_deref(), Some("views"));
         assert!(parse_line("hello").is_none());
+    }
+
+    #[test]
+    fn error_text_of_a_traceback() {
+        let mut t = Tail::default();
+        for l in [
+            "INFO  [alembic.runtime.migration] Running upgrade a -> b, x",
+            "Traceback (most recent call last):",
+            "  File \"x.py\", line 1, in <module>",
+            "    foo()",
+            "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such table: t",
+            "[SQL: ALTER TABLE t ADD COLUMN c TEXT]",
+        ] {
+            t.push(l.to_string());
+        }
+        assert_eq!(
+            error_text(&t),
+            "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such table: t\n[SQL: ALTER TABLE t ADD COLUMN c TEXT]"
+        );
+        let mut t = Tail::default();
+        t.push("ERROR: relation \"users\" already exists".into());
+        assert_eq!(error_text(&t), "ERROR: relation \"users\" already exists");
     }
 
     #[test]

@@ -70,7 +70,12 @@ impl Sender {
             token: args.token.clone().filter(|t| !t.is_empty()),
             retries: args.retries,
             total: args.send_timeout,
-            spool: Spool::new(args.spool_dir.clone().unwrap_or_else(|| Spool::default_dir(env))),
+            spool: Spool::new(
+                args.spool_dir
+                    .clone()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or_else(|| Spool::default_dir(env)),
+            ),
         })
     }
 
