@@ -16,6 +16,7 @@ pub mod auth;
 pub mod decode;
 pub mod ingest;
 pub mod metrics;
+pub mod query;
 
 use auth::{Auth, AuthError, Principal, Scope};
 use axum::body::Body;
@@ -37,8 +38,9 @@ use std::time::Instant;
 /// Default request body limit: 10 MiB (also the limit after gzip decompression).
 pub const DEFAULT_BODY_LIMIT: usize = 10 << 20;
 
-/// A source of extra `/metrics` series (log size, projection lag, …).
-pub type SeriesFn = Arc<dyn Fn() -> Vec<ExternalSeries> + Send + Sync>;
+/// A source of extra `/metrics` text (projection counters, lag, …), already in the
+/// Prometheus exposition format.
+pub type SeriesFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -49,6 +51,8 @@ pub struct AppState {
     pub started: Instant,
     /// Extra series rendered by `/metrics`.
     pub series: Vec<SeriesFn>,
+    /// DuckDB over the projections (absent on nodes that do not serve queries).
+    pub query: Option<Arc<shiplog_store::QueryEngine>>,
 }
 
 /// One rejected event of a request.
@@ -70,13 +74,14 @@ pub struct IngestResponse {
     pub error: Option<String>,
 }
 
-/// The ingest, health and metrics routes. The binary merges the query and dashboard
+/// The ingest, query, health and metrics routes. The binary merges the query and dashboard
 /// routes into this router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/query", post(query::post_query))
         .with_state(state)
 }
 
@@ -259,7 +264,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.ingestor.log().stats();
-    let mut series = vec![
+    let series = vec![
         ExternalSeries {
             name: "shiplog_log_bytes",
             help: "Bytes held by the log.",
@@ -285,15 +290,16 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             value: state.ingestor.dedup_len() as f64,
         },
     ];
+    let mut text = state.metrics.render(&series);
     for f in &state.series {
-        series.extend(f());
+        text.push_str(&f());
     }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(&series),
+        text,
     )
         .into_response()
 }

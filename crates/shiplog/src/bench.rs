@@ -174,6 +174,7 @@ pub async fn ingest(args: IngestBenchArgs) -> Result<()> {
         body_limit: shiplog_web::DEFAULT_BODY_LIMIT,
         started: Instant::now(),
         series: Vec::new(),
+        query: None,
     });
     let shiplog_url = spawn(router(state)).await?;
     let noop = Router::new().route(

@@ -7,6 +7,7 @@ mod bench;
 mod collect;
 mod config;
 mod datadir;
+mod ops;
 mod serve;
 
 use anyhow::Result;
@@ -36,6 +37,22 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Run a read-only SQL query on a server and print the result.
+    Query {
+        /// The SQL (one SELECT over builds, deploys, migrations, api_costs, checks, decisions, events).
+        sql: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ops::Format,
+        /// The server. Also SHIPLOG_URL.
+        #[arg(long, env = "SHIPLOG_URL", default_value = "http://127.0.0.1:7070")]
+        url: String,
+        /// Bearer token with the read scope. Also SHIPLOG_TOKEN.
+        #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Delete the projections and rebuild them from the log (server stopped).
+    Replay,
     /// Benchmarks that print figures (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -76,6 +93,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -101,6 +119,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(serve::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Query {
+            sql,
+            format,
+            url,
+            token,
+        } => ops::query(&url, token.as_deref(), &sql, format),
+        Command::Replay => ops::replay(&config),
         Command::Bench { which } => {
             match which {
                 BenchCommand::Ingest {

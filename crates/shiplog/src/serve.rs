@@ -5,6 +5,7 @@ use crate::datadir::{log_dir, DataDirLock};
 use anyhow::{bail, Context, Result};
 use shiplog_log::file::{FileLogConfig, SegmentedLog};
 use shiplog_log::Log;
+use shiplog_store::{run_projection, ProjectorConfig, QueryEngine};
 use shiplog_web::ingest::Ingestor;
 use shiplog_web::metrics::Metrics;
 use shiplog_web::{router, AppState};
@@ -38,6 +39,23 @@ pub fn open_file_log(config: &Config) -> Result<SegmentedLog> {
     Ok(log)
 }
 
+/// The projection settings of the config.
+pub fn projector_config(config: &Config) -> Result<ProjectorConfig> {
+    let mut retention_days = std::collections::BTreeMap::new();
+    for (kind, days) in &config.projection.retention_days {
+        let kind = shiplog_events::Kind::parse(kind)
+            .with_context(|| format!("projection.retention_days.{kind}: unknown kind"))?;
+        retention_days.insert(kind, *days);
+    }
+    Ok(ProjectorConfig {
+        flush_interval: config.projection.flush_interval,
+        flush_rows: config.projection.flush_rows,
+        compaction_schedule: config.projection.compaction_schedule.clone(),
+        retention_days,
+        ..ProjectorConfig::default()
+    })
+}
+
 pub async fn serve(config: Config) -> Result<()> {
     let tokens = config.tokens()?;
     let listen = config.server.listen;
@@ -62,13 +80,42 @@ pub async fn serve(config: Config) -> Result<()> {
     let keys = ingestor.rebuild_dedup(0).await?;
     info!(keys, elapsed_ms = started.elapsed().as_millis() as u64, "dedup index rebuilt");
 
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let projection = run_projection(
+        log.clone(),
+        data_dir.clone(),
+        projector_config(&config)?,
+        shutdown_rx,
+    )
+    .await
+    .context("cannot start the projection")?;
+    let query = Arc::new(QueryEngine::open(&data_dir).context("cannot open DuckDB")?);
+
+    let projection_series: shiplog_web::SeriesFn = {
+        let (metrics, progress, log) = (
+            projection.metrics.clone(),
+            projection.progress.clone(),
+            log.clone(),
+        );
+        Arc::new(move || {
+            let projected: u64 = progress.borrow().values().sum();
+            let end: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
+            format!(
+                "{}# HELP shiplog_projection_lag_events Durable events not yet in Parquet.\n\
+                 # TYPE shiplog_projection_lag_events gauge\nshiplog_projection_lag_events {}\n",
+                metrics.render_prometheus(),
+                end.saturating_sub(projected)
+            )
+        })
+    };
     let state = Arc::new(AppState {
         ingestor,
         auth: shiplog_web::auth::Auth::new(tokens),
         metrics,
         body_limit: config.server.body_limit,
         started: Instant::now(),
-        series: Vec::new(),
+        series: vec![projection_series],
+        query: Some(query),
     });
     let app = router(state)
         .layer(TimeoutLayer::with_status_code(
@@ -90,6 +137,14 @@ pub async fn serve(config: Config) -> Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("server error")?;
+    info!("stopping the projection");
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(grace, projection.task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "projection stopped with an error"),
+        Ok(Err(e)) => warn!(error = %e, "projection task failed"),
+        Err(_) => warn!("projection did not stop within the grace period"),
+    }
     info!("draining and syncing the log");
     match tokio::time::timeout(grace, log.close()).await {
         Ok(r) => r.context("closing the log")?,

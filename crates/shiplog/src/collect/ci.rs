@@ -34,7 +34,9 @@ pub struct Ci {
 }
 
 fn get(env: &HashMap<String, String>, k: &str) -> Option<String> {
-    env.get(k).map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    env.get(k)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn truthy(env: &HashMap<String, String>, k: &str) -> bool {
@@ -68,7 +70,10 @@ fn github(env: &HashMap<String, String>) -> Ci {
         run_id.is_empty(),
     ) {
         (Some(server), Some(repo), false) => {
-            let mut u = format!("{}/{repo}/actions/runs/{run_id}", server.trim_end_matches('/'));
+            let mut u = format!(
+                "{}/{repo}/actions/runs/{run_id}",
+                server.trim_end_matches('/')
+            );
             if let Some(a) = get(env, "GITHUB_RUN_ATTEMPT") {
                 u.push_str(&format!("/attempts/{a}"));
             }
@@ -80,7 +85,9 @@ fn github(env: &HashMap<String, String>) -> Ci {
     if let Some(a) = get(env, "GITHUB_RUN_ATTEMPT") {
         extra.insert(
             "attempt".into(),
-            a.parse::<u64>().map(Value::from).unwrap_or(Value::String(a)),
+            a.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or(Value::String(a)),
         );
     }
     if let Some(w) = get(env, "GITHUB_WORKFLOW") {
@@ -142,7 +149,9 @@ fn circleci(env: &HashMap<String, String>) -> Ci {
     if let Some(n) = get(env, "CIRCLE_BUILD_NUM") {
         extra.insert(
             "build_num".into(),
-            n.parse::<u64>().map(Value::from).unwrap_or(Value::String(n)),
+            n.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or(Value::String(n)),
         );
     }
     let job = get(env, "CIRCLE_JOB");

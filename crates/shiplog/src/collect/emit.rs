@@ -172,7 +172,14 @@ pub fn build_event(args: &EmitArgs, ci: Option<&Ci>) -> Result<Value> {
     let mut ev = Map::new();
     let flags = super::base_envelope(&args.envelope, None, "");
     let from_ci = super::base_envelope(&EnvelopeArgs::default(), ci, "shiplog-cli");
-    for field in ["source", "project", "env", "commit", "branch", "deployment_id"] {
+    for field in [
+        "source",
+        "project",
+        "env",
+        "commit",
+        "branch",
+        "deployment_id",
+    ] {
         let v = flags
             .get(field)
             .filter(|v| v.as_str() != Some(""))
@@ -279,7 +286,12 @@ pub fn build_event(args: &EmitArgs, ci: Option<&Ci>) -> Result<Value> {
 }
 
 /// In CI: stable over retries of the job. Else random.
-fn default_id(kind: &str, ev: &Map<String, Value>, data: &Map<String, Value>, ci: Option<&Ci>) -> String {
+fn default_id(
+    kind: &str,
+    ev: &Map<String, Value>,
+    data: &Map<String, Value>,
+    ci: Option<&Ci>,
+) -> String {
     let s = |v: Option<&Value>| match v {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),

@@ -83,7 +83,9 @@ pub struct MigrateArgs {
 pub fn run(args: MigrateArgs, config: &Config, env: &HashMap<String, String>) -> ExitCode {
     let ci = ci::detect(env);
     let tool = args.tool.map(Tool::as_str).or_else(|| {
-        let prog = std::path::Path::new(&args.command[0]).file_name()?.to_str()?;
+        let prog = std::path::Path::new(&args.command[0])
+            .file_name()?
+            .to_str()?;
         ["alembic", "supabase", "flyway"]
             .into_iter()
             .find(|t| prog == *t || prog.starts_with(&format!("{t}.")))
@@ -91,7 +93,12 @@ pub fn run(args: MigrateArgs, config: &Config, env: &HashMap<String, String>) ->
     // Check the envelope before running, so a mistake is reported early; it never stops
     // the migration.
     let base = super::base_envelope(&args.envelope, ci.as_ref(), "shiplog-migrate");
-    let probe = event(&base, "probe", Map::from_iter([("status".into(), "applied".into())]), None);
+    let probe = event(
+        &base,
+        "probe",
+        Map::from_iter([("status".into(), "applied".into())]),
+        None,
+    );
     let mut reporting = true;
     if let Err(e) = super::validate(&probe) {
         eprintln!(
@@ -177,7 +184,8 @@ pub fn parse_line(line: &str) -> Option<LineInfo> {
             tool: "supabase",
         }));
     }
-    if line.contains("Remote database is up to date") || line.contains("Local database is up to date")
+    if line.contains("Remote database is up to date")
+        || line.contains("Local database is up to date")
     {
         return Some(LineInfo::UpToDate("supabase"));
     }
@@ -244,7 +252,9 @@ impl Tail {
         self.bytes += line.len();
         self.lines.push_back(line);
         while self.lines.len() > TAIL_LINES || self.bytes > TAIL_BYTES {
-            let Some(l) = self.lines.pop_front() else { break };
+            let Some(l) = self.lines.pop_front() else {
+                break;
+            };
             self.bytes -= l.len();
         }
     }
@@ -473,7 +483,12 @@ pub fn error_text(tail: &Tail) -> String {
     t.text(ERROR_BYTES)
 }
 
-fn event(base: &Map<String, Value>, id: &str, data: Map<String, Value>, time: Option<SystemTime>) -> Value {
+fn event(
+    base: &Map<String, Value>,
+    id: &str,
+    data: Map<String, Value>,
+    time: Option<SystemTime>,
+) -> Value {
     let mut e = Map::new();
     e.insert("id".into(), id.into());
     e.insert("kind".into(), "migration".into());
@@ -528,7 +543,13 @@ pub fn events(
     let run_nonce = super::random_id("migrate");
 
     // (version, name, status, duration, time)
-    type Row = (Option<String>, Option<String>, &'static str, Duration, Option<SystemTime>);
+    type Row = (
+        Option<String>,
+        Option<String>,
+        &'static str,
+        Duration,
+        Option<SystemTime>,
+    );
     let mut rows: Vec<Row> = Vec::new();
     if run.seen.is_empty() {
         let status = if failed {
@@ -606,7 +627,11 @@ pub fn events(
             Some(ci) => {
                 let s = |k: &str| base.get(k).and_then(Value::as_str).unwrap_or("");
                 // Migrations without a version are told apart by their position.
-                let index = if version.is_none() { i.to_string() } else { String::new() };
+                let index = if version.is_none() {
+                    i.to_string()
+                } else {
+                    String::new()
+                };
                 ci.stable_id(&[
                     "migration",
                     status,
@@ -686,7 +711,8 @@ mod tests {
 
     #[test]
     fn alembic_lines() {
-        let s = mig("INFO  [alembic.runtime.migration] Running upgrade 1a2b -> 3c4d, add users table");
+        let s =
+            mig("INFO  [alembic.runtime.migration] Running upgrade 1a2b -> 3c4d, add users table");
         assert_eq!(s.version.as_deref(), Some("3c4d"));
         assert_eq!(s.name.as_deref(), Some("add users table"));
         assert!(!s.down);
@@ -695,7 +721,9 @@ mod tests {
         let s = mig("INFO  [alembic.runtime.migration] Running upgrade a1, b2 -> c3, merge heads");
         assert_eq!(s.version.as_deref(), Some("c3"));
         assert_eq!(s.name.as_deref(), Some("merge heads"));
-        let s = mig("INFO  [alembic.runtime.migration] Running downgrade 3c4d -> 1a2b, add users table");
+        let s = mig(
+            "INFO  [alembic.runtime.migration] Running downgrade 3c4d -> 1a2b, add users table",
+        );
         assert_eq!(s.version.as_deref(), Some("3c4d"));
         assert!(s.down);
         let s = mig("INFO  [alembic.runtime.migration] Running upgrade 1a2b -> 3c4d");

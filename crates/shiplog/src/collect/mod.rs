@@ -117,7 +117,11 @@ pub struct EnvelopeArgs {
     #[arg(long)]
     pub branch: Option<String>,
     /// The deployment the event belongs to (default on Vercel: VERCEL_DEPLOYMENT_ID).
-    #[arg(long = "deployment-id", visible_alias = "deployment", value_name = "ID")]
+    #[arg(
+        long = "deployment-id",
+        visible_alias = "deployment",
+        value_name = "ID"
+    )]
     pub deployment_id: Option<String>,
     /// The collector's name (default: ci/<provider> in CI, else the command's own).
     #[arg(long)]

@@ -266,7 +266,11 @@ fn round_events(
         ("unit", "ms".into()),
     ];
     p95_fields.push(("answered", answered.into()));
-    let ratio = if n == 0 { 0.0 } else { failed as f64 / n as f64 };
+    let ratio = if n == 0 {
+        0.0
+    } else {
+        failed as f64 / n as f64
+    };
     let last_status = samples
         .last()
         .and_then(|s| s.status)

@@ -376,10 +376,11 @@ impl Report {
         self.events += other.events;
         self.accepted += other.accepted;
         self.duplicates += other.duplicates;
-        self.rejected.extend(other.rejected.into_iter().map(|mut r| {
-            r.index += offset;
-            r
-        }));
+        self.rejected
+            .extend(other.rejected.into_iter().map(|mut r| {
+                r.index += offset;
+                r
+            }));
         self.spooled += other.spooled;
         self.refused = self.refused.take().or(other.refused);
         self.unreachable = self.unreachable.take().or(other.unreachable);
@@ -497,9 +498,7 @@ impl Spool {
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read {}", self.dir.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.dir.display())),
         };
         let mut files: Vec<PathBuf> = rd
             .filter_map(|e| e.ok())
