@@ -27,6 +27,7 @@ run: build
 test: test-rust test-plugin
 
 test-rust: deps
+	./scripts/setup-test-python.sh
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 

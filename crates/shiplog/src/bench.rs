@@ -227,3 +227,90 @@ pub async fn ingest(args: IngestBenchArgs) -> Result<()> {
     log.close().await?;
     Ok(())
 }
+
+/// `shiplog bench freshness`: time from a durable ack to the event being visible in a
+/// DuckDB query, with the default projection settings, while a background load runs.
+pub async fn freshness(samples: usize, background_rate: u64) -> Result<()> {
+    use shiplog_events::{Event, Origin};
+    use shiplog_store::{run_projection, ProjectorConfig, QueryEngine};
+    let dir = tempfile::tempdir()?;
+    let (log, _) = SegmentedLog::open(&dir.path().join("log"), FileLogConfig::default())?;
+    let log: Arc<dyn Log> = Arc::new(log);
+    let metrics = Arc::new(Metrics::default());
+    let ingestor = Arc::new(Ingestor::new(
+        log.clone(),
+        Duration::from_secs(7 * 86400),
+        metrics,
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = ProjectorConfig::default();
+    println!(
+        "freshness benchmark: {samples} samples, flush interval {:?}, background load {background_rate} events/s",
+        config.flush_interval
+    );
+    let projection = run_projection(log.clone(), dir.path().to_path_buf(), config, stop_rx).await?;
+    let engine = Arc::new(QueryEngine::open(dir.path())?);
+    let parse = |s: String| Event::from_json(serde_json::from_str(&s).expect("json"), Origin::Collector);
+
+    // Background load: batches of 100 every 100 ms / (rate / 1000).
+    let bg = {
+        let ingestor = ingestor.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let per_tick = (background_rate / 10).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let batch: Vec<Event> = (0..per_tick)
+                    .map(|i| parse(sample_event(1, n + i)).expect("valid"))
+                    .collect();
+                n += per_tick;
+                if ingestor.ingest(batch).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let id = format!("fresh-{i}");
+        let ev = parse(format!(
+            r#"{{"id":"{id}","kind":"check","source":"freshness","project":"p","data":{{"name":"error_rate","value":0.01}}}}"#
+        ))
+        .expect("valid");
+        ingestor.ingest(vec![ev]).await?;
+        let acked = Instant::now();
+        loop {
+            let (engine, id) = (engine.clone(), id.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                engine.query_internal(
+                    "SELECT count(*) FROM checks WHERE id = ?",
+                    &[serde_json::Value::String(id)],
+                    Duration::from_secs(10),
+                )
+            })
+            .await??;
+            if r.rows[0][0].as_u64() == Some(1) {
+                break;
+            }
+            ensure!(acked.elapsed() < Duration::from_secs(30), "event never became visible");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(acked.elapsed());
+        // Spread the samples over the flush cycle.
+        tokio::time::sleep(Duration::from_millis(137)).await;
+    }
+    bg.abort();
+    let _ = stop_tx.send(true);
+    let _ = projection.task.await;
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    println!(
+        "ack -> visible in a query: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        pct(0.50).as_secs_f64() * 1e3,
+        pct(0.95).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3
+    );
+    log.close().await?;
+    Ok(())
+}

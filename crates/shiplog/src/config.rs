@@ -17,24 +17,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub tokens: Vec<TokenConfig>,
     pub log: LogConfig,
     pub projection: ProjectionConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            tokens: Vec::new(),
-            log: LogConfig::default(),
-            projection: ProjectionConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,6 +76,14 @@ enum BenchCommand {
         #[arg(long = "batch", default_values_t = [1usize, 100])]
         batches: Vec<usize>,
     },
+    /// Time from durable ack to visible in a DuckDB query (p50/p95).
+    Freshness {
+        #[arg(long, default_value_t = 60)]
+        samples: usize,
+        /// Background ingest load, events/s.
+        #[arg(long, default_value_t = 5000)]
+        background_rate: u64,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<config::Config> {
@@ -137,6 +145,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seconds,
                     batch_sizes: batches,
                 }))?,
+                BenchCommand::Freshness {
+                    samples,
+                    background_rate,
+                } => runtime()?.block_on(bench::freshness(samples, background_rate))?,
             }
             Ok(ExitCode::SUCCESS)
         }

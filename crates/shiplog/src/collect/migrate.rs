@@ -428,11 +428,8 @@ pub fn execute(command: &[OsString]) -> Run {
     run.ended = Some(Instant::now());
     // The rest of the output. A grandchild may keep the pipes open: wait a little only.
     let drain_until = Instant::now() + Duration::from_secs(2);
-    loop {
-        match rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
-            Ok(msg) => handle(&mut run, msg),
-            Err(_) => break,
-        }
+    while let Ok(msg) = rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
+        handle(&mut run, msg);
     }
     if t_out.is_finished() {
         let _ = t_out.join();

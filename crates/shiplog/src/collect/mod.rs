@@ -47,33 +47,34 @@ reported as failed with error \"killed by signal N\"); a command that cannot be 
 exits 127 (not found) or 126 (not executable). shiplog's own problems (server down, invalid
 flags after the command ran) are warnings on stderr and never change the exit code.";
 
+// Boxed: the argument structs are large, and `Command` embeds this enum.
 #[derive(Subcommand)]
 pub enum CollectCommand {
     /// Report one event (build, deploy, migration, api_cost, check) from flags, a JSON
     /// file and the CI environment (GitHub Actions, GitLab CI, CircleCI, Vercel).
     #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
-    Emit(emit::EmitArgs),
+    Emit(Box<emit::EmitArgs>),
     /// Send the events spooled while the server was unreachable (oldest first).
     #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
-    Flush(send::FlushArgs),
+    Flush(Box<send::FlushArgs>),
     /// Run a migration command (no shell), pass its output and exit code through, and
     /// report one `migration` event per migration it ran (Alembic, Supabase CLI, Flyway).
     #[command(after_long_help = MIGRATE_EXIT_CODES, after_help = MIGRATE_EXIT_CODES)]
-    Migrate(migrate::MigrateArgs),
+    Migrate(Box<migrate::MigrateArgs>),
     /// Probe a deployment's URL and report `check` events (latency_p95, error_rate,
     /// health) for each round of samples.
     #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
-    Probe(probe::ProbeArgs),
+    Probe(Box<probe::ProbeArgs>),
 }
 
 /// Runs a collector command.
 pub fn run(cmd: CollectCommand, config: &Config) -> Result<ExitCode> {
     let env: HashMap<String, String> = std::env::vars().collect();
     match cmd {
-        CollectCommand::Emit(a) => emit::run(a, config, &env),
-        CollectCommand::Flush(a) => send::run_flush(a, config, &env),
-        CollectCommand::Migrate(a) => Ok(migrate::run(a, config, &env)),
-        CollectCommand::Probe(a) => probe::run(a, config, &env),
+        CollectCommand::Emit(a) => emit::run(*a, config, &env),
+        CollectCommand::Flush(a) => send::run_flush(*a, config, &env),
+        CollectCommand::Migrate(a) => Ok(migrate::run(*a, config, &env)),
+        CollectCommand::Probe(a) => probe::run(*a, config, &env),
     }
 }
 
