@@ -33,7 +33,12 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
                     let batch: Vec<Value> = (0..25)
                         .map(|i| {
                             let id = format!("r{round}-c{c}-{n}-{i}");
-                            event(KINDS[(n as usize + i) % 5], &format!("client-{c}"), &id, "web")
+                            event(
+                                KINDS[(n as usize + i) % 5],
+                                &format!("client-{c}"),
+                                &id,
+                                "web",
+                            )
                         })
                         .collect();
                     n += 1;
@@ -57,7 +62,11 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         }
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 1000, "too few events acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 1000,
+        "too few events acknowledged: {}",
+        acked.len()
+    );
 
     // Restart: every acknowledged event is a duplicate now.
     let mut server = TestServer::spawn(&data, &[]);
@@ -67,7 +76,10 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
         let r = client.post(&url).json(&chunk).send().await.unwrap();
         assert_eq!(r.status(), 202);
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body["accepted"], 0, "an acknowledged event was lost: {body}");
+        assert_eq!(
+            body["accepted"], 0,
+            "an acknowledged event was lost: {body}"
+        );
         duplicates += body["duplicates"].as_u64().unwrap();
     }
     assert_eq!(duplicates as usize, acked.len());
@@ -103,7 +115,10 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
             e["source"].as_str().unwrap().to_string(),
             e["id"].as_str().unwrap().to_string(),
         );
-        assert!(seen.contains_key(&key), "acknowledged event {key:?} missing");
+        assert!(
+            seen.contains_key(&key),
+            "acknowledged event {key:?} missing"
+        );
     }
     eprintln!(
         "acknowledged {} events over 3 SIGKILLs; log holds {} events",
@@ -128,7 +143,10 @@ async fn ingest_http_contract() {
         .unwrap();
     assert_eq!(r.status(), 202);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body, json!({"accepted": 1, "duplicates": 0, "rejected": []}));
+    assert_eq!(
+        body,
+        json!({"accepted": 1, "duplicates": 0, "rejected": []})
+    );
 
     // A retry is a duplicate, stored once.
     let r = client
@@ -161,7 +179,12 @@ async fn ingest_http_contract() {
     let mut decision = event("check", "x", "dec-1", "web");
     decision["kind"] = json!("decision");
     decision["data"] = json!({"rule": "r", "verdict": "alert"});
-    let r = client.post(&url).json(&json!([decision])).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .json(&json!([decision]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["rejected"][0]["field"], "/kind");
@@ -212,7 +235,10 @@ async fn ingest_http_contract() {
         .unwrap();
     assert_eq!(r.status(), 202);
     let body: Value = r.json().await.unwrap();
-    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
 
     // 415, 413, 400.
     let r = client
@@ -288,7 +314,10 @@ async fn tokens_scopes_and_the_loopback_rule() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no tokens are configured") && err.contains("loopback"), "{err}");
+    assert!(
+        err.contains("no tokens are configured") && err.contains("loopback"),
+        "{err}"
+    );
 
     let cfg = dir.path().join("shiplog.toml");
     std::fs::write(

@@ -116,8 +116,15 @@ async fn sigkill_during_ingest_and_projection_then_replay() {
     for e in &acked {
         let kind = e["kind"].as_str().unwrap();
         let view = KINDS.iter().find(|(k, _)| *k == kind).unwrap().1;
-        let key = format!("{}/{}", e["source"].as_str().unwrap(), e["id"].as_str().unwrap());
-        assert!(expected.entry(view).or_default().insert(key), "test sent a key twice");
+        let key = format!(
+            "{}/{}",
+            e["source"].as_str().unwrap(),
+            e["id"].as_str().unwrap()
+        );
+        assert!(
+            expected.entry(view).or_default().insert(key),
+            "test sent a key twice"
+        );
     }
     let total: usize = expected.values().map(|s| s.len()).sum();
     assert!(total > 500, "too few events acknowledged: {total}");
@@ -130,7 +137,10 @@ async fn sigkill_during_ingest_and_projection_then_replay() {
         if n >= total {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "projection stuck at {n}/{total}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "projection stuck at {n}/{total}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let snapshot = |server_url: String| {
@@ -169,7 +179,11 @@ async fn sigkill_during_ingest_and_projection_then_replay() {
             expected.get(view).cloned().unwrap_or_default(),
             "{view}: rows differ from the acknowledged events"
         );
-        eprintln!("{view}: {} rows = {} acknowledged", got.len(), expected[view].len());
+        eprintln!(
+            "{view}: {} rows = {} acknowledged",
+            got.len(),
+            expected[view].len()
+        );
     }
     // The rows carry the events' values.
     let rows = query(
@@ -189,13 +203,21 @@ async fn sigkill_during_ingest_and_projection_then_replay() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rebuilding the projections"), "{stderr}");
     let mut server = TestServer::spawn(&data, &[]);
     let replayed = snapshot(server.url.clone()).await;
     for (view, rows) in &live {
-        assert_eq!(rows.len(), replayed[view].len(), "{view}: row count after replay");
+        assert_eq!(
+            rows.len(),
+            replayed[view].len(),
+            "{view}: row count after replay"
+        );
         assert!(rows == &replayed[view], "{view}: rows differ after replay");
     }
     server.stop();

@@ -135,7 +135,10 @@ impl Auth {
                 found = Some(t);
             }
         }
-        found.cloned().map(Principal::Token).ok_or(AuthError::Unknown)
+        found
+            .cloned()
+            .map(Principal::Token)
+            .ok_or(AuthError::Unknown)
     }
 }
 
@@ -146,7 +149,12 @@ mod tests {
     #[test]
     fn scopes_and_projects() {
         let auth = Auth::new(vec![
-            Token::new("ci".into(), "s3cret", vec![Scope::Ingest], vec!["web".into()]),
+            Token::new(
+                "ci".into(),
+                "s3cret",
+                vec![Scope::Ingest],
+                vec!["web".into()],
+            ),
             Token::new("admin".into(), "root", vec![Scope::Admin], vec![]),
         ]);
         let p = auth.authenticate(Some(b"Bearer s3cret")).unwrap();

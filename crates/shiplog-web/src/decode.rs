@@ -47,11 +47,19 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, DecodeError
     let Some(ct) = content_type else {
         return Ok(BodyFormat::Json);
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "text/json" | "" => Ok(BodyFormat::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
-        | "application/x-jsonlines" | "application/jsonlines" => Ok(BodyFormat::NdJson),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines" => Ok(BodyFormat::NdJson),
         "application/cloudevents+json" => Ok(BodyFormat::CloudEvent),
         "application/cloudevents-batch+json" => Ok(BodyFormat::CloudEventsBatch),
         other => Err(DecodeError::new(
@@ -196,16 +204,20 @@ mod tests {
 
     #[test]
     fn json_object_array_and_ndjson() {
-        let one = decode_request(Some("application/json"), None, BUILD.as_bytes(), 1 << 20).unwrap();
+        let one =
+            decode_request(Some("application/json"), None, BUILD.as_bytes(), 1 << 20).unwrap();
         assert_eq!(one.len(), 1);
         assert!(one[0].is_ok());
         let arr = format!("[{BUILD},{BUILD}]");
         assert_eq!(
-            decode_request(None, None, arr.as_bytes(), 1 << 20).unwrap().len(),
+            decode_request(None, None, arr.as_bytes(), 1 << 20)
+                .unwrap()
+                .len(),
             2
         );
         let nd = format!("{BUILD}\n\n{BUILD}\r\nnot json\n");
-        let events = decode_request(Some("application/x-ndjson"), None, nd.as_bytes(), 1 << 20).unwrap();
+        let events =
+            decode_request(Some("application/x-ndjson"), None, nd.as_bytes(), 1 << 20).unwrap();
         assert_eq!(events.len(), 3);
         assert!(events[2].is_err());
     }
@@ -224,9 +236,11 @@ mod tests {
         enc.write_all(&vec![b' '; 10 << 20]).unwrap();
         let bomb = enc.finish().unwrap();
         assert!(bomb.len() < 100_000);
-        let err = decode_request(Some("application/json"), Some("gzip"), &bomb, 1 << 20).unwrap_err();
+        let err =
+            decode_request(Some("application/json"), Some("gzip"), &bomb, 1 << 20).unwrap_err();
         assert_eq!(err.status, 413);
-        let err = decode_request(Some("application/json"), Some("gzip"), b"nope", 1 << 20).unwrap_err();
+        let err =
+            decode_request(Some("application/json"), Some("gzip"), b"nope", 1 << 20).unwrap_err();
         assert_eq!(err.status, 400);
         let err = decode_request(Some("application/json"), Some("br"), b"{}", 1 << 20).unwrap_err();
         assert_eq!(err.status, 415);

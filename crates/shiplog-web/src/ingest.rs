@@ -205,9 +205,7 @@ impl Ingestor {
                 let key = dedup_key(&event.source, &event.id);
                 match index.slots.get(&key) {
                     Some(Slot::Committed(_)) => outcome.duplicates += 1,
-                    Some(Slot::Pending(rx)) if rx.same_channel(&done_rx) => {
-                        outcome.duplicates += 1
-                    }
+                    Some(Slot::Pending(rx)) if rx.same_channel(&done_rx) => outcome.duplicates += 1,
                     Some(Slot::Pending(rx)) => waits.push(rx.clone()),
                     None => {
                         index.slots.insert(key, Slot::Pending(done_rx.clone()));

@@ -41,7 +41,10 @@ pub async fn post_query(
         );
     }
     let Some(engine) = state.query.clone() else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "queries are not served by this node");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queries are not served by this node",
+        );
     };
     let request: QueryRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -52,11 +55,15 @@ pub async fn post_query(
             )
         }
     };
-    let result = tokio::task::spawn_blocking(move || engine.query(&request.sql, QUERY_TIMEOUT)).await;
+    let result =
+        tokio::task::spawn_blocking(move || engine.query(&request.sql, QUERY_TIMEOUT)).await;
     match result {
         Ok(Ok(r)) => Json(r).into_response(),
         Ok(Err(e)) => error_response(query_error_status(&e), e.to_string()),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("query task failed: {e}")),
+        Err(e) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("query task failed: {e}"),
+        ),
     }
 }
 

@@ -26,10 +26,18 @@ pub struct IngestBenchArgs {
 pub fn sample_event(run: u64, n: u64) -> String {
     let kind = n % 5;
     let data = match kind {
-        0 => r#"{"tool":"vite","tool_version":"8.3.4","mode":"production","success":true,"duration_ms":41200,"phases":[{"name":"transform","duration_ms":30100},{"name":"render","duration_ms":8000}],"modules_transformed":1234,"bundle_bytes":812345,"gzip_bytes":245000,"chunks":[{"name":"index","bytes":500000,"gzip_bytes":150000}]}"#,
-        1 => r#"{"status":"succeeded","url":"https://web-app-3f2a9c1.vercel.app","provider":"vercel","previous_deployment_id":"dpl_122","duration_ms":52000,"triggered_by":"ci"}"#,
-        2 => r#"{"tool":"alembic","database":"main","version":"20261120_01","name":"add_index","status":"applied","duration_ms":1200}"#,
-        3 => r#"{"provider":"openai","model":"gpt-4o-mini","input_tokens":1200,"output_tokens":310,"cached_tokens":0,"requests":1,"feature":"summaries"}"#,
+        0 => {
+            r#"{"tool":"vite","tool_version":"8.3.4","mode":"production","success":true,"duration_ms":41200,"phases":[{"name":"transform","duration_ms":30100},{"name":"render","duration_ms":8000}],"modules_transformed":1234,"bundle_bytes":812345,"gzip_bytes":245000,"chunks":[{"name":"index","bytes":500000,"gzip_bytes":150000}]}"#
+        }
+        1 => {
+            r#"{"status":"succeeded","url":"https://web-app-3f2a9c1.vercel.app","provider":"vercel","previous_deployment_id":"dpl_122","duration_ms":52000,"triggered_by":"ci"}"#
+        }
+        2 => {
+            r#"{"tool":"alembic","database":"main","version":"20261120_01","name":"add_index","status":"applied","duration_ms":1200}"#
+        }
+        3 => {
+            r#"{"provider":"openai","model":"gpt-4o-mini","input_tokens":1200,"output_tokens":310,"cached_tokens":0,"requests":1,"feature":"summaries"}"#
+        }
         _ => r#"{"name":"error_rate","value":0.012,"unit":"ratio","passed":true}"#,
     };
     let kind = ["build", "deploy", "migration", "api_cost", "check"][kind as usize];
@@ -90,7 +98,13 @@ struct Load {
     elapsed: Duration,
 }
 
-async fn drive(url: &str, connections: usize, batch: usize, seconds: f64, run: u64) -> Result<Load> {
+async fn drive(
+    url: &str,
+    connections: usize,
+    batch: usize,
+    seconds: f64,
+    run: u64,
+) -> Result<Load> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()?;
@@ -140,7 +154,11 @@ async fn drive(url: &str, connections: usize, batch: usize, seconds: f64, run: u
     for t in tasks {
         t.await?;
     }
-    ensure!(errors.load(Relaxed) == 0, "{} requests failed", errors.load(Relaxed));
+    ensure!(
+        errors.load(Relaxed) == 0,
+        "{} requests failed",
+        errors.load(Relaxed)
+    );
     Ok(Load {
         events: events.load(Relaxed),
         requests: requests.load(Relaxed),
@@ -250,7 +268,8 @@ pub async fn freshness(samples: usize, background_rate: u64) -> Result<()> {
     );
     let projection = run_projection(log.clone(), dir.path().to_path_buf(), config, stop_rx).await?;
     let engine = Arc::new(QueryEngine::open(dir.path())?);
-    let parse = |s: String| Event::from_json(serde_json::from_str(&s).expect("json"), Origin::Collector);
+    let parse =
+        |s: String| Event::from_json(serde_json::from_str(&s).expect("json"), Origin::Collector);
 
     // Background load: batches of 100 every 100 ms / (rate / 1000).
     let bg = {
@@ -293,7 +312,10 @@ pub async fn freshness(samples: usize, background_rate: u64) -> Result<()> {
             if r.rows[0][0].as_u64() == Some(1) {
                 break;
             }
-            ensure!(acked.elapsed() < Duration::from_secs(30), "event never became visible");
+            ensure!(
+                acked.elapsed() < Duration::from_secs(30),
+                "event never became visible"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         latencies.push(acked.elapsed());
@@ -304,7 +326,9 @@ pub async fn freshness(samples: usize, background_rate: u64) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = projection.task.await;
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     println!(
         "ack -> visible in a query: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
         pct(0.50).as_secs_f64() * 1e3,

@@ -194,10 +194,16 @@ fn validate(config: &Config) -> Result<()> {
     }
     for (i, t) in config.tokens.iter().enumerate() {
         match (&t.secret, &t.secret_env) {
-            (Some(_), Some(_)) => bail!("tokens[{i}] ({}): set secret or secret_env, not both", t.name),
+            (Some(_), Some(_)) => bail!(
+                "tokens[{i}] ({}): set secret or secret_env, not both",
+                t.name
+            ),
             (None, None) => bail!("tokens[{i}] ({}): secret or secret_env is required", t.name),
             (Some(s), None) if s.len() < 16 => {
-                bail!("tokens[{i}] ({}): secret must be at least 16 characters", t.name)
+                bail!(
+                    "tokens[{i}] ({}): secret must be at least 16 characters",
+                    t.name
+                )
             }
             _ => {}
         }
@@ -223,7 +229,10 @@ impl Config {
                 let secret = match (&t.secret, &t.secret_env) {
                     (Some(s), _) => s.clone(),
                     (None, Some(var)) => std::env::var(var).with_context(|| {
-                        format!("tokens[{i}] ({}): environment variable {var} is not set", t.name)
+                        format!(
+                            "tokens[{i}] ({}): environment variable {var} is not set",
+                            t.name
+                        )
                     })?,
                     (None, None) => unreachable!("validated"),
                 };
@@ -256,14 +265,19 @@ mod tests {
     fn defaults_file_and_env() {
         let c = load(None, &[]).unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:7070");
-        let (_d, p) = write("[server]\nlisten = \"127.0.0.1:9000\"\n[projection]\nflush_interval = \"250ms\"\n");
+        let (_d, p) = write(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[projection]\nflush_interval = \"250ms\"\n",
+        );
         let c = load(Some(&p), &[]).unwrap();
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.projection.flush_interval, Duration::from_millis(250));
         let env = vec![
             ("SHIPLOG_LISTEN".to_string(), "127.0.0.1:9100".to_string()),
             ("SHIPLOG_SERVER__BODY_LIMIT".to_string(), "1024".to_string()),
-            ("SHIPLOG_PROJECTION__FLUSH_INTERVAL".to_string(), "2s".to_string()),
+            (
+                "SHIPLOG_PROJECTION__FLUSH_INTERVAL".to_string(),
+                "2s".to_string(),
+            ),
             ("HOME".to_string(), "/root".to_string()),
         ];
         let c = load(Some(&p), &env).unwrap();
@@ -283,11 +297,16 @@ mod tests {
         let (_d, p) = write("[[tokens]]\nname = \"ci\"\nscopes = [\"ingest\"]\n");
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
         assert!(e.contains("tokens[0]") && e.contains("secret"), "{e}");
-        let (_d, p) = write("[[tokens]]\nname = \"ci\"\nsecret = \"0123456789abcdef\"\nscopes = [\"write\"]\n");
+        let (_d, p) = write(
+            "[[tokens]]\nname = \"ci\"\nsecret = \"0123456789abcdef\"\nscopes = [\"write\"]\n",
+        );
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
         assert!(e.contains("write") && e.contains("shiplog.toml"), "{e}");
         let env = vec![("SHIPLOG_SERVER__BODY_LIMIT".to_string(), "lots".to_string())];
         let e = format!("{:#}", load(None, &env).unwrap_err());
-        assert!(e.contains("body_limit") && e.contains("SHIPLOG_SERVER__BODY_LIMIT"), "{e}");
+        assert!(
+            e.contains("body_limit") && e.contains("SHIPLOG_SERVER__BODY_LIMIT"),
+            "{e}"
+        );
     }
 }

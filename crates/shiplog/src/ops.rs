@@ -37,7 +37,10 @@ pub fn query(url: &str, token: Option<&str>, sql: &str, format: Format) -> Resul
             .await
             .with_context(|| format!("cannot reach shiplog at {url}"))?;
         let status = resp.status();
-        let body: Value = resp.json().await.context("the server's answer is not JSON")?;
+        let body: Value = resp
+            .json()
+            .await
+            .context("the server's answer is not JSON")?;
         anyhow::Ok((status, body))
     })?;
     if !status.is_success() {
@@ -65,15 +68,7 @@ pub fn render(columns: &[String], rows: &[Vec<Value>], format: Format) -> String
         Format::Json => {
             let objects: Vec<Value> = rows
                 .iter()
-                .map(|r| {
-                    Value::Object(
-                        columns
-                            .iter()
-                            .cloned()
-                            .zip(r.iter().cloned())
-                            .collect(),
-                    )
-                })
+                .map(|r| Value::Object(columns.iter().cloned().zip(r.iter().cloned()).collect()))
                 .collect();
             format!("{}\n", serde_json::to_string_pretty(&objects).unwrap())
         }
@@ -104,7 +99,11 @@ pub fn render(columns: &[String], rows: &[Vec<Value>], format: Format) -> String
             for r in rows {
                 t.add_row(r.iter().map(cell));
             }
-            format!("{t}\n({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" })
+            format!(
+                "{t}\n({} row{})\n",
+                rows.len(),
+                if rows.len() == 1 { "" } else { "s" }
+            )
         }
     }
 }

@@ -78,7 +78,11 @@ pub async fn serve(config: Config) -> Result<()> {
     ));
     let started = Instant::now();
     let keys = ingestor.rebuild_dedup(0).await?;
-    info!(keys, elapsed_ms = started.elapsed().as_millis() as u64, "dedup index rebuilt");
+    info!(
+        keys,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "dedup index rebuilt"
+    );
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let projection = run_projection(
