@@ -8,6 +8,7 @@
 //! number) and otherwise stored as null; whenever the stored value is not an exact
 //! image of what was sent, the original JSON is also kept in `extra`.
 
+use crate::pricing::{price_record, CostInput, PriceTable, Tokens};
 use crate::schema::{self, ColType, ENVELOPE_STRINGS};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListArray, StringBuilder,
@@ -463,6 +464,16 @@ impl Col {
         }
     }
 
+    /// Appends a value computed by the projection (api_cost's derived columns).
+    fn append_derived(&mut self, d: Derived) {
+        match (self, d) {
+            (Col::Int64(b), Derived::I64(v)) => b.append_option(v),
+            (Col::Float64(b), Derived::F64(v)) => b.append_option(v),
+            (Col::Utf8(b), Derived::Str(v)) => b.append_option(v),
+            _ => unreachable!("derived value of the column's type"),
+        }
+    }
+
     fn finish(&mut self) -> ArrayRef {
         match self {
             Col::Utf8(b) => Arc::new(b.finish()),
@@ -473,6 +484,98 @@ impl Col {
             Col::Ci(c) => c.finish(),
         }
     }
+}
+
+/// A value the projection computes for a column instead of copying it from `data`.
+enum Derived {
+    I64(Option<i64>),
+    F64(Option<f64>),
+    Str(Option<String>),
+}
+
+fn slot_i64(r: Option<&RawValue>) -> Option<i64> {
+    r.and_then(|r| raw_i64(r).0)
+}
+
+/// The derived columns of one `api_cost` row (see `pricing`): token columns from `usage`
+/// when not sent, `requests` 1 when absent, `cost_usd`/`price_version` priced when no cost
+/// was sent, and `cost_source` always. Indexed like `fields`; None = copy from `data`.
+fn api_cost_derived(
+    fields: &[(&str, ColType)],
+    slots: &[Option<&RawValue>],
+    at_micros: i64,
+    prices: &PriceTable,
+) -> Vec<Option<Derived>> {
+    let idx = |name: &str| fields.iter().position(|(n, _)| *n == name);
+    let slot = |name: &str| {
+        idx(name)
+            .and_then(|i| slots[i])
+            .filter(|r| r.get() != "null")
+    };
+    let text = |name: &str| slot(name).and_then(raw_str).map(|(s, _)| s);
+    let provider = text("provider");
+    let model = text("model");
+    let price_version = text("price_version");
+    let usage: Option<serde_json::Value> = slot("usage")
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .filter(|v: &serde_json::Value| v.is_object());
+    let explicit = Tokens {
+        input: slot_i64(slot("input_tokens")),
+        output: slot_i64(slot("output_tokens")),
+        cached: slot_i64(slot("cached_tokens")),
+        cache_write: slot_i64(slot("cache_write_tokens")),
+        reasoning: slot_i64(slot("reasoning_tokens")),
+        cache_write_1h: None,
+    };
+    let cost_usd = slot("cost_usd").and_then(|r| raw_f64(r).0);
+    let out = price_record(
+        &CostInput {
+            provider: provider.as_deref(),
+            model: model.as_deref(),
+            at_micros,
+            explicit,
+            requests: slot_i64(slot("requests")),
+            usage: usage.as_ref(),
+            cost_usd,
+            price_version: price_version.as_deref(),
+        },
+        prices,
+    );
+    let mut d: Vec<Option<Derived>> = fields.iter().map(|_| None).collect();
+    let mut set = |name: &str, v: Derived| {
+        if let Some(i) = idx(name) {
+            d[i] = Some(v);
+        }
+    };
+    for (name, sent, value) in [
+        ("input_tokens", explicit.input, out.tokens.input),
+        ("output_tokens", explicit.output, out.tokens.output),
+        ("cached_tokens", explicit.cached, out.tokens.cached),
+        (
+            "cache_write_tokens",
+            explicit.cache_write,
+            out.tokens.cache_write,
+        ),
+        ("reasoning_tokens", explicit.reasoning, out.tokens.reasoning),
+    ] {
+        if sent.is_none() && slot(name).is_none() {
+            set(name, Derived::I64(value));
+        }
+    }
+    if slot("requests").is_none() {
+        set("requests", Derived::I64(Some(out.requests)));
+    }
+    if cost_usd.is_none() {
+        set("cost_usd", Derived::F64(out.cost_usd));
+        if out.price_version.as_deref() != price_version.as_deref() {
+            set("price_version", Derived::Str(out.price_version));
+        }
+    }
+    set(
+        "cost_source",
+        Derived::Str(Some(out.source.as_str().to_string())),
+    );
+    d
 }
 
 /// Accumulates the rows of one kind (one output file) in Arrow builders.
@@ -583,8 +686,15 @@ impl KindBatchBuilder {
         }
     }
 
-    /// Appends one decoded event.
-    pub(crate) fn append(&mut self, ev: &RawEvent<'_>, partition: u32, offset: u64, len: usize) {
+    /// Appends one decoded event; `prices` prices `api_cost` events sent without a cost.
+    pub(crate) fn append(
+        &mut self,
+        ev: &RawEvent<'_>,
+        partition: u32,
+        offset: u64,
+        len: usize,
+        prices: &PriceTable,
+    ) {
         if self.rows == 0 {
             self.first_offset = offset;
         }
@@ -645,9 +755,22 @@ impl KindBatchBuilder {
                 extra.push_str(d.get());
             }
         }
+        let mut derived = if self.kind == Kind::ApiCost {
+            api_cost_derived(fields, &slots[..fields.len()], ev.event_micros(), prices)
+        } else {
+            Vec::new()
+        };
         for (i, col) in self.data.iter_mut().enumerate() {
             let json = fields[i].1 == ColType::Json;
-            if !col.append(slots[i], json) {
+            let exact = match derived.get_mut(i).and_then(Option::take) {
+                // A computed value: what was sent (if anything) is kept in `extra`.
+                Some(d) => {
+                    col.append_derived(d);
+                    slots[i].is_none_or(|r| r.get() == "null")
+                }
+                None => col.append(slots[i], json),
+            };
+            if !exact {
                 push_json_key(&mut data_extra, fields[i].0);
                 data_extra.push_str(slots[i].map_or("null", |r| r.get()));
             }
@@ -692,6 +815,48 @@ impl KindBatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_cost_derived_columns_and_extra() {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Float64Type, Int64Type};
+        let prices = PriceTable::shipped();
+        let rows = [
+            // usage only: tokens derived, priced; a sent cost_source and price_version
+            // without a cost are kept in extra
+            r#"{"kind":"api_cost","id":"a","time":"2026-11-20T10:00:00Z","data":{"provider":"anthropic","model":"claude-3-5-haiku-20241022","price_version":"old","cost_source":"me","usage":{"input_tokens":1000,"cache_read_input_tokens":0,"output_tokens":100}}}"#,
+            // explicit tokens win; client cost wins
+            r#"{"kind":"api_cost","id":"b","time":"2026-11-20T10:00:00Z","data":{"provider":"openai","model":"gpt-4o","input_tokens":5,"cost_usd":0.5,"usage":{"prompt_tokens":1000,"completion_tokens":100}}}"#,
+        ];
+        let mut b = KindBatchBuilder::new(Kind::ApiCost);
+        for (i, r) in rows.iter().enumerate() {
+            let ev = decode_envelope(r.as_bytes()).unwrap();
+            b.append(&ev, 0, i as u64, r.len(), &prices);
+        }
+        let batch = b.finish();
+        let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+        let ints = |n: &str| col(n).as_primitive::<Int64Type>().clone();
+        let strs = |n: &str| col(n).as_string::<i32>().clone();
+        assert_eq!(ints("input_tokens").values(), &[1000, 5]);
+        assert_eq!(ints("output_tokens").values(), &[100, 100]);
+        assert_eq!(ints("requests").values(), &[1, 1]);
+        let cost = col("cost_usd").as_primitive::<Float64Type>().clone();
+        assert!((cost.value(0) - (1000.0 * 0.8 + 100.0 * 4.0) / 1e6).abs() < 1e-12);
+        assert_eq!(cost.value(1), 0.5);
+        assert_eq!(strs("cost_source").value(0), "priced");
+        assert_eq!(strs("cost_source").value(1), "client");
+        assert_eq!(
+            strs("price_version").value(0),
+            "prices.toml 2024-11-04 anthropic/claude-3-5-haiku"
+        );
+        assert!(strs("price_version").is_null(1));
+        let extra: serde_json::Value = serde_json::from_str(strs("extra").value(0)).unwrap();
+        assert_eq!(
+            extra,
+            serde_json::json!({"data": {"price_version": "old", "cost_source": "me"}})
+        );
+        assert!(strs("extra").is_null(1));
+    }
 
     #[test]
     fn fast_time_matches_chrono() {

@@ -20,7 +20,7 @@
 //! <data_dir>/parquet/
 //!   _lock                      flock held by the one process projecting (serve, replay, compact)
 //!   _state.json                the single commit point (below)
-//!   <kind>/_schema/schema-v1.parquet          zero-row file: the kind's columns (so the view exists)
+//!   <kind>/_schema/schema-v2.parquet          zero-row file: the kind's columns (so the view exists)
 //!   <kind>/date=YYYY-MM-DD/p<P>-<first>-<last>.parquet
 //! ```
 //!
@@ -60,11 +60,22 @@
 //! | `build` (`builds`) | `tool`, `tool_version`, `mode` VARCHAR; `success` BOOLEAN; `duration_ms` BIGINT; `phases` STRUCT(name VARCHAR, duration_ms BIGINT)[]; `modules_transformed`, `modules_total`, `bundle_bytes`, `gzip_bytes` BIGINT; `chunks` STRUCT(name VARCHAR, bytes BIGINT, gzip_bytes BIGINT)[]; `assets` STRUCT(name VARCHAR, bytes BIGINT)[]; `ci` STRUCT(provider VARCHAR, run_id VARCHAR, url VARCHAR) |
 //! | `deploy` (`deploys`) | `status`, `url`, `provider`, `previous_deployment_id` VARCHAR; `duration_ms` BIGINT; `triggered_by` VARCHAR |
 //! | `migration` (`migrations`) | `tool`, `database`, `version`, `name`, `status` VARCHAR; `duration_ms` BIGINT; `error`, `checksum` VARCHAR |
-//! | `api_cost` (`api_costs`) | `provider`, `model` VARCHAR; `input_tokens`, `output_tokens`, `cached_tokens`, `requests` BIGINT; `cost_usd` DOUBLE; `price_version`, `feature` VARCHAR; `usage` VARCHAR (the JSON object as sent) |
+//! | `api_cost` (`api_costs`) | `provider`, `model` VARCHAR; `input_tokens`, `output_tokens`, `cached_tokens`, `cache_write_tokens`, `reasoning_tokens`, `requests` BIGINT; `cost_usd` DOUBLE; `cost_source`, `price_version`, `feature` VARCHAR; `usage` VARCHAR (the JSON object as sent) |
 //! | `check` (`checks`) | `name` VARCHAR; `passed` BOOLEAN; `value` DOUBLE; `unit` VARCHAR |
 //! | `decision` (`decisions`) | `rule`, `verdict`, `metric` VARCHAR; `value`, `baseline`, `threshold` DOUBLE; `samples` BIGINT; `action`, `outcome` VARCHAR; `dry_run` BOOLEAN |
 //!
-//! and end with `extra` VARCHAR (JSON object of what has no column: unknown envelope fields
+//! `api_costs` columns are also derived (see [`pricing`] and docs/costs.md): token columns
+//! the client did not send come from `usage` (OpenAI Chat Completions, OpenAI Responses or
+//! Anthropic Messages, normalised so that `input_tokens` counts all input tokens and
+//! `cached_tokens`/`cache_write_tokens` are the parts of it read from / written to the
+//! prompt cache, `reasoning_tokens` part of `output_tokens`); `requests` is 1 when absent;
+//! without `cost_usd` the row is priced with the [`PriceTable`] entry effective at the event
+//! time (`price_version` = `<table> <effective_from> <provider>/<model>`); `cost_source` is
+//! `client` (sent: it always wins), `priced` or `unpriced` (no price or no token count:
+//! `cost_usd` null). A sent `cost_source`, or a sent `price_version` replaced by the
+//! priced one, is kept in `extra`. [`replay`] re-prices with the configured table.
+//!
+//! Every kind's columns end with `extra` VARCHAR (JSON object of what has no column: unknown envelope fields
 //! by name, and unknown `data` fields under `"data"`, e.g. `{"subject":"x","data":{"foo":1}}`;
 //! null when there is none), `_partition` INTEGER and `_offset` BIGINT (the event's log
 //! position). The `events` view unions the envelope columns of every kind with `kind`
@@ -83,12 +94,14 @@
 
 mod convert;
 mod fsutil;
+pub mod pricing;
 mod projector;
 mod query;
 mod run;
 mod schema;
 mod state;
 
+pub use pricing::{CostSource, PriceTable};
 pub use projector::{
     apply_retention, compact, file_name, parquet_dir, parse_file_name, CompactionReport,
     CrashPoint, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport, SCHEMA_VERSION,

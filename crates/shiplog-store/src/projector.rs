@@ -3,6 +3,7 @@
 
 use crate::convert::{decode_envelope, KindBatchBuilder};
 use crate::fsutil::{create_dir_durable, list_dir, remove_file_if_exists, sync_dir, DirLock, IoAt};
+use crate::pricing::PriceTable;
 use crate::schema::kind_schema;
 use crate::state::State;
 use crate::StoreError;
@@ -17,10 +18,12 @@ use shiplog_log::{LogEntry, Offset, Partition};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Version of the per-kind columns; bumping it rewrites the schema-only files.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `api_costs` gained `cache_write_tokens`, `reasoning_tokens` and `cost_source`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Tuning of the projection. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +48,8 @@ pub struct ProjectorConfig {
     pub compaction_zstd_level: i32,
     /// Threads used to parse and encode a large flush (default 2; 1 disables).
     pub threads: usize,
+    /// Prices `api_cost` events sent without `cost_usd` (default: the shipped table).
+    pub prices: Arc<PriceTable>,
 }
 
 impl Default for ProjectorConfig {
@@ -59,6 +64,7 @@ impl Default for ProjectorConfig {
             zstd_level: 1,
             compaction_zstd_level: 3,
             threads: 2,
+            prices: PriceTable::shipped(),
         }
     }
 }
@@ -338,13 +344,14 @@ impl ParquetProjector {
         let chunk = entries.len().div_ceil(threads);
         let root = &self.root;
         let level = self.config.zstd_level;
+        let prices: &PriceTable = &self.config.prices;
         let results: Vec<Result<(Vec<Staged>, u64), StoreError>> = if threads == 1 {
-            vec![stage_files(root, &entries, level)]
+            vec![stage_files(root, &entries, level, prices)]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = entries
                     .chunks(chunk)
-                    .map(|c| s.spawn(move || stage_files(root, c, level)))
+                    .map(|c| s.spawn(move || stage_files(root, c, level, prices)))
                     .collect();
                 handles
                     .into_iter()
@@ -437,7 +444,7 @@ impl ParquetProjector {
                     let fin = day_dir.join(file_name(p, first, last));
                     let tmp = day_dir.join(format!("{}.compact.tmp", file_name(p, first, last)));
                     let inputs: Vec<PathBuf> = files.iter().map(|f| f.2.clone()).collect();
-                    let batches = inputs.iter().flat_map(|path| read_batches(path));
+                    let batches = inputs.iter().flat_map(|path| read_batches(path, kind));
                     let (rows, _) =
                         write_parquet(&tmp, kind, batches, self.config.compaction_zstd_level)?;
                     staged_paths.push(tmp.clone());
@@ -473,8 +480,11 @@ impl ParquetProjector {
     }
 }
 
-/// Reads a Parquet file's batches (for compaction).
-fn read_batches(path: &Path) -> Box<dyn Iterator<Item = Result<RecordBatch, StoreError>>> {
+/// Reads a Parquet file's batches (for compaction), in the current columns of `kind`.
+fn read_batches(
+    path: &Path,
+    kind: Kind,
+) -> Box<dyn Iterator<Item = Result<RecordBatch, StoreError>>> {
     let open = || -> Result<_, StoreError> {
         let f = File::open(path).at(path)?;
         Ok(ParquetRecordBatchReaderBuilder::try_new(f)?
@@ -482,9 +492,30 @@ fn read_batches(path: &Path) -> Box<dyn Iterator<Item = Result<RecordBatch, Stor
             .build()?)
     };
     match open() {
-        Ok(reader) => Box::new(reader.map(|b| b.map_err(StoreError::from))),
+        Ok(reader) => Box::new(reader.map(move |b| {
+            b.map_err(StoreError::from)
+                .and_then(|b| conform(b, kind).map_err(StoreError::from))
+        })),
         Err(e) => Box::new(std::iter::once(Err(e))),
     }
+}
+
+/// A batch written with an older [`SCHEMA_VERSION`] in the current columns: columns are
+/// taken by name, a column the file lacks is null.
+fn conform(batch: RecordBatch, kind: Kind) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = kind_schema(kind);
+    if batch.schema() == schema {
+        return Ok(batch);
+    }
+    let cols = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => c.clone(),
+            _ => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(schema, cols)
 }
 
 /// Parses `entries` and writes one temp file per (kind, date, partition).
@@ -492,6 +523,7 @@ fn stage_files(
     root: &Path,
     entries: &[LogEntry],
     level: i32,
+    prices: &PriceTable,
 ) -> Result<(Vec<Staged>, u64), StoreError> {
     let mut builders: HashMap<(Kind, i32, Partition), KindBatchBuilder> = HashMap::new();
     let mut skipped = 0u64;
@@ -517,7 +549,7 @@ fn stage_files(
         builders
             .entry((kind, days, e.partition))
             .or_insert_with(|| KindBatchBuilder::new(kind))
-            .append(&ev, e.partition, e.offset, e.value.len());
+            .append(&ev, e.partition, e.offset, e.value.len(), prices);
     }
     let mut staged = Vec::new();
     let mut keys: Vec<_> = builders.keys().copied().collect();
@@ -702,4 +734,50 @@ pub fn apply_retention(
     create_dir_durable(&root)?;
     let _lock = DirLock::acquire(&root)?;
     apply_retention_in(&root, retention_days, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, StringArray};
+
+    #[test]
+    fn batches_of_an_older_schema_are_read_in_the_current_columns() {
+        // A v1 api_cost file had no cache_write_tokens/reasoning_tokens/cost_source.
+        let json = r#"{"kind":"api_cost","id":"a","time":"2026-11-20T10:00:00Z","data":{"provider":"openai","model":"gpt-4o","input_tokens":7,"cache_write_tokens":3}}"#;
+        let mut b = crate::convert::KindBatchBuilder::new(Kind::ApiCost);
+        let ev = decode_envelope(json.as_bytes()).unwrap();
+        b.append(&ev, 0, 0, json.len(), &PriceTable::shipped());
+        let full = b.finish();
+        let schema = full.schema();
+        let keep: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| {
+                !["cache_write_tokens", "reasoning_tokens", "cost_source"]
+                    .contains(&schema.field(i).name().as_str())
+            })
+            .collect();
+        let old = full.project(&keep).unwrap();
+        assert_ne!(old.schema(), kind_schema(Kind::ApiCost));
+        let b = conform(old, Kind::ApiCost).unwrap();
+        assert_eq!(b.schema(), kind_schema(Kind::ApiCost));
+        let col = |n: &str| b.column_by_name(n).unwrap().clone();
+        assert_eq!(
+            col("input_tokens")
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0),
+            7
+        );
+        assert!(col("cost_source").is_null(0));
+        assert!(col("cache_write_tokens").is_null(0));
+        assert_eq!(
+            col("model")
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0),
+            "gpt-4o"
+        );
+    }
 }

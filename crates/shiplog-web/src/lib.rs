@@ -13,6 +13,7 @@
 //!   the offending field.
 
 pub mod auth;
+pub mod dashboards;
 pub mod decode;
 pub mod ingest;
 pub mod metrics;

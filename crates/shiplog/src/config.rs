@@ -24,6 +24,45 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     pub log: LogConfig,
     pub projection: ProjectionConfig,
+    /// `[pricing]`: the price table of `api_cost` records sent without `cost_usd`.
+    pub pricing: PricingConfig,
+    /// `[[rules]]`: rollback, threshold, budget and migration_failed rules (docs/rules.md).
+    pub rules: Vec<shiplog_rules::RuleConfig>,
+    /// `[rules_settings]`: global dry_run, cooldown, catch_up, tick.
+    pub rules_settings: shiplog_rules::RulesSettings,
+    /// `[[thresholds]]`: good/warning limits per metric, optionally per project and env
+    /// (docs/dashboards.md). Metrics not named keep their defaults.
+    pub thresholds: Vec<shiplog_web::dashboards::ThresholdRule>,
+    /// `[[budgets]]`: daily/monthly API cost budgets (default: 60 USD/day, 1500 USD/month).
+    pub budgets: Vec<shiplog_web::dashboards::Budget>,
+    /// A folder of `<name>.toml` dashboards that add to or override the built-in ones.
+    pub dashboards_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The thresholds the dashboards use: the configured rules, the defaults of metrics
+    /// the config does not name, and the budgets (or the default budget).
+    pub fn effective_thresholds(&self) -> shiplog_web::dashboards::Thresholds {
+        use shiplog_web::dashboards::{default_budgets, default_thresholds, Thresholds};
+        let mut rules = self.thresholds.clone();
+        for d in default_thresholds() {
+            if !self.thresholds.iter().any(|t| t.metric == d.metric) {
+                rules.push(d);
+            }
+        }
+        let budgets = if self.budgets.is_empty() { default_budgets() } else { self.budgets.clone() };
+        Thresholds::new(rules, &budgets)
+    }
+}
+
+/// `[pricing]`: the price table that prices `api_cost` records sent without `cost_usd`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// A price table (the format of the shipped `prices.toml`, see docs/costs.md) that
+    /// overrides and extends the shipped one. Applies to new events; `shiplog reprice`
+    /// applies it to history.
+    pub prices_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +177,7 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
         let key: Vec<String> = match rest {
             "LISTEN" => vec!["server".into(), "listen".into()],
             "DATA_DIR" => vec!["server".into(), "data_dir".into()],
+            "DASHBOARDS_DIR" => vec!["dashboards_dir".into()],
             r if r.contains("__") => r.split("__").map(|s| s.to_ascii_lowercase()).collect(),
             _ => continue,
         };
@@ -178,7 +218,7 @@ fn set_key(table: &mut toml::Table, key: &[String], value: toml::Value) -> Resul
     }
     // Numbers given for string keys stay usable: listen/data_dir are strings.
     let value = match (last.as_str(), value) {
-        ("listen" | "data_dir", v) if !v.is_str() => toml::Value::String(v.to_string()),
+        ("listen" | "data_dir" | "dashboards_dir", v) if !v.is_str() => toml::Value::String(v.to_string()),
         (_, v) => v,
     };
     t.insert(last.clone(), value);
@@ -211,9 +251,31 @@ fn validate(config: &Config) -> Result<()> {
             bail!("tokens[{i}] ({}): scopes must not be empty", t.name);
         }
     }
+    if let Some(p) = &config.pricing.prices_file {
+        shiplog_store::PriceTable::shipped_with_file(p)
+            .map_err(|e| anyhow::anyhow!("pricing.prices_file: {e}"))?;
+    }
     for kind in config.projection.retention_days.keys() {
         if shiplog_events::Kind::parse(kind).is_none() {
             bail!("projection.retention_days.{kind}: unknown kind");
+        }
+    }
+    shiplog_rules::validate(&config.rules, &config.rules_settings).map_err(anyhow::Error::msg)?;
+    for (i, t) in config.thresholds.iter().enumerate() {
+        let ordered = if t.higher_is_better { t.good >= t.warning } else { t.good <= t.warning };
+        if !ordered {
+            bail!(
+                "thresholds[{i}] ({}): good = {} and warning = {} are in the wrong order ({})",
+                t.metric,
+                t.good,
+                t.warning,
+                if t.higher_is_better { "higher_is_better: good must be >= warning" } else { "good must be <= warning" }
+            );
+        }
+    }
+    for (i, b) in config.budgets.iter().enumerate() {
+        if b.daily_usd.is_none() && b.monthly_usd.is_none() {
+            bail!("budgets[{i}]: set daily_usd, monthly_usd or both");
         }
     }
     Ok(())
@@ -287,6 +349,32 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_budgets_and_dashboards_dir() {
+        let c = load(None, &[]).unwrap();
+        let th = c.effective_thresholds();
+        assert_eq!(th.band("build_duration_s", Some("web"), Some("production")).unwrap().good, 60.0);
+        assert_eq!(th.band("cost_monthly_usd", None, None).unwrap().warning, 1500.0);
+        let (_d, p) = write(
+            "dashboards_dir = \"dash\"\n[[thresholds]]\nmetric = \"build_duration_s\"\nproject = \"api\"\ngood = 20\nwarning = 40\n\
+             [[budgets]]\nmonthly_usd = 300\n",
+        );
+        let c = load(Some(&p), &[]).unwrap();
+        assert_eq!(c.dashboards_dir.as_deref(), Some(Path::new("dash")));
+        let th = c.effective_thresholds();
+        assert_eq!(th.band("build_duration_s", Some("api"), Some("production")).unwrap().good, 20.0);
+        // the config names the metric: its defaults are replaced
+        assert!(th.band("build_duration_s", Some("web"), Some("production")).is_none());
+        assert_eq!(th.band("cost_monthly_usd", Some("web"), None).unwrap().warning, 300.0);
+        assert!(th.band("cost_daily_usd", None, None).is_none());
+        let (_d, p) = write("[[thresholds]]\nmetric = \"x\"\ngood = 5\nwarning = 1\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("thresholds[0]") && e.contains("wrong order"), "{e}");
+        let (_d, p) = write("[[thresholds]]\nmetric = \"x\"\ngood = 5\nwarning = 9\ncolour = 1\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_file() {
         let (_d, p) = write("[server]\nlisen = \"x\"\n");
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
@@ -302,6 +390,12 @@ mod tests {
         );
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
         assert!(e.contains("write") && e.contains("shiplog.toml"), "{e}");
+        let (_d, p) = write("[pricing]\nprices_file = \"/nonexistent/prices.toml\"\n");
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(
+            e.contains("pricing.prices_file") && e.contains("/nonexistent/prices.toml"),
+            "{e}"
+        );
         let env = vec![("SHIPLOG_SERVER__BODY_LIMIT".to_string(), "lots".to_string())];
         let e = format!("{:#}", load(None, &env).unwrap_err());
         assert!(

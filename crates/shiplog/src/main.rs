@@ -7,6 +7,8 @@ mod bench;
 mod collect;
 mod config;
 mod datadir;
+mod demo;
+mod gate;
 mod ops;
 mod serve;
 
@@ -36,7 +38,12 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:7070). Also SHIPLOG_LISTEN.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// When the data dir has no events, fill it with 90 days of demo data first.
+        #[arg(long)]
+        demo: bool,
     },
+    /// Fill an empty data dir with 90 days of realistic demo data (server stopped).
+    Demo,
     /// Run a read-only SQL query on a server and print the result.
     Query {
         /// The SQL (one SELECT over builds, deploys, migrations, api_costs, checks, decisions, events).
@@ -53,6 +60,31 @@ enum Command {
     },
     /// Delete the projections and rebuild them from the log (server stopped).
     Replay,
+    /// Re-price the history of API costs with the current price table (a replay) and print
+    /// the cost per provider and model before and after (server stopped).
+    Reprice {
+        /// A price table overriding and extending the shipped one (default: the config's
+        /// [pricing] prices_file). See docs/costs.md.
+        #[arg(long)]
+        prices: Option<PathBuf>,
+    },
+    /// Exit 0 when deploying PROJECT to ENV is safe, 1 when not (failed migration since the
+    /// last successful deploy, threshold rule in alert, rollback in progress), 2 on errors.
+    Gate {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        env: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: gate::GateFormat,
+        /// The server. Also SHIPLOG_URL.
+        #[arg(long, env = "SHIPLOG_URL", default_value = "http://127.0.0.1:7070")]
+        url: String,
+        /// Bearer token with the read scope. Also SHIPLOG_TOKEN.
+        #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Benchmarks that print figures (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -120,11 +152,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut config = load_config(&cli)?;
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, demo } => {
             if let Some(l) = listen {
                 config.server.listen = l;
             }
-            runtime()?.block_on(serve::serve(config))?;
+            if demo {
+                runtime()?.block_on(serve::serve_opts(config, true))?;
+            } else {
+                runtime()?.block_on(serve::serve(config))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Query {
@@ -134,6 +170,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
         } => ops::query(&url, token.as_deref(), &sql, format),
         Command::Replay => ops::replay(&config),
+        Command::Demo => {
+            demo::run(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reprice { prices } => ops::reprice(&config, prices.as_deref()),
+        Command::Gate {
+            project,
+            env,
+            format,
+            url,
+            token,
+        } => gate::run(&url, token.as_deref(), &project, &env, format),
         Command::Bench { which } => {
             match which {
                 BenchCommand::Ingest {

@@ -1,4 +1,5 @@
-//! Operations commands: `query` (over HTTP) and `replay` (on a stopped server's data dir).
+//! Operations commands: `query` (over HTTP), `replay` and `reprice` (on a stopped server's
+//! data dir).
 
 use crate::config::Config;
 use crate::datadir::DataDirLock;
@@ -120,12 +121,30 @@ pub fn replay(config: &Config) -> Result<ExitCode> {
          stopped until this finishes",
         data_dir.join("parquet").display()
     );
+    let report = rebuild(config, projector_config(config)?)?;
+    eprintln!(
+        "shiplog replay: {} events → {} rows in {} files ({} skipped) in {:.1}s ({:.0} events/s)",
+        report.events,
+        report.rows,
+        report.files,
+        report.skipped,
+        report.elapsed.as_secs_f64(),
+        report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rebuilds the projections of a data dir whose lock the caller holds.
+fn rebuild(
+    config: &Config,
+    pconfig: shiplog_store::ProjectorConfig,
+) -> Result<shiplog_store::ReplayReport> {
+    let data_dir = &config.server.data_dir;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = rt.block_on(async {
+    rt.block_on(async {
         let log = open_file_log(config)?;
-        let pconfig = projector_config(config)?;
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -142,15 +161,112 @@ pub fn replay(config: &Config) -> Result<ExitCode> {
         bar.finish();
         log.close().await?;
         anyhow::Ok(report?)
-    })?;
+    })
+}
+
+/// Total cost per provider and model of the `api_costs` projection:
+/// `(provider, model) → (rows, USD, unpriced rows)`.
+type CostTotals = std::collections::BTreeMap<(String, String), (i64, f64, i64)>;
+
+fn cost_totals(data_dir: &std::path::Path) -> Result<CostTotals> {
+    let q = shiplog_store::QueryEngine::open(data_dir).context("cannot open DuckDB")?;
+    let r = q
+        .query_internal(
+            "SELECT coalesce(provider, '') AS provider, coalesce(model, '') AS model, \
+             count(*)::BIGINT AS n, coalesce(sum(cost_usd), 0)::DOUBLE AS usd, \
+             count(*) FILTER (WHERE cost_usd IS NULL)::BIGINT AS unpriced \
+             FROM api_costs GROUP BY ALL",
+            &[],
+            Duration::from_secs(600),
+        )
+        .map_err(|e| anyhow::anyhow!("reading api_costs: {e}"))?;
+    let mut out = CostTotals::new();
+    for row in r.rows {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        out.insert(
+            (s(&row[0]), s(&row[1])),
+            (
+                row[2].as_i64().unwrap_or(0),
+                row[3].as_f64().unwrap_or(0.0),
+                row[4].as_i64().unwrap_or(0),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// `shiplog reprice [--prices FILE]`: re-prices the history of `api_cost` events with the
+/// current price table (the shipped one, `[pricing] prices_file`, or `--prices`, each
+/// overriding and extending the shipped table) by rebuilding the projections from the log,
+/// and prints the cost per provider and model before and after. Costs the clients sent are
+/// kept. The server must be stopped (the data dir lock refuses otherwise).
+pub fn reprice(config: &Config, prices: Option<&std::path::Path>) -> Result<ExitCode> {
+    let data_dir = &config.server.data_dir;
+    if !data_dir.join("log").exists() {
+        bail!("{} holds no log: nothing to reprice", data_dir.display());
+    }
+    let mut pconfig = projector_config(config)?;
+    if let Some(p) = prices {
+        pconfig.prices = std::sync::Arc::new(
+            shiplog_store::PriceTable::shipped_with_file(p).map_err(anyhow::Error::msg)?,
+        );
+    }
+    let _lock = DataDirLock::acquire(data_dir, "shiplog reprice")?;
+    let before = cost_totals(data_dir)?;
     eprintln!(
-        "shiplog replay: {} events → {} rows in {} files ({} skipped) in {:.1}s ({:.0} events/s)",
+        "shiplog reprice: rebuilding the projections in {} from the log with the current \
+         price table; the server must stay stopped until this finishes",
+        data_dir.join("parquet").display()
+    );
+    let report = rebuild(config, pconfig)?;
+    let after = cost_totals(data_dir)?;
+    let keys: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
+    let columns: Vec<String> = [
+        "provider",
+        "model",
+        "records",
+        "before_usd",
+        "after_usd",
+        "change_usd",
+        "unpriced",
+    ]
+    .map(String::from)
+    .to_vec();
+    let usd = |v: f64| Value::String(format!("{v:.6}"));
+    let mut rows = Vec::new();
+    let (mut tb, mut ta) = (0.0, 0.0);
+    for k in keys {
+        let (_, b, _) = before.get(k).copied().unwrap_or_default();
+        let (n, a, u) = after.get(k).copied().unwrap_or_default();
+        tb += b;
+        ta += a;
+        rows.push(vec![
+            Value::String(k.0.clone()),
+            Value::String(k.1.clone()),
+            Value::from(n),
+            usd(b),
+            usd(a),
+            usd(a - b),
+            Value::from(u),
+        ]);
+    }
+    rows.push(vec![
+        Value::String("total".into()),
+        Value::String(String::new()),
+        Value::from(after.values().map(|v| v.0).sum::<i64>()),
+        usd(tb),
+        usd(ta),
+        usd(ta - tb),
+        Value::from(after.values().map(|v| v.2).sum::<i64>()),
+    ]);
+    print!("{}", render(&columns, &rows, Format::Table));
+    eprintln!(
+        "shiplog reprice: {} events → {} rows in {:.1}s; api cost {:.6} → {:.6} USD",
         report.events,
         report.rows,
-        report.files,
-        report.skipped,
         report.elapsed.as_secs_f64(),
-        report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)
+        tb,
+        ta
     );
     Ok(ExitCode::SUCCESS)
 }

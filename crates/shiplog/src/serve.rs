@@ -52,11 +52,23 @@ pub fn projector_config(config: &Config) -> Result<ProjectorConfig> {
         flush_rows: config.projection.flush_rows,
         compaction_schedule: config.projection.compaction_schedule.clone(),
         retention_days,
+        prices: match &config.pricing.prices_file {
+            Some(p) => std::sync::Arc::new(
+                shiplog_store::PriceTable::shipped_with_file(p)
+                    .map_err(|e| anyhow::anyhow!("pricing.prices_file: {e}"))?,
+            ),
+            None => shiplog_store::PriceTable::shipped(),
+        },
         ..ProjectorConfig::default()
     })
 }
 
 pub async fn serve(config: Config) -> Result<()> {
+    serve_opts(config, false).await
+}
+
+/// `serve`, and with `demo`: seed demo data first when the data dir has no events.
+pub async fn serve_opts(config: Config, demo: bool) -> Result<()> {
     let tokens = config.tokens()?;
     let listen = config.server.listen;
     if tokens.is_empty() && !listen.ip().is_loopback() {
@@ -83,6 +95,9 @@ pub async fn serve(config: Config) -> Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "dedup index rebuilt"
     );
+    if demo {
+        crate::demo::seed_if_empty(&ingestor).await?;
+    }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let projection = run_projection(
@@ -94,6 +109,16 @@ pub async fn serve(config: Config) -> Result<()> {
     .await
     .context("cannot start the projection")?;
     let query = Arc::new(QueryEngine::open(&data_dir).context("cannot open DuckDB")?);
+    let rules = shiplog_rules::RulesEngine::start(
+        shiplog_rules::validate(&config.rules, &config.rules_settings)
+            .map_err(anyhow::Error::msg)?,
+        config.rules_settings.clone(),
+        ingestor.clone(),
+        Some(query.clone()),
+        shutdown_tx.subscribe(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("cannot start the rules engine")?;
 
     let projection_series: shiplog_web::SeriesFn = {
         let (metrics, progress, log) = (
@@ -121,7 +146,15 @@ pub async fn serve(config: Config) -> Result<()> {
         series: vec![projection_series],
         query: Some(query),
     });
-    let app = router(state)
+    let dashboards = Arc::new(shiplog_web::dashboards::DashboardState::new(
+        state.auth.clone(),
+        state.query.clone(),
+        config.dashboards_dir.as_deref(),
+        config.effective_thresholds(),
+    ));
+    let app = router(state.clone())
+        .merge(shiplog_web::dashboards::routes(dashboards))
+        .merge(crate::gate::routes(state.clone(), rules))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             config.server.request_timeout,

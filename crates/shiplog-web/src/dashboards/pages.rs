@@ -1,0 +1,520 @@
+//! HTML of the dashboard pages: layout, filters, panels, empty states. No JavaScript is
+//! needed; the filter form submits with GET.
+
+use super::chart::{self, fmt_value, ChartArgs};
+use super::engine::{dora_legend, num, Ctx};
+use super::spec::{ChartKind, Dashboard, Status};
+use super::{page_path, DashboardState, PanelOutcome};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::Value;
+use std::fmt::Write;
+
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn url_enc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            let _ = write!(o, "%{b:02X}");
+        }
+    }
+    o
+}
+
+const CSS: &str = r#"
+:root{--bg:#f5f6f8;--card:#fff;--ink:#1f2328;--muted:#59636e;--line:#e3e6ea;--accent:#0072b2;
+--good:#1a7f37;--good-bg:#dcf5e4;--warn:#8a5a00;--warn-bg:#fff1c9;--bad:#b33c00;--bad-bg:#ffe6da}
+*{box-sizing:border-box}
+body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;background:var(--bg);color:var(--ink);font-size:15px;line-height:1.45}
+a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
+.top{background:#14202e;color:#fff;display:flex;align-items:center;gap:28px;padding:0 28px;height:56px}
+.brand{font-weight:700;font-size:18px;letter-spacing:.2px;color:#fff}.brand span{color:#56b4e9}
+.top nav{display:flex;gap:4px;flex-wrap:wrap}.top nav a{color:#c9d3de;padding:7px 12px;border-radius:7px;font-size:14px}
+.top nav a:hover{background:#223247;text-decoration:none}.top nav a.on{background:#2b3f57;color:#fff}
+main{max-width:1480px;margin:0 auto;padding:22px 28px 48px}
+.head{display:flex;justify-content:space-between;align-items:flex-end;gap:20px;flex-wrap:wrap;margin-bottom:18px}
+h1{font-size:24px;margin:0 0 4px}.sub{color:var(--muted);margin:0;font-size:14px}
+form.filters{display:flex;gap:10px;align-items:flex-end;flex-wrap:wrap;background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px 12px}
+form.filters label{display:flex;flex-direction:column;font-size:12px;color:var(--muted);gap:3px}
+form.filters select,form.filters input{font:inherit;font-size:14px;padding:5px 8px;border:1px solid #cfd5dc;border-radius:6px;background:#fff;min-width:110px}
+form.filters button{font:inherit;font-size:14px;padding:6px 14px;border-radius:6px;border:0;background:var(--accent);color:#fff;cursor:pointer}
+.grid{display:grid;grid-template-columns:repeat(12,minmax(0,1fr));gap:16px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:16px 18px;box-shadow:0 1px 2px rgba(20,32,46,.04);min-width:0}
+.w-full{grid-column:span 12}.w-half{grid-column:span 6}.w-third{grid-column:span 4}.w-quarter{grid-column:span 3}
+@media(max-width:1100px){.w-half,.w-third{grid-column:span 12}.w-quarter{grid-column:span 6}}
+.card header{display:flex;justify-content:space-between;align-items:flex-start;gap:10px}
+.card h2{font-size:15px;margin:0;font-weight:600}
+.desc{color:var(--muted);font-size:13px;margin:4px 0 8px}
+.pill{display:inline-flex;align-items:center;gap:4px;font-size:12px;font-weight:600;padding:2px 9px;border-radius:999px;white-space:nowrap}
+.pill.good{color:var(--good);background:var(--good-bg)}.pill.warning{color:var(--warn);background:var(--warn-bg)}.pill.bad{color:var(--bad);background:var(--bad-bg)}
+figure.chart{margin:6px 0 0}figure.chart svg{width:100%;height:auto;display:block}
+ul.legend{list-style:none;display:flex;flex-wrap:wrap;gap:6px 16px;padding:0;margin:8px 0 0;font-size:13px;color:var(--muted)}
+ul.legend i{display:inline-block;width:12px;height:12px;border-radius:3px;margin-right:6px;vertical-align:-1px}
+ul.legend i.line{height:3px;border-radius:2px;vertical-align:3px;width:16px}ul.legend i.band{opacity:.35}
+ul.legend i.circle{border-radius:50%}
+.stat{font-size:34px;font-weight:650;margin:8px 0 2px;letter-spacing:-.5px}
+.stat.good{color:var(--good)}.stat.warning{color:var(--warn)}.stat.bad{color:var(--bad)}
+.statnote{color:var(--muted);font-size:12.5px}
+.tablewrap{overflow-x:auto;margin-top:6px}
+table{border-collapse:collapse;width:100%;font-size:13.5px}
+th{text-align:left;color:var(--muted);font-weight:600;font-size:12px;text-transform:uppercase;letter-spacing:.3px;border-bottom:1px solid var(--line);padding:6px 8px;white-space:nowrap}
+td{border-bottom:1px solid #f0f2f4;padding:6px 8px;vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th.num{text-align:right}
+td.good{color:var(--good);font-weight:600}td.warning{color:var(--warn);font-weight:600}td.bad{color:var(--bad);font-weight:600}
+td.err{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;color:var(--bad);max-width:520px;white-space:pre-wrap}
+.muted{color:var(--muted)}.empty{color:var(--muted);font-size:14px;padding:26px 0;text-align:center}
+.panel-error{border-color:#f1b9a0;background:#fff8f5}.panel-error h2{color:var(--bad)}
+.panel-error pre{white-space:pre-wrap;font-size:12.5px;margin:6px 0 0}
+.banner{background:#fff8e1;border:1px solid #f3d48a;border-radius:10px;padding:10px 14px;margin-bottom:16px}
+.welcome{max-width:900px}.welcome pre{background:#14202e;color:#e6edf3;padding:14px 16px;border-radius:10px;overflow-x:auto;font-size:13px}
+.welcome h2{font-size:18px;margin:18px 0 6px}
+footer{color:var(--muted);font-size:12px;margin-top:28px;text-align:center}
+"#;
+
+fn nav(state: &DashboardState, current: &str, qs: &str) -> String {
+    let mut items: Vec<(&i64, &Dashboard)> = state
+        .dashboards
+        .values()
+        .filter_map(|d| d.nav.as_ref().map(|n| (n, d)))
+        .collect();
+    items.sort_by_key(|(n, d)| (**n, d.name.clone()));
+    let mut o = String::new();
+    for (_, d) in items {
+        let _ = write!(
+            o,
+            r#"<a href="{}{}"{}>{}</a>"#,
+            page_path(&d.name),
+            qs,
+            if d.name == current { r#" class="on""# } else { "" },
+            esc(&d.title)
+        );
+    }
+    o
+}
+
+fn layout(state: &DashboardState, current: &str, qs: &str, title: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{t} · shiplog</title><style>{CSS}</style></head><body>
+<div class="top"><a class="brand" href="/{qs}">ship<span>log</span></a><nav>{nav}</nav></div>
+<main>{body}<footer>shiplog · charts rendered on the server · <a href="/v1/dashboards">JSON API</a></footer></main></body></html>"#,
+        t = esc(title),
+        nav = nav(state, current, qs),
+    )
+}
+
+fn filter_qs(ctx: &Ctx) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &ctx.project {
+        parts.push(format!("project={}", url_enc(p)));
+    }
+    if let Some(e) = &ctx.env {
+        parts.push(format!("env={}", url_enc(e)));
+    }
+    if ctx.range != "30d" && ctx.deployment.is_none() {
+        parts.push(format!("range={}", url_enc(&ctx.range)));
+        if ctx.range == "custom" {
+            parts.push(format!("from={}", ctx.from.format("%Y-%m-%d")));
+            parts.push(format!("to={}", (ctx.to - chrono::Duration::seconds(1)).format("%Y-%m-%d")));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn select(name: &str, label: &str, all: &str, options: &[String], current: Option<&str>) -> String {
+    let mut o = format!(r#"<label>{label}<select name="{name}"><option value="">{all}</option>"#);
+    let mut opts: Vec<&String> = options.iter().collect();
+    let cur = current.map(str::to_owned);
+    if let Some(c) = &cur {
+        if !options.contains(c) {
+            opts.push(c);
+        }
+    }
+    for v in opts {
+        let _ = write!(
+            o,
+            r#"<option value="{0}"{1}>{0}</option>"#,
+            esc(v),
+            if Some(v.as_str()) == current { " selected" } else { "" }
+        );
+    }
+    o.push_str("</select></label>");
+    o
+}
+
+fn filters(ctx: &Ctx, projects: &[String], envs: &[String]) -> String {
+    let ranges = [("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"), ("90d", "Last 90 days"), ("custom", "Custom")];
+    let mut r = String::from(r#"<label>Time range<select name="range">"#);
+    for (v, l) in ranges {
+        let _ = write!(r, r#"<option value="{v}"{}>{l}</option>"#, if ctx.range == v { " selected" } else { "" });
+    }
+    r.push_str("</select></label>");
+    let (from, to) = if ctx.range == "custom" {
+        (ctx.from.format("%Y-%m-%d").to_string(), (ctx.to - chrono::Duration::seconds(1)).format("%Y-%m-%d").to_string())
+    } else {
+        (String::new(), String::new())
+    };
+    format!(
+        r#"<form class="filters" method="get">{}{}{r}<label>From<input type="date" name="from" value="{from}"></label><label>To<input type="date" name="to" value="{to}"></label><button type="submit">Apply</button></form>"#,
+        select("project", "Project", "All projects", projects, ctx.project.as_deref()),
+        select("env", "Environment", "All environments", envs, ctx.env.as_deref()),
+    )
+}
+
+fn pill(status: Status, text: Option<&str>) -> String {
+    let (icon, word) = match status {
+        Status::None => return String::new(),
+        Status::Good => ("✓", "good"),
+        Status::Warning => ("!", "warning"),
+        Status::Bad => ("✕", "bad"),
+    };
+    format!(r#"<span class="pill {}">{icon} {}</span>"#, status.as_str(), esc(text.unwrap_or(word)))
+}
+
+fn pretty(name: &str) -> String {
+    let s = name.replace('_', " ");
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
+/// A column header: `duration_s` → `Duration (s)`, `spend_usd` → `Spend (USD)`.
+fn header(name: &str) -> String {
+    for (suffix, unit) in [("_ms", " (ms)"), ("_s", " (s)"), ("_usd", " (USD)"), ("_hours", " (h)")] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return pretty(base) + unit;
+        }
+    }
+    pretty(name)
+}
+
+/// The unit of a table column, from its name's suffix.
+fn column_unit(name: &str) -> Option<&'static str> {
+    let n = name.to_ascii_lowercase();
+    [
+        ("_ms", "ms"),
+        ("_s", "s"),
+        ("_bytes", "bytes"),
+        ("bytes", "bytes"),
+        ("_usd", "usd"),
+        ("usd", "usd"),
+        ("_pct", "percent"),
+        ("rate", "ratio"),
+        ("_hours", "hours"),
+        ("tokens", "tokens"),
+    ]
+    .iter()
+    .find(|(suffix, _)| n.ends_with(suffix))
+    .map(|(_, u)| *u)
+}
+
+fn cell(col: &str, v: &Value) -> (String, bool) {
+    match v {
+        Value::Null => (r#"<span class="muted">—</span>"#.into(), false),
+        Value::Bool(true) => ("✓ yes".into(), false),
+        Value::Bool(false) => ("✕ no".into(), false),
+        Value::Number(_) => {
+            let f = num(v).unwrap_or(0.0);
+            let s = match column_unit(col) {
+                Some(u) => fmt_value(f, Some(u)),
+                None if f.fract() == 0.0 => format!("{f:.0}"),
+                None => format!("{f:.3}").trim_end_matches('0').trim_end_matches('.').to_string(),
+            };
+            (esc(&s), true)
+        }
+        Value::String(s) => {
+            if col == "deployment_id" || col == "deployment" {
+                return (format!(r#"<a href="/deployments/{}">{}</a>"#, url_enc(s), esc(s)), false);
+            }
+            if let Some(t) = chart::parse_time(v).filter(|_| s.len() >= 19) {
+                return (esc(&t.format("%b %-d, %H:%M").to_string()), false);
+            }
+            if s.starts_with("https://") && !s.contains(char::is_whitespace) {
+                let short = s.trim_start_matches("https://");
+                let short = if short.chars().count() > 42 { format!("{}…", short.chars().take(41).collect::<String>()) } else { short.to_string() };
+                return (format!(r#"<a href="{}" rel="noopener noreferrer">{}</a>"#, esc(s), esc(&short)), false);
+            }
+            if col == "commit" && s.len() > 10 {
+                return (format!("<code>{}</code>", esc(&s[..10])), false);
+            }
+            (esc(s), false)
+        }
+        other => (esc(&other.to_string()), false),
+    }
+}
+
+fn table(o: &PanelOutcome) -> String {
+    let d = &o.data;
+    let mut h = String::from(r#"<div class="tablewrap"><table><thead><tr>"#);
+    let numeric: Vec<bool> = (0..d.columns.len())
+        .map(|ci| d.rows.iter().any(|r| r[ci].is_number()))
+        .collect();
+    for (ci, c) in d.columns.iter().enumerate() {
+        let _ = write!(h, r#"<th{}>{}</th>"#, if numeric[ci] { r#" class="num""# } else { "" }, esc(&header(c)));
+    }
+    h.push_str("</tr></thead><tbody>");
+    for (ri, row) in d.rows.iter().take(200).enumerate() {
+        h.push_str("<tr>");
+        for (ci, v) in row.iter().enumerate() {
+            let (text, is_num) = cell(&d.columns[ci], v);
+            let st = d.cell_status.get(ri).and_then(|s| s.get(ci)).copied().unwrap_or(Status::None);
+            let mut classes = Vec::new();
+            if is_num {
+                classes.push("num");
+            }
+            if st != Status::None {
+                classes.push(st.as_str());
+            }
+            if d.columns[ci] == "error" && !v.is_null() {
+                classes.push("err");
+            }
+            let icon = match st {
+                Status::Good => "✓ ",
+                Status::Warning => "! ",
+                Status::Bad => "✕ ",
+                Status::None => "",
+            };
+            let _ = write!(h, r#"<td class="{}">{icon}{text}</td>"#, classes.join(" "));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</tbody></table></div>");
+    if d.rows.len() > 200 {
+        let _ = write!(h, r#"<p class="muted">Showing 200 of {} rows.</p>"#, d.rows.len());
+    }
+    h
+}
+
+fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
+    let d = &o.data;
+    let Some(spec) = o.spec else {
+        return format!(
+            r#"<section class="card w-full panel-error"><header><h2>⚠ Panel error</h2></header><pre>{}</pre></section>"#,
+            esc(d.error.as_deref().unwrap_or(""))
+        );
+    };
+    let width = spec.width.clone().unwrap_or_else(|| match spec.kind {
+        ChartKind::Stat => "quarter".into(),
+        ChartKind::Table | ChartKind::Timeline => "full".into(),
+        _ => "half".into(),
+    });
+    if let Some(e) = &d.error {
+        return format!(
+            r#"<section class="card w-{width} panel-error"><header><h2>⚠ {}</h2></header><pre>{}</pre></section>"#,
+            esc(&spec.title),
+            esc(e)
+        );
+    }
+    let mut status_text = None;
+    if let Some(level) = d.dora_level {
+        status_text = Some(format!("DORA: {level}"));
+    }
+    let mut h = format!(
+        r#"<section class="card w-{width}" id="p-{}" data-kind="{:?}" data-status="{}"><header><h2>{}</h2>{}</header>"#,
+        esc(&spec.id),
+        spec.kind,
+        d.status.as_str(),
+        esc(&spec.title),
+        pill(d.status, status_text.as_deref())
+    );
+    if let Some(desc) = &spec.description {
+        let _ = write!(h, r#"<p class="desc">{}</p>"#, esc(desc));
+    }
+    let empty = d.rows.is_empty()
+        || (spec.kind == ChartKind::Stat && d.value.is_none() && d.rows.first().is_none_or(|r| r.iter().all(Value::is_null)));
+    if empty {
+        let hint = spec.empty.clone().unwrap_or_else(|| {
+            if ctx.range != "90d" && ctx.deployment.is_none() {
+                "No data for these filters in this time range. Try a longer range or another project.".into()
+            } else {
+                "No data for these filters.".into()
+            }
+        });
+        let _ = write!(h, r#"<p class="empty">{}</p></section>"#, esc(&hint));
+        return h;
+    }
+    match spec.kind {
+        ChartKind::Stat => {
+            let vi = d.columns.iter().position(|c| c == "value").unwrap_or(0);
+            let row = &d.rows[0];
+            let text = match row.get(vi) {
+                Some(v) if v.is_number() => fmt_value(num(v).unwrap_or(0.0), spec.unit.as_deref()),
+                Some(Value::Null) | None => "—".into(),
+                Some(v) => cell(&d.columns[vi], v).0,
+            };
+            let _ = write!(h, r#"<div class="stat {}">{}</div>"#, d.status.as_str(), text);
+            let mut notes = Vec::new();
+            if let Some(i) = d.columns.iter().position(|c| c == "detail") {
+                if let Some(s) = row[i].as_str() {
+                    notes.push(esc(s));
+                }
+            }
+            if let Some(dora) = spec.dora {
+                notes.push(esc(dora_legend(dora)));
+            } else if let Some(b) = d.thresholds {
+                let u = spec.unit.as_deref();
+                let cmp = if b.higher_is_better { "≥" } else { "≤" };
+                notes.push(esc(&format!("good {cmp} {} · warning {cmp} {}", fmt_value(b.good, u), fmt_value(b.warning, u))));
+            }
+            let _ = write!(h, r#"<div class="statnote">{}</div>"#, notes.join("<br>"));
+        }
+        ChartKind::Table => h.push_str(&table(o)),
+        kind => {
+            let (w, ht) = match width.as_str() {
+                "full" => (1380, 300),
+                "third" => (460, 280),
+                "quarter" => (340, 240),
+                _ => (690, 300),
+            };
+            match chart::render(&ChartArgs {
+                kind,
+                unit: spec.unit.as_deref(),
+                y_label: spec.y_label.as_deref(),
+                columns: &d.columns,
+                rows: &d.rows,
+                band: d.thresholds,
+                width: w,
+                height: ht,
+            }) {
+                Ok(r) => {
+                    let _ = write!(h, r#"<figure class="chart" data-points="{}">{}</figure>"#, r.points, r.svg);
+                    if !r.legend.is_empty() {
+                        h.push_str(r#"<ul class="legend">"#);
+                        for l in &r.legend {
+                            let _ = write!(h, r#"<li><i class="{}" style="background:{}"></i>{}</li>"#, l.mark, l.color, esc(&l.name));
+                        }
+                        h.push_str("</ul>");
+                    }
+                }
+                Err(e) => {
+                    let _ = write!(h, r#"<div class="panel-error"><pre>{}</pre></div>"#, esc(&e));
+                }
+            }
+        }
+    }
+    h.push_str("</section>");
+    h
+}
+
+const CURL: &str = r#"curl -X POST http://127.0.0.1:7070/v1/events \
+  -H 'Content-Type: application/json' \
+  -d '{"id": "build-1", "kind": "build", "source": "ci", "project": "web-app",
+       "env": "production", "commit": "3f2a9c1",
+       "data": {"tool": "vite", "success": true, "duration_ms": 48200,
+                "bundle_bytes": 812345, "gzip_bytes": 241000}}'"#;
+
+fn welcome() -> String {
+    format!(
+        r#"<section class="card w-full welcome"><h2>No events yet</h2>
+<p>shiplog is running, but nothing has been sent to it. Dashboards fill in as soon as events arrive
+(about a second after they are accepted).</p>
+<h2>Send a first build</h2><pre>{}</pre>
+<h2>Or</h2>
+<ul><li>add the Vite plugin (<code>vite-plugin-shiplog</code>) to report every <code>vite build</code>;</li>
+<li>report deploys from CI: <code>shiplog emit deploy --status succeeded --env production …</code>;</li>
+<li>wrap migrations: <code>shiplog migrate -- alembic upgrade head</code>;</li>
+<li>or explore with demo data: <code>shiplog serve --demo</code> on an empty data dir (this is what <code>make run</code> does).</li></ul>
+<p class="muted">Event kinds: build, deploy, migration, api_cost, check — see PRODUCT.md for their fields.</p></section>"#,
+        esc(CURL)
+    )
+}
+
+pub fn dashboard_page(
+    state: &DashboardState,
+    d: &Dashboard,
+    ctx: &Ctx,
+    facts: &(Vec<String>, Vec<String>, i64),
+    outcomes: &[PanelOutcome],
+    filter_error: Option<&str>,
+) -> String {
+    let qs = filter_qs(ctx);
+    let mut body = String::new();
+    let (title, sub) = match &ctx.deployment {
+        Some(id) => (format!("Deployment {id}"), "Its build, the migrations before it, the checks after it, the cost since, and the decisions about it.".to_string()),
+        None => (d.title.clone(), d.description.clone().unwrap_or_default()),
+    };
+    let _ = write!(
+        body,
+        r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div>{}</div>"#,
+        esc(&title),
+        esc(&sub),
+        if ctx.deployment.is_some() { String::new() } else { filters(ctx, &facts.0, &facts.1) }
+    );
+    if let Some(e) = filter_error {
+        let _ = write!(body, r#"<div class="banner">Invalid filter: {} — showing the last 30 days.</div>"#, esc(e));
+    }
+    if let Some(e) = &d.error {
+        let _ = write!(
+            body,
+            r#"<section class="card w-full panel-error"><header><h2>⚠ This dashboard could not be loaded</h2></header><pre>{}</pre></section>"#,
+            esc(e)
+        );
+    }
+    body.push_str(r#"<div class="grid">"#);
+    if facts.2 == 0 && state.query.is_some() {
+        body.push_str(&welcome());
+        // Broken panels are reported even before there is data.
+        for o in outcomes.iter().filter(|o| o.data.error.is_some()) {
+            body.push_str(&panel_html(o, ctx));
+        }
+    } else {
+        for o in outcomes {
+            body.push_str(&panel_html(o, ctx));
+        }
+    }
+    body.push_str("</div>");
+    layout(state, &d.name, &qs, &title, &body)
+}
+
+pub fn message_page(state: &DashboardState, title: &str, message: &str) -> String {
+    layout(
+        state,
+        "",
+        "",
+        title,
+        &format!(r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div></div>"#, esc(title), esc(message)),
+    )
+}
+
+pub fn not_found(state: &DashboardState, name: &str) -> String {
+    message_page(state, "Dashboard not found", &format!("There is no dashboard named {name:?}."))
+}
+
+/// An HTML form of an authentication refusal (status and `WWW-Authenticate` kept).
+pub fn auth_page(r: Response) -> Response {
+    let status = r.status();
+    let www = r.headers().get(axum::http::header::WWW_AUTHENTICATE).cloned();
+    let msg = if status == StatusCode::FORBIDDEN {
+        "This token lacks the read scope."
+    } else {
+        "shiplog has tokens configured: send a token with the read scope as \
+         <code>Authorization: Bearer …</code>, or set it as the <code>shiplog_token</code> cookie."
+    };
+    let html = format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>Sign-in needed · shiplog</title><style>{CSS}</style></head><body><main><h1>Sign-in needed</h1><p>{msg}</p></main></body></html>"#
+    );
+    let mut resp = (status, Html(html)).into_response();
+    if let Some(w) = www {
+        resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, w);
+    }
+    resp
+}
