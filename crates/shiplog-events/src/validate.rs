@@ -163,6 +163,16 @@ const API_COST: &[FieldSpec] = &[
     opt("input_tokens", Count, "Input (prompt) tokens."),
     opt("output_tokens", Count, "Output (completion) tokens."),
     opt("cached_tokens", Count, "Cached input tokens."),
+    opt(
+        "cache_write_tokens",
+        Count,
+        "Input tokens written to the prompt cache (Anthropic bills them above the input rate).",
+    ),
+    opt(
+        "reasoning_tokens",
+        Count,
+        "Reasoning tokens, part of the output tokens.",
+    ),
     opt("requests", Count, "Number of requests this record covers."),
     opt(
         "cost_usd",

@@ -62,6 +62,10 @@ pub struct EmitArgs {
     /// data.url: the deployment's URL (on Vercel: https://$VERCEL_URL).
     #[arg(long, value_name = "URL")]
     pub deployment_url: Option<String>,
+    /// data.previous_deployment_id: the deployment this one replaces (rollback rules use it
+    /// as the baseline and the rollback target).
+    #[arg(long, value_name = "ID")]
+    pub previous_deployment_id: Option<String>,
     /// A data field, repeatable. The value is read as JSON when it parses (numbers, true,
     /// false, null, objects, arrays, "quoted strings"), else as a string. Dotted keys make
     /// nested objects: `--data ci.run_id=12`.
@@ -212,6 +216,9 @@ pub fn build_event(args: &EmitArgs, ci: Option<&Ci>) -> Result<Value> {
     }
     if let Some(u) = &args.deployment_url {
         data.insert("url".into(), u.clone().into());
+    }
+    if let Some(p) = &args.previous_deployment_id {
+        data.insert("previous_deployment_id".into(), p.clone().into());
     }
     if let Some(ci) = ci {
         if kind == "deploy" {
