@@ -221,4 +221,89 @@ async fn sigkill_during_ingest_and_projection_then_replay() {
         assert!(rows == &replayed[view], "{view}: rows differ after replay");
     }
     server.stop();
+
+    // An independent reader (pyarrow) opens every file with the documented columns.
+    let counts: BTreeMap<&str, usize> = expected
+        .iter()
+        .map(|(view, ids)| (*view, ids.len()))
+        .collect();
+    read_with_pyarrow(&data.join("parquet"), &counts);
+}
+
+/// Reads every committed Parquet file with pyarrow (from `.venv-test`, made by
+/// `scripts/setup-test-python.sh`) and checks the rows per kind and the columns.
+fn read_with_pyarrow(parquet_dir: &std::path::Path, expected: &BTreeMap<&str, usize>) {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-test/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-test-python.sh (make test does)",
+        python.display()
+    );
+    let script = r#"
+import sys, json, glob, os
+import pyarrow.parquet as pq
+root = sys.argv[1]
+out = {}
+for kind in sorted(os.listdir(root)):
+    files = glob.glob(os.path.join(root, kind, "date=*", "*.parquet"))
+    if not files:
+        continue
+    rows, cols = 0, None
+    for f in files:
+        t = pq.read_table(f)
+        rows += t.num_rows
+        cols = t.schema.names
+    out[kind] = {"rows": rows, "files": len(files), "columns": cols}
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(parquet_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (kind, view) in KINDS {
+        let n = expected.get(view).copied().unwrap_or(0);
+        assert_eq!(
+            got[kind]["rows"].as_u64().unwrap_or(0) as usize,
+            n,
+            "pyarrow rows of {kind}"
+        );
+        let cols: Vec<&str> = got[kind]["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        for c in [
+            "time",
+            "received_at",
+            "id",
+            "source",
+            "project",
+            "env",
+            "commit",
+            "deployment_id",
+            "extra",
+            "_partition",
+            "_offset",
+        ] {
+            assert!(cols.contains(&c), "{kind}: column {c} missing in {cols:?}");
+        }
+        eprintln!(
+            "pyarrow: {kind}: {} rows in {} files",
+            got[kind]["rows"], got[kind]["files"]
+        );
+    }
+    let build_cols = got["build"]["columns"].as_array().unwrap();
+    for c in ["duration_ms", "phases", "chunks", "bundle_bytes", "ci"] {
+        assert!(build_cols.iter().any(|x| x == c), "build.{c} missing");
+    }
 }
