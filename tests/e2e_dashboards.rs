@@ -84,7 +84,11 @@ fn screenshot(url: &str, path: &Path) {
         url.to_string(),
     ]);
     let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    assert!(len > 20_000, "screenshot {} is missing or blank ({len} bytes)", path.display());
+    assert!(
+        len > 20_000,
+        "screenshot {} is missing or blank ({len} bytes)",
+        path.display()
+    );
 }
 
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
@@ -144,13 +148,26 @@ fn charts(dom: &str) -> Vec<(String, String)> {
 }
 
 fn assert_no_error(page: &str, dom: &str) {
-    assert!(dom.contains("</html>") || dom.contains("</body>"), "{page}: no page was rendered:\n{dom}");
-    for bad in ["panel-error\"", "panel-error ", "Invalid filter", "could not be loaded", "query failed", "invalid query"] {
+    assert!(
+        dom.contains("</html>") || dom.contains("</body>"),
+        "{page}: no page was rendered:\n{dom}"
+    );
+    for bad in [
+        "panel-error\"",
+        "panel-error ",
+        "Invalid filter",
+        "could not be loaded",
+        "query failed",
+        "invalid query",
+    ] {
         if let Some(i) = dom.find(bad) {
             if bad.starts_with("panel-error") && dom[..i].ends_with('.') {
                 continue; // the CSS rule, not an element
             }
-            panic!("{page} shows an error ({bad}): …{}…", &dom[i.saturating_sub(300)..(i + 600).min(dom.len())]);
+            panic!(
+                "{page} shows an error ({bad}): …{}…",
+                &dom[i.saturating_sub(300)..(i + 600).min(dom.len())]
+            );
         }
     }
 }
@@ -165,7 +182,12 @@ fn screenshots_dir() -> PathBuf {
 }
 
 async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
-    let r = client.post(format!("{url}/v1/query")).json(&json!({ "sql": sql })).send().await.unwrap();
+    let r = client
+        .post(format!("{url}/v1/query"))
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
     let status = r.status();
     let body: Value = r.json().await.unwrap();
     assert!(status.is_success(), "{sql}: {body}");
@@ -177,11 +199,16 @@ async fn wait_projected(client: &reqwest::Client, url: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = -1;
     loop {
-        let n = query(client, url, "SELECT count(*) FROM events").await[0][0].as_i64().unwrap();
+        let n = query(client, url, "SELECT count(*) FROM events").await[0][0]
+            .as_i64()
+            .unwrap();
         if n > 5_000 && n == last {
             return n;
         }
-        assert!(Instant::now() < deadline, "demo data not projected after 120 s ({n} rows)");
+        assert!(
+            Instant::now() < deadline,
+            "demo data not projected after 120 s ({n} rows)"
+        );
         last = n;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
@@ -197,8 +224,16 @@ async fn demo_dashboards_in_chromium() {
     let rows = wait_projected(&client, &server.url).await;
     eprintln!("demo data: {rows} events projected");
 
-    let rolled_back = query(&client, &server.url, "SELECT deployment_id FROM deploys WHERE status = 'rolled_back' LIMIT 1").await;
-    let rolled_back = rolled_back[0][0].as_str().expect("the demo has a rollback").to_string();
+    let rolled_back = query(
+        &client,
+        &server.url,
+        "SELECT deployment_id FROM deploys WHERE status = 'rolled_back' LIMIT 1",
+    )
+    .await;
+    let rolled_back = rolled_back[0][0]
+        .as_str()
+        .expect("the demo has a rollback")
+        .to_string();
 
     let pages = [
         ("overview", "/".to_string(), 2),
@@ -208,7 +243,11 @@ async fn demo_dashboards_in_chromium() {
         ("costs", "/costs".into(), 4),
         ("decisions", "/decisions".into(), 1),
         ("deployment", format!("/deployments/{rolled_back}"), 3),
-        ("builds-web-app-production-90d", "/builds?project=web-app&env=production&range=90d".into(), 5),
+        (
+            "builds-web-app-production-90d",
+            "/builds?project=web-app&env=production&range=90d".into(),
+            5,
+        ),
         ("costs-7d", "/costs?range=7d".into(), 4),
         ("deploys-24h", "/deploys?range=24h".into(), 0),
     ];
@@ -218,32 +257,73 @@ async fn demo_dashboards_in_chromium() {
         let dom = dump_dom(&url);
         assert_no_error(path, &dom);
         let charts = charts(&dom);
-        assert!(charts.len() >= *min_charts, "{path}: {} charts, expected at least {min_charts}", charts.len());
+        assert!(
+            charts.len() >= *min_charts,
+            "{path}: {} charts, expected at least {min_charts}",
+            charts.len()
+        );
         for (title, svg) in &charts {
             let marks = data_marks(svg);
             // the full-range pages have many points; short ranges may have one
             let min = if path.contains("range=24h") { 1 } else { 3 };
-            assert!(marks >= min, "{path}: chart {title:?} has {marks} data marks:\n{}", &svg[..svg.len().min(2000)]);
-            assert!(svg.contains("<text"), "{path}: chart {title:?} has no axis labels");
+            assert!(
+                marks >= min,
+                "{path}: chart {title:?} has {marks} data marks:\n{}",
+                &svg[..svg.len().min(2000)]
+            );
+            assert!(
+                svg.contains("<text"),
+                "{path}: chart {title:?} has no axis labels"
+            );
         }
         eprintln!("{path}: {} charts, all with data marks", charts.len());
         screenshot(&url, &shots.join(format!("{name}.png")));
     }
     // What the demo must show on the pages.
     let deploys = dump_dom(&format!("{}/deploys", server.url));
-    for text in ["Deployment frequency", "Lead time for changes", "Change failure rate", "Time to restore", "DORA: ", "Rolled back", "Failed"] {
+    for text in [
+        "Deployment frequency",
+        "Lead time for changes",
+        "Change failure rate",
+        "Time to restore",
+        "DORA: ",
+        "Rolled back",
+        "Failed",
+    ] {
         assert!(deploys.contains(text), "/deploys lacks {text:?}");
     }
     let migrations = dump_dom(&format!("{}/migrations", server.url));
-    assert!(migrations.contains("DuplicateColumn"), "the failed migration's error text is shown");
+    assert!(
+        migrations.contains("DuplicateColumn"),
+        "the failed migration's error text is shown"
+    );
     let deployment = dump_dom(&format!("{}/deployments/{rolled_back}", server.url));
-    for text in ["rolled_back", "degraded", "vercel rollback", "Error rate after the deploy"] {
-        assert!(deployment.contains(text), "/deployments/{rolled_back} lacks {text:?}");
+    for text in [
+        "rolled_back",
+        "degraded",
+        "vercel rollback",
+        "Error rate after the deploy",
+    ] {
+        assert!(
+            deployment.contains(text),
+            "/deployments/{rolled_back} lacks {text:?}"
+        );
     }
 
     // JSON: every panel with its data and status; thresholds from the defaults.
-    for name in ["overview", "builds", "deploys", "migrations", "costs", "decisions"] {
-        let r = client.get(format!("{}/v1/dashboards/{name}", server.url)).send().await.unwrap();
+    for name in [
+        "overview",
+        "builds",
+        "deploys",
+        "migrations",
+        "costs",
+        "decisions",
+    ] {
+        let r = client
+            .get(format!("{}/v1/dashboards/{name}", server.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{name}");
         let body: Value = r.json().await.unwrap();
         let panels = body["panels"].as_array().unwrap();
@@ -255,36 +335,70 @@ async fn demo_dashboards_in_chromium() {
         }
     }
     let body: Value = client
-        .get(format!("{}/v1/dashboards/builds?project=web-app&env=production&range=7d", server.url))
+        .get(format!(
+            "{}/v1/dashboards/builds?project=web-app&env=production&range=7d",
+            server.url
+        ))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let median = body["panels"].as_array().unwrap().iter().find(|p| p["id"] == "median_build_time").unwrap();
-    assert_eq!(median["thresholds"], json!({"good": 60.0, "warning": 120.0, "higher_is_better": false}));
-    assert_eq!(median["status"], "warning", "web-app production builds slowed down after the upgrade: {median}");
+    let median = body["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "median_build_time")
+        .unwrap();
+    assert_eq!(
+        median["thresholds"],
+        json!({"good": 60.0, "warning": 120.0, "higher_is_better": false})
+    );
+    assert_eq!(
+        median["status"], "warning",
+        "web-app production builds slowed down after the upgrade: {median}"
+    );
     let body: Value = client
-        .get(format!("{}/v1/dashboards/deployment?deployment={rolled_back}", server.url))
+        .get(format!(
+            "{}/v1/dashboards/deployment?deployment={rolled_back}",
+            server.url
+        ))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let checks = body["panels"].as_array().unwrap().iter().find(|p| p["id"] == "checks_passed").unwrap();
+    let checks = body["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "checks_passed")
+        .unwrap();
     assert_eq!(checks["status"], "bad", "{checks}");
     // filters are bound parameters: quotes are data, not SQL
     let r = client
-        .get(format!("{}/v1/dashboards/builds?project=x%27%20OR%201%3D1%20--", server.url))
+        .get(format!(
+            "{}/v1/dashboards/builds?project=x%27%20OR%201%3D1%20--",
+            server.url
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["panels"][0]["value"], Value::Null, "{}", body["panels"][0]);
-    let r = client.get(format!("{}/v1/dashboards/builds?range=1y", server.url)).send().await.unwrap();
+    assert_eq!(
+        body["panels"][0]["value"],
+        Value::Null,
+        "{}",
+        body["panels"][0]
+    );
+    let r = client
+        .get(format!("{}/v1/dashboards/builds?range=1y", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -329,68 +443,201 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
     let client = http();
 
     // Empty state: every page answers 200 with what to send, never an error.
-    for path in ["/", "/builds", "/deploys", "/migrations", "/costs", "/decisions", "/deployments/nope"] {
-        let r = client.get(format!("{}{path}", server.url)).send().await.unwrap();
+    for path in [
+        "/",
+        "/builds",
+        "/deploys",
+        "/migrations",
+        "/costs",
+        "/decisions",
+        "/deployments/nope",
+    ] {
+        let r = client
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let html = r.text().await.unwrap();
-        assert!(html.contains("No events yet") && html.contains("curl"), "{path}: no empty state");
+        assert!(
+            html.contains("No events yet") && html.contains("curl"),
+            "{path}: no empty state"
+        );
         assert_no_error(path, &html);
     }
     if Path::new("/usr/bin/chromium").exists() || std::env::var("SHIPLOG_CHROMIUM").is_ok() {
         let dom = dump_dom(&format!("{}/", server.url));
         assert!(dom.contains("No events yet"));
-        screenshot(&format!("{}/", server.url), &screenshots_dir().join("empty-overview.png"));
+        screenshot(
+            &format!("{}/", server.url),
+            &screenshots_dir().join("empty-overview.png"),
+        );
     }
     // JSON on an empty server: panels with no rows, no errors.
-    let body: Value = client.get(format!("{}/v1/dashboards/builds", server.url)).send().await.unwrap().json().await.unwrap();
+    let body: Value = client
+        .get(format!("{}/v1/dashboards/builds", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for p in body["panels"].as_array().unwrap() {
         assert!(p["error"].is_null(), "{p}");
     }
-    let median = body["panels"].as_array().unwrap().iter().find(|p| p["id"] == "median_build_time").unwrap();
-    assert_eq!(median["thresholds"]["good"], 30.0, "the config's threshold is used");
+    let median = body["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "median_build_time")
+        .unwrap();
+    assert_eq!(
+        median["thresholds"]["good"], 30.0,
+        "the config's threshold is used"
+    );
 
     // The broken file: errors name the file and the panel; the good panel serves.
-    let body: Value = client.get(format!("{}/v1/dashboards/team", server.url)).send().await.unwrap().json().await.unwrap();
+    let body: Value = client
+        .get(format!("{}/v1/dashboards/team", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let panels = body["panels"].as_array().unwrap();
     assert_eq!(panels.len(), 3);
     assert!(panels[0]["error"].is_null(), "{}", panels[0]);
     assert_eq!(panels[0]["rows"], json!([[0]]));
     let e = panels[1]["error"].as_str().unwrap();
-    assert!(e.contains("team.toml") && e.contains("Pie of doom") && e.contains("pie"), "{e}");
+    assert!(
+        e.contains("team.toml") && e.contains("Pie of doom") && e.contains("pie"),
+        "{e}"
+    );
     let e = panels[2]["error"].as_str().unwrap();
-    assert!(e.contains("team.toml") && e.contains("Bad column") && e.contains("no_such_column"), "{e}");
-    let html = client.get(format!("{}/d/team", server.url)).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("team.toml") && html.contains("Pie of doom") && html.contains("Bad column"), "{html}");
-    let body: Value = client.get(format!("{}/v1/dashboards/syntax", server.url)).send().await.unwrap().json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("syntax.toml"), "{body}");
-    let list: Value = client.get(format!("{}/v1/dashboards", server.url)).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = list["dashboards"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"team") && names.contains(&"builds") && !names.iter().any(|n| n.contains('.')), "{names:?}");
+    assert!(
+        e.contains("team.toml") && e.contains("Bad column") && e.contains("no_such_column"),
+        "{e}"
+    );
+    let html = client
+        .get(format!("{}/d/team", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("team.toml") && html.contains("Pie of doom") && html.contains("Bad column"),
+        "{html}"
+    );
+    let body: Value = client
+        .get(format!("{}/v1/dashboards/syntax", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("syntax.toml"),
+        "{body}"
+    );
+    let list: Value = client
+        .get(format!("{}/v1/dashboards", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["dashboards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"team")
+            && names.contains(&"builds")
+            && !names.iter().any(|n| n.contains('.')),
+        "{names:?}"
+    );
     // Names cannot leave the folder.
     for bad in ["..%2F..%2Fetc%2Fpasswd", "Not.Valid", "a%00b", "a%2Fb"] {
-        let r = client.get(format!("{}/v1/dashboards/{bad}", server.url)).send().await.unwrap();
-        assert!(r.status() == 400 || r.status() == 404, "{bad}: {}", r.status());
-        let r = client.get(format!("{}/d/{bad}", server.url)).send().await.unwrap();
-        assert!(r.status() == 400 || r.status() == 404, "{bad}: {}", r.status());
+        let r = client
+            .get(format!("{}/v1/dashboards/{bad}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 400 || r.status() == 404,
+            "{bad}: {}",
+            r.status()
+        );
+        let r = client
+            .get(format!("{}/d/{bad}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == 400 || r.status() == 404,
+            "{bad}: {}",
+            r.status()
+        );
     }
-    assert!(server.stderr().contains("Pie of doom"), "the broken panel is logged");
+    assert!(
+        server.stderr().contains("Pie of doom"),
+        "the broken panel is logged"
+    );
 
     // After one event, the page shows panels and the built-ins still serve.
     let ev = json!({"id": "b1", "kind": "build", "source": "ci", "project": "web", "env": "production",
         "data": {"tool": "vite", "success": true, "duration_ms": 50_000}});
-    let r = client.post(format!("{}/v1/events", server.url)).json(&ev).send().await.unwrap();
+    let r = client
+        .post(format!("{}/v1/events", server.url))
+        .json(&ev)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let body: Value = client.get(format!("{}/v1/dashboards/builds?range=24h", server.url)).send().await.unwrap().json().await.unwrap();
-        let median = body["panels"].as_array().unwrap().iter().find(|p| p["id"] == "median_build_time").unwrap().clone();
+        let body: Value = client
+            .get(format!("{}/v1/dashboards/builds?range=24h", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let median = body["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "median_build_time")
+            .unwrap()
+            .clone();
         if median["value"] == 50.0 {
-            assert_eq!(median["status"], "bad", "50 s > warning 45 s from the config: {median}");
+            assert_eq!(
+                median["status"], "bad",
+                "50 s > warning 45 s from the config: {median}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the event never showed: {median}");
+        assert!(
+            Instant::now() < deadline,
+            "the event never showed: {median}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let html = client.get(format!("{}/builds?range=24h", server.url)).send().await.unwrap().text().await.unwrap();
+    let html = client
+        .get(format!("{}/builds?range=24h", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!html.contains("No events yet") && html.contains("Median build time"));
 }

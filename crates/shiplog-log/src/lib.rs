@@ -13,9 +13,11 @@
 //! - Consumer positions ([`PositionStore`]) are replaced atomically.
 
 pub mod file;
+pub mod kafka;
 mod positions;
 
 pub use file::{FileLogConfig, RecoveryReport, SegmentedLog, VerifyReport};
+pub use kafka::{KafkaLog, KafkaLogConfig};
 pub use positions::PositionStore;
 
 use bytes::Bytes;

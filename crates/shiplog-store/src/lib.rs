@@ -89,10 +89,14 @@
 //! not an exact image of what was sent (also: unknown fields inside `phases`, `chunks`,
 //! `assets` items or `ci`), the original JSON value is kept in `extra` too. Nothing sent is
 //! lost. Log entries that are not JSON objects with a known `kind` are skipped and counted
-//! (`shiplog_projection_events_skipped_total`); events always have `received_at` (ingest
+//! (`shiplog_projection_events_skipped_total`). With [`ProjectorConfig::dedup_window`] set
+//! (the Kafka backend), an event whose `(source, id)` was already projected within the
+//! window is dropped and counted (`shiplog_projection_duplicates_dropped_total`); the
+//! index of projected keys lives in `_dedup/` and is committed with each flush. Events always have `received_at` (ingest
 //! sets it), an event with neither `time` nor `received_at` is dated 1970-01-01.
 
 mod convert;
+mod dedup;
 mod fsutil;
 pub mod pricing;
 mod projector;

@@ -50,6 +50,10 @@ pub struct ProjectorConfig {
     pub threads: usize,
     /// Prices `api_cost` events sent without `cost_usd` (default: the shipped table).
     pub prices: Arc<PriceTable>,
+    /// Drop events whose `(source, id)` was already projected within this window (default
+    /// `None`: off; the Kafka backend turns it on, since several ingest nodes only dedup in
+    /// their own memory). The index is committed with each flush (`_dedup/`).
+    pub dedup_window: Option<Duration>,
 }
 
 impl Default for ProjectorConfig {
@@ -65,6 +69,7 @@ impl Default for ProjectorConfig {
             compaction_zstd_level: 3,
             threads: 2,
             prices: PriceTable::shipped(),
+            dedup_window: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct FlushReport {
     /// Bytes of Parquet written.
     pub bytes: u64,
     pub elapsed: Duration,
+    /// Events dropped as duplicates of a projected `(source, id)` (dedup on).
+    pub duplicates: u64,
 }
 
 /// What one compaction did.
@@ -203,6 +210,7 @@ pub struct ParquetProjector {
     /// Next expected offset per partition, including buffered entries.
     buffered_next: BTreeMap<Partition, Offset>,
     crash: Option<CrashPoint>,
+    dedup: Option<crate::dedup::ProjectionDedup>,
     _lock: DirLock,
 }
 
@@ -248,6 +256,10 @@ impl ParquetProjector {
         }
         write_schema_files(&root)?;
         let buffered_next = state.offsets.clone();
+        let dedup = match config.dedup_window {
+            Some(w) => Some(crate::dedup::ProjectionDedup::load(&root, w)?),
+            None => None,
+        };
         if had_pending {
             tracing::info!(dir = %root.display(), "projection recovered: completed the last commit");
         }
@@ -259,6 +271,7 @@ impl ParquetProjector {
             buffered_bytes: 0,
             buffered_next,
             crash: None,
+            dedup,
             _lock: lock,
         })
     }
@@ -335,7 +348,12 @@ impl ParquetProjector {
         if self.buffer.is_empty() {
             return Ok(FlushReport::default());
         }
-        let entries = std::mem::take(&mut self.buffer);
+        let mut entries = std::mem::take(&mut self.buffer);
+        let mut duplicates = 0;
+        let mut new_keys = Vec::new();
+        if let Some(d) = &self.dedup {
+            (entries, new_keys, duplicates) = d.filter(entries);
+        }
         let threads = if entries.len() >= 20_000 {
             self.config.threads.max(1)
         } else {
@@ -366,6 +384,20 @@ impl ParquetProjector {
             staged.extend(s);
             skipped += k;
         }
+        let parquet_files = staged.len() as u64;
+        let dedup_at = crate::dedup::ProjectionDedup::now();
+        if self.dedup.is_some() {
+            if let Some((tmp, fin)) =
+                crate::dedup::ProjectionDedup::stage(root, &new_keys, dedup_at)?
+            {
+                staged.push(Staged {
+                    tmp,
+                    fin,
+                    rows: 0,
+                    bytes: 0,
+                });
+            }
+        }
         self.crash_point(CrashPoint::AfterTempWrite)?;
 
         let mut next = self.state.clone();
@@ -378,6 +410,9 @@ impl ParquetProjector {
         next.store(root)?;
         self.state = next;
         self.buffered_bytes = 0;
+        if let Some(d) = &mut self.dedup {
+            d.committed(root, new_keys, dedup_at);
+        }
         self.crash_point(CrashPoint::AfterStateCommit)?;
 
         let mut dirs = BTreeSet::new();
@@ -396,9 +431,10 @@ impl ParquetProjector {
         Ok(FlushReport {
             rows,
             skipped,
-            files: staged.len() as u64,
+            files: parquet_files,
             bytes,
             elapsed: start.elapsed(),
+            duplicates,
         })
     }
 

@@ -33,6 +33,8 @@ pub struct ProjectionMetrics {
     pub compactions: AtomicU64,
     pub files_compacted: AtomicU64,
     pub partitions_deleted: AtomicU64,
+    /// Events dropped as duplicates by the projection's `(source, id)` dedup.
+    pub duplicates_dropped: AtomicU64,
 }
 
 impl ProjectionMetrics {
@@ -41,6 +43,7 @@ impl ProjectionMetrics {
         self.files_written.fetch_add(r.files, Relaxed);
         self.bytes_written.fetch_add(r.bytes, Relaxed);
         self.events_skipped.fetch_add(r.skipped, Relaxed);
+        self.duplicates_dropped.fetch_add(r.duplicates, Relaxed);
         self.flushes.fetch_add(1, Relaxed);
         let us = r.elapsed.as_micros() as u64;
         self.last_flush_micros.store(us, Relaxed);
@@ -120,6 +123,12 @@ impl ProjectionMetrics {
             "counter",
             "Date partitions deleted by retention.",
             self.partitions_deleted.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_duplicates_dropped_total",
+            "counter",
+            "Events dropped by the projection as duplicates of a projected (source, id).",
+            self.duplicates_dropped.load(Relaxed) as f64,
         );
         out
     }

@@ -50,7 +50,11 @@ impl Config {
                 rules.push(d);
             }
         }
-        let budgets = if self.budgets.is_empty() { default_budgets() } else { self.budgets.clone() };
+        let budgets = if self.budgets.is_empty() {
+            default_budgets()
+        } else {
+            self.budgets.clone()
+        };
         Thresholds::new(rules, &budgets)
     }
 }
@@ -117,10 +121,17 @@ pub struct TokenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `file` (the embedded segmented log).
+    /// `file` (the embedded segmented log, default) or `kafka`.
     pub backend: String,
     /// Segment size of the file log, in bytes.
     pub segment_bytes: u64,
+    /// Kafka: `bootstrap.servers`, `host:port[,host:port…]` (required with `kafka`).
+    pub brokers: Option<String>,
+    /// Kafka: the topic (default `shiplog.events`); it must exist.
+    pub topic: String,
+    /// `[log.kafka]`: librdkafka settings passed through (e.g. `"security.protocol" =
+    /// "SASL_SSL"`); `_` in a key reads as `.`.
+    pub kafka: BTreeMap<String, toml::Value>,
 }
 
 impl Default for LogConfig {
@@ -128,7 +139,39 @@ impl Default for LogConfig {
         LogConfig {
             backend: "file".into(),
             segment_bytes: 64 << 20,
+            brokers: None,
+            topic: shiplog_log::kafka::DEFAULT_TOPIC.into(),
+            kafka: BTreeMap::new(),
         }
+    }
+}
+
+impl LogConfig {
+    /// Whether the log is Kafka.
+    pub fn is_kafka(&self) -> bool {
+        self.backend == "kafka"
+    }
+
+    /// The Kafka client settings of `[log]` (backend `kafka`).
+    pub fn kafka_config(&self) -> Result<shiplog_log::KafkaLogConfig> {
+        let brokers = self
+            .brokers
+            .clone()
+            .filter(|b| !b.trim().is_empty())
+            .context("log.brokers is required with log.backend = \"kafka\"")?;
+        let mut c = shiplog_log::KafkaLogConfig::new(brokers);
+        c.topic = self.topic.clone();
+        for (k, v) in &self.kafka {
+            let v = match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    v.to_string()
+                }
+                _ => bail!("log.kafka.{k}: a string, number or boolean is required"),
+            };
+            c.settings.insert(k.clone(), v);
+        }
+        Ok(c)
     }
 }
 
@@ -218,7 +261,9 @@ fn set_key(table: &mut toml::Table, key: &[String], value: toml::Value) -> Resul
     }
     // Numbers given for string keys stay usable: listen/data_dir are strings.
     let value = match (last.as_str(), value) {
-        ("listen" | "data_dir" | "dashboards_dir", v) if !v.is_str() => toml::Value::String(v.to_string()),
+        ("listen" | "data_dir" | "dashboards_dir", v) if !v.is_str() => {
+            toml::Value::String(v.to_string())
+        }
         (_, v) => v,
     };
     t.insert(last.clone(), value);
@@ -226,11 +271,15 @@ fn set_key(table: &mut toml::Table, key: &[String], value: toml::Value) -> Resul
 }
 
 fn validate(config: &Config) -> Result<()> {
-    if config.log.backend != "file" {
-        bail!(
-            "log.backend = {:?}: only \"file\" is available in this build",
-            config.log.backend
-        );
+    match config.log.backend.as_str() {
+        "file" => {}
+        "kafka" => {
+            config.log.kafka_config()?;
+            if config.log.topic.trim().is_empty() {
+                bail!("log.topic must not be empty");
+            }
+        }
+        other => bail!("log.backend = {other:?}: \"file\" or \"kafka\""),
     }
     for (i, t) in config.tokens.iter().enumerate() {
         match (&t.secret, &t.secret_env) {
@@ -262,14 +311,22 @@ fn validate(config: &Config) -> Result<()> {
     }
     shiplog_rules::validate(&config.rules, &config.rules_settings).map_err(anyhow::Error::msg)?;
     for (i, t) in config.thresholds.iter().enumerate() {
-        let ordered = if t.higher_is_better { t.good >= t.warning } else { t.good <= t.warning };
+        let ordered = if t.higher_is_better {
+            t.good >= t.warning
+        } else {
+            t.good <= t.warning
+        };
         if !ordered {
             bail!(
                 "thresholds[{i}] ({}): good = {} and warning = {} are in the wrong order ({})",
                 t.metric,
                 t.good,
                 t.warning,
-                if t.higher_is_better { "higher_is_better: good must be >= warning" } else { "good must be <= warning" }
+                if t.higher_is_better {
+                    "higher_is_better: good must be >= warning"
+                } else {
+                    "good must be <= warning"
+                }
             );
         }
     }
@@ -352,8 +409,16 @@ mod tests {
     fn thresholds_budgets_and_dashboards_dir() {
         let c = load(None, &[]).unwrap();
         let th = c.effective_thresholds();
-        assert_eq!(th.band("build_duration_s", Some("web"), Some("production")).unwrap().good, 60.0);
-        assert_eq!(th.band("cost_monthly_usd", None, None).unwrap().warning, 1500.0);
+        assert_eq!(
+            th.band("build_duration_s", Some("web"), Some("production"))
+                .unwrap()
+                .good,
+            60.0
+        );
+        assert_eq!(
+            th.band("cost_monthly_usd", None, None).unwrap().warning,
+            1500.0
+        );
         let (_d, p) = write(
             "dashboards_dir = \"dash\"\n[[thresholds]]\nmetric = \"build_duration_s\"\nproject = \"api\"\ngood = 20\nwarning = 40\n\
              [[budgets]]\nmonthly_usd = 300\n",
@@ -361,14 +426,29 @@ mod tests {
         let c = load(Some(&p), &[]).unwrap();
         assert_eq!(c.dashboards_dir.as_deref(), Some(Path::new("dash")));
         let th = c.effective_thresholds();
-        assert_eq!(th.band("build_duration_s", Some("api"), Some("production")).unwrap().good, 20.0);
+        assert_eq!(
+            th.band("build_duration_s", Some("api"), Some("production"))
+                .unwrap()
+                .good,
+            20.0
+        );
         // the config names the metric: its defaults are replaced
-        assert!(th.band("build_duration_s", Some("web"), Some("production")).is_none());
-        assert_eq!(th.band("cost_monthly_usd", Some("web"), None).unwrap().warning, 300.0);
+        assert!(th
+            .band("build_duration_s", Some("web"), Some("production"))
+            .is_none());
+        assert_eq!(
+            th.band("cost_monthly_usd", Some("web"), None)
+                .unwrap()
+                .warning,
+            300.0
+        );
         assert!(th.band("cost_daily_usd", None, None).is_none());
         let (_d, p) = write("[[thresholds]]\nmetric = \"x\"\ngood = 5\nwarning = 1\n");
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
-        assert!(e.contains("thresholds[0]") && e.contains("wrong order"), "{e}");
+        assert!(
+            e.contains("thresholds[0]") && e.contains("wrong order"),
+            "{e}"
+        );
         let (_d, p) = write("[[thresholds]]\nmetric = \"x\"\ngood = 5\nwarning = 9\ncolour = 1\n");
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
         assert!(e.contains("colour"), "{e}");

@@ -10,6 +10,7 @@ mod datadir;
 mod demo;
 mod gate;
 mod ops;
+mod roles;
 mod serve;
 
 use anyhow::Result;
@@ -41,6 +42,10 @@ enum Command {
         /// When the data dir has no events, fill it with 90 days of demo data first.
         #[arg(long)]
         demo: bool,
+        /// What this node runs: ingest, process (projection), web (query, dashboards,
+        /// rules) or all. Roles other than all need [log] backend = "kafka".
+        #[arg(long, value_enum, default_value_t = roles::Role::All)]
+        role: roles::Role,
     },
     /// Fill an empty data dir with 90 days of realistic demo data (server stopped).
     Demo,
@@ -152,11 +157,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let mut config = load_config(&cli)?;
     match cli.command {
-        Command::Serve { listen, demo } => {
+        Command::Serve { listen, demo, role } => {
             if let Some(l) = listen {
                 config.server.listen = l;
             }
-            if demo {
+            if role != roles::Role::All {
+                runtime()?.block_on(serve::serve_role(config, demo, role))?;
+            } else if demo {
                 runtime()?.block_on(serve::serve_opts(config, true))?;
             } else {
                 runtime()?.block_on(serve::serve(config))?;

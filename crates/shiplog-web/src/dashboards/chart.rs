@@ -181,13 +181,17 @@ fn label_of(v: &Value) -> String {
 
 /// Series after pivoting: names, x values (raw), values per series per x.
 struct Table {
+    /// Series names come from data (long form): shown as they are.
+    raw: bool,
     names: Vec<String>,
     xs: Vec<Value>,
     values: Vec<Vec<Option<f64>>>,
 }
 
 fn pivot(columns: &[String], rows: &[Vec<Value>]) -> Table {
-    let long = columns.len() == 3 && rows.iter().any(|r| r[1].is_string()) && rows.iter().all(|r| !r[1].is_number());
+    let long = columns.len() == 3
+        && rows.iter().any(|r| r[1].is_string())
+        && rows.iter().all(|r| !r[1].is_number());
     if long {
         let mut names: Vec<String> = Vec::new();
         let mut xs: Vec<Value> = Vec::new();
@@ -208,14 +212,36 @@ fn pivot(columns: &[String], rows: &[Vec<Value>]) -> Table {
                 *values[si][xi].get_or_insert(0.0) += v;
             }
         }
-        Table { names, xs, values }
+        Table {
+            raw: true,
+            names,
+            xs,
+            values,
+        }
     } else {
         let names = columns.iter().skip(1).cloned().collect::<Vec<_>>();
         let xs = rows.iter().map(|r| r[0].clone()).collect();
         let values = (1..columns.len())
             .map(|c| rows.iter().map(|r| r.get(c).and_then(num)).collect())
             .collect();
-        Table { names, xs, values }
+        Table {
+            raw: false,
+            names,
+            xs,
+            values,
+        }
+    }
+}
+
+/// Status-like series get their meaning's colour; others the palette in order.
+fn series_color(name: &str, i: usize) -> (u8, u8, u8) {
+    match name {
+        "succeeded" | "applied" | "healthy" | "passed" => GOOD,
+        "failed" | "degraded" | "bad" => BAD,
+        "rolled_back" | "alert" | "warning" => WARN,
+        "skipped" | "inconclusive" | "started" => PALETTE[6],
+        "promoted" => PALETTE[0],
+        _ => PALETTE[i % PALETTE.len()],
     }
 }
 
@@ -262,14 +288,34 @@ pub fn render(a: &ChartArgs) -> Result<Rendered, String> {
 fn band_legend(band: &Band, unit: Option<&str>) -> Vec<LegendItem> {
     let (g, w) = (fmt_value(band.good, unit), fmt_value(band.warning, unit));
     let (gs, ws, bs) = if band.higher_is_better {
-        (format!("good ≥ {g}"), format!("warning ≥ {w}"), format!("bad < {w}"))
+        (
+            format!("good ≥ {g}"),
+            format!("warning ≥ {w}"),
+            format!("bad < {w}"),
+        )
     } else {
-        (format!("good ≤ {g}"), format!("warning ≤ {w}"), format!("bad > {w}"))
+        (
+            format!("good ≤ {g}"),
+            format!("warning ≤ {w}"),
+            format!("bad > {w}"),
+        )
     };
     vec![
-        LegendItem { name: gs, color: hex(GOOD), mark: "band" },
-        LegendItem { name: ws, color: hex(WARN), mark: "band" },
-        LegendItem { name: bs, color: hex(BAD), mark: "band" },
+        LegendItem {
+            name: gs,
+            color: hex(GOOD),
+            mark: "band",
+        },
+        LegendItem {
+            name: ws,
+            color: hex(WARN),
+            mark: "band",
+        },
+        LegendItem {
+            name: bs,
+            color: hex(BAD),
+            mark: "band",
+        },
     ]
 }
 
@@ -279,7 +325,11 @@ fn time_chart(a: &ChartArgs, t: &Table, times: &[DateTime<Utc>]) -> Result<Rende
         .iter()
         .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     let span = hi - lo;
-    let unit_secs = if span > 3.0 * 86_400.0 { 86_400.0 } else { 3_600.0 };
+    let unit_secs = if span > 3.0 * 86_400.0 {
+        86_400.0
+    } else {
+        3_600.0
+    };
     let xs: Vec<f64> = secs.iter().map(|s| s / unit_secs).collect();
     lo /= unit_secs;
     hi /= unit_secs;
@@ -290,9 +340,19 @@ fn time_chart(a: &ChartArgs, t: &Table, times: &[DateTime<Utc>]) -> Result<Rende
         .windows(2)
         .map(|w| w[1] - w[0])
         .fold(f64::MAX, f64::min);
-    let step = if step == f64::MAX || step <= 0.0 { 1.0 } else { step };
+    let step = if step == f64::MAX || step <= 0.0 {
+        1.0
+    } else {
+        step
+    };
     let bars = matches!(a.kind, ChartKind::Bar | ChartKind::StackedBar);
-    let pad = if bars { step * 0.6 } else if hi == lo { 1.0 } else { 0.0 };
+    let pad = if bars {
+        step * 0.6
+    } else if hi == lo {
+        1.0
+    } else {
+        0.0
+    };
     let (x0, x1) = (lo - pad, hi + pad);
 
     // y extent
@@ -390,8 +450,13 @@ fn time_chart(a: &ChartArgs, t: &Table, times: &[DateTime<Utc>]) -> Result<Rende
         let n = t.names.len().max(1) as f64;
         let mut base = vec![0.0f64; xs.len()];
         for (si, name) in t.names.iter().enumerate() {
-            let c = PALETTE[si % PALETTE.len()];
+            let c = series_color(name, si);
             let color = rgb(c);
+            let shown = if t.raw {
+                name.replace('_', " ")
+            } else {
+                pretty(name)
+            };
             let mut pts: Vec<(f64, f64)> = Vec::new();
             let mut order: Vec<usize> = (0..xs.len()).collect();
             order.sort_by(|&i, &j| xs[i].partial_cmp(&xs[j]).unwrap());
@@ -415,7 +480,11 @@ fn time_chart(a: &ChartArgs, t: &Table, times: &[DateTime<Utc>]) -> Result<Rende
                     }
                     points += rects.len();
                     chart.draw_series(rects).map_err(err)?;
-                    legend.push(LegendItem { name: pretty(name), color: hex(c), mark: "box" });
+                    legend.push(LegendItem {
+                        name: shown.clone(),
+                        color: hex(c),
+                        mark: "box",
+                    });
                 }
                 _ => {
                     for &i in &order {
@@ -446,13 +515,21 @@ fn time_chart(a: &ChartArgs, t: &Table, times: &[DateTime<Utc>]) -> Result<Rende
                             .draw_series(pts.iter().map(|&p| Circle::new(p, r, color.filled())))
                             .map_err(err)?;
                     }
-                    legend.push(LegendItem { name: pretty(name), color: hex(c), mark: "line" });
+                    legend.push(LegendItem {
+                        name: shown.clone(),
+                        color: hex(c),
+                        mark: "line",
+                    });
                 }
             }
         }
         root.present().map_err(err)?;
     }
-    Ok(Rendered { svg, legend, points })
+    Ok(Rendered {
+        svg,
+        legend,
+        points,
+    })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -494,7 +571,9 @@ fn category_chart(a: &ChartArgs, t: &Table) -> Result<Rendered, String> {
             .map_err(err)?;
         let lab = labels.clone();
         let fmt_y = move |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(i) if (*i as usize) < lab.len() => lab[n - 1 - *i as usize].clone(),
+            SegmentValue::CenterOf(i) if (*i as usize) < lab.len() => {
+                lab[n - 1 - *i as usize].clone()
+            }
             _ => String::new(),
         };
         let fmt_x = move |x: &f64| fmt_value(*x, unit.as_deref());
@@ -513,23 +592,30 @@ fn category_chart(a: &ChartArgs, t: &Table) -> Result<Rendered, String> {
             .map_err(err)?;
         let mut base = vec![0.0f64; n];
         for (si, name) in t.names.iter().enumerate() {
-            let c = PALETTE[si % PALETTE.len()];
+            let c = series_color(name, si);
             let mut rects = Vec::new();
-            for i in 0..n {
-                let Some(v) = t.values[si][i] else { continue };
+            for (i, (value, start)) in t.values[si].iter().zip(base.iter_mut()).enumerate() {
+                let Some(v) = *value else { continue };
                 let row = (n - 1 - i) as i32;
                 let mut r = Rectangle::new(
-                    [(base[i], SegmentValue::Exact(row)), (base[i] + v, SegmentValue::Exact(row + 1))],
+                    [
+                        (*start, SegmentValue::Exact(row)),
+                        (*start + v, SegmentValue::Exact(row + 1)),
+                    ],
                     rgb(c).filled(),
                 );
                 r.set_margin(5, 5, 0, 0);
                 rects.push(r);
-                base[i] += v;
+                *start += v;
             }
             points += rects.len();
             chart.draw_series(rects).map_err(err)?;
             if t.names.len() > 1 {
-                legend.push(LegendItem { name: pretty(name), color: hex(c), mark: "box" });
+                legend.push(LegendItem {
+                    name: if t.raw { name.clone() } else { pretty(name) },
+                    color: hex(c),
+                    mark: "box",
+                });
             }
         }
         let font = ("sans-serif", 12)
@@ -547,14 +633,20 @@ fn category_chart(a: &ChartArgs, t: &Table) -> Result<Rendered, String> {
             .map_err(err)?;
         root.present().map_err(err)?;
     }
-    Ok(Rendered { svg, legend, points })
+    Ok(Rendered {
+        svg,
+        legend,
+        points,
+    })
 }
 
 fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
     let mut lanes: Vec<String> = Vec::new();
     let mut evs = Vec::new();
     for r in a.rows {
-        let Some(t) = r.first().and_then(parse_time) else { continue };
+        let Some(t) = r.first().and_then(parse_time) else {
+            continue;
+        };
         let lane = label_of(&r[1]);
         if !lanes.contains(&lane) {
             lanes.push(lane.clone());
@@ -589,7 +681,9 @@ fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
             .map_err(err)?;
         let lab = lanes.clone();
         let fmt_y = move |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(i) if (*i as usize) < lab.len() => lab[n - 1 - *i as usize].clone(),
+            SegmentValue::CenterOf(i) if (*i as usize) < lab.len() => {
+                lab[n - 1 - *i as usize].clone()
+            }
             _ => String::new(),
         };
         let fmt_x = |x: &f64| {
@@ -610,7 +704,9 @@ fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
             .label_style(("sans-serif", 14).into_font().color(&TEXT))
             .draw()
             .map_err(err)?;
-        let lane_y = |lane: &str| SegmentValue::CenterOf((n - 1 - lanes.iter().position(|l| l == lane).unwrap()) as i32);
+        let lane_y = |lane: &str| {
+            SegmentValue::CenterOf((n - 1 - lanes.iter().position(|l| l == lane).unwrap()) as i32)
+        };
         let mut seen: Vec<&str> = Vec::new();
         // successes first, so failures are drawn on top
         let rank = |s: &str| match s {
@@ -650,13 +746,21 @@ fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
             points += 1;
             if !seen.contains(&status.as_str()) {
                 seen.push(status.as_str());
-                legend.push(LegendItem { name: pretty(status), color: hex(c), mark });
+                legend.push(LegendItem {
+                    name: pretty(status),
+                    color: hex(c),
+                    mark,
+                });
             }
         }
         root.present().map_err(err)?;
     }
     legend.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Rendered { svg, legend, points })
+    Ok(Rendered {
+        svg,
+        legend,
+        points,
+    })
 }
 
 #[cfg(test)]
@@ -668,7 +772,13 @@ mod tests {
     fn draws_a_line_with_bands_and_text() {
         let columns = vec!["day".to_string(), "p50".to_string(), "p95".to_string()];
         let rows: Vec<Vec<Value>> = (1..20)
-            .map(|d| vec![json!(format!("2026-03-{d:02}")), json!(40 + d), json!(60 + 2 * d)])
+            .map(|d| {
+                vec![
+                    json!(format!("2026-03-{d:02}")),
+                    json!(40 + d),
+                    json!(60 + 2 * d),
+                ]
+            })
             .collect();
         let r = render(&ChartArgs {
             kind: ChartKind::Line,
@@ -676,12 +786,20 @@ mod tests {
             y_label: None,
             columns: &columns,
             rows: &rows,
-            band: Some(Band { good: 60.0, warning: 120.0, higher_is_better: false }),
+            band: Some(Band {
+                good: 60.0,
+                warning: 120.0,
+                higher_is_better: false,
+            }),
             width: 700,
             height: 280,
         })
         .unwrap();
-        assert!(r.svg.contains("<text") && r.svg.contains("Mar"), "{}", &r.svg[..500]);
+        assert!(
+            r.svg.contains("<text") && r.svg.contains("Mar"),
+            "{}",
+            &r.svg[..500]
+        );
         assert!(r.svg.contains("<polyline") && r.svg.contains("<circle"));
         assert_eq!(r.points, 38);
         assert_eq!(r.legend.len(), 5);
@@ -689,7 +807,11 @@ mod tests {
 
     #[test]
     fn categories_and_long_form() {
-        let columns = vec!["feature".to_string(), "model".to_string(), "usd".to_string()];
+        let columns = vec![
+            "feature".to_string(),
+            "model".to_string(),
+            "usd".to_string(),
+        ];
         let rows = vec![
             vec![json!("search"), json!("gpt-4o"), json!(12.5)],
             vec![json!("search"), json!("claude"), json!(3.0)],

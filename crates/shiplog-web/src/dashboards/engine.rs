@@ -249,7 +249,10 @@ pub struct Thresholds {
 impl Thresholds {
     pub fn new(mut rules: Vec<ThresholdRule>, budgets: &[Budget]) -> Self {
         for b in budgets {
-            for (metric, v) in [("cost_daily_usd", b.daily_usd), ("cost_monthly_usd", b.monthly_usd)] {
+            for (metric, v) in [
+                ("cost_daily_usd", b.daily_usd),
+                ("cost_monthly_usd", b.monthly_usd),
+            ] {
                 if let Some(v) = v {
                     rules.push(ThresholdRule {
                         metric: metric.into(),
@@ -481,7 +484,11 @@ mod tests {
 
     #[test]
     fn placeholders_become_parameters() {
-        let (sql, params) = expand("SELECT 1 FROM builds WHERE {filters} AND x = {bucket} AND {'a': 1} IS NOT NULL", &ctx()).unwrap();
+        let (sql, params) = expand(
+            "SELECT 1 FROM builds WHERE {filters} AND x = {bucket} AND {'a': 1} IS NOT NULL",
+            &ctx(),
+        )
+        .unwrap();
         assert!(!sql.contains("DROP") && !sql.contains("{filters}"), "{sql}");
         assert!(sql.contains("{'a': 1}"));
         assert_eq!(sql.matches('?').count(), params.len());
@@ -512,10 +519,28 @@ mod tests {
             },
             &default_budgets(),
         );
-        assert_eq!(th.band("build_duration_s", Some("web"), Some("production")).unwrap().good, 60.0);
-        assert_eq!(th.band("build_duration_s", Some("web"), Some("preview")).unwrap().good, 90.0);
-        assert_eq!(th.band("build_duration_s", Some("api"), Some("production")).unwrap().good, 10.0);
-        assert_eq!(th.band("cost_monthly_usd", None, None).unwrap().warning, 1500.0);
+        assert_eq!(
+            th.band("build_duration_s", Some("web"), Some("production"))
+                .unwrap()
+                .good,
+            60.0
+        );
+        assert_eq!(
+            th.band("build_duration_s", Some("web"), Some("preview"))
+                .unwrap()
+                .good,
+            90.0
+        );
+        assert_eq!(
+            th.band("build_duration_s", Some("api"), Some("production"))
+                .unwrap()
+                .good,
+            10.0
+        );
+        assert_eq!(
+            th.band("cost_monthly_usd", None, None).unwrap().warning,
+            1500.0
+        );
         assert!(th.band("nothing", None, None).is_none());
     }
 

@@ -35,7 +35,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-pub use engine::{default_budgets, default_thresholds, Budget, Ctx, PanelData, ThresholdRule, Thresholds};
+pub use engine::{
+    default_budgets, default_thresholds, Budget, Ctx, PanelData, ThresholdRule, Thresholds,
+};
 use serde_json::{json, Value};
 pub use spec::{Dashboard, PanelSpec, Status};
 use std::collections::{BTreeMap, HashMap};
@@ -74,11 +76,23 @@ impl DashboardState {
 pub fn routes(state: Arc<DashboardState>) -> Router {
     Router::new()
         .route("/", get(|s, h, q| page(s, h, q, "overview".to_string())))
-        .route("/builds", get(|s, h, q| page(s, h, q, "builds".to_string())))
-        .route("/deploys", get(|s, h, q| page(s, h, q, "deploys".to_string())))
-        .route("/migrations", get(|s, h, q| page(s, h, q, "migrations".to_string())))
+        .route(
+            "/builds",
+            get(|s, h, q| page(s, h, q, "builds".to_string())),
+        )
+        .route(
+            "/deploys",
+            get(|s, h, q| page(s, h, q, "deploys".to_string())),
+        )
+        .route(
+            "/migrations",
+            get(|s, h, q| page(s, h, q, "migrations".to_string())),
+        )
         .route("/costs", get(|s, h, q| page(s, h, q, "costs".to_string())))
-        .route("/decisions", get(|s, h, q| page(s, h, q, "decisions".to_string())))
+        .route(
+            "/decisions",
+            get(|s, h, q| page(s, h, q, "decisions".to_string())),
+        )
         .route("/d/{name}", get(named_page))
         .route("/deployments/{id}", get(deployment_page))
         .route("/v1/dashboards", get(list_json))
@@ -107,7 +121,11 @@ pub fn parse_ctx(q: &Params, now: DateTime<Utc>) -> Result<Ctx, String> {
         }
     };
     let range = opt("range")?.unwrap_or_else(|| {
-        if q.contains_key("from") { "custom".into() } else { "30d".into() }
+        if q.contains_key("from") {
+            "custom".into()
+        } else {
+            "30d".into()
+        }
     });
     let parse_t = |k: &str, end: bool| -> Result<Option<DateTime<Utc>>, String> {
         let Some(s) = opt(k)? else { return Ok(None) };
@@ -132,7 +150,11 @@ pub fn parse_ctx(q: &Params, now: DateTime<Utc>) -> Result<Ctx, String> {
             }
             (from, to)
         }
-        other => return Err(format!("range = {other:?}: expected 24h, 7d, 30d, 90d or custom")),
+        other => {
+            return Err(format!(
+                "range = {other:?}: expected 24h, 7d, 30d, 90d or custom"
+            ))
+        }
     };
     Ok(Ctx {
         project: opt("project")?,
@@ -147,6 +169,7 @@ pub fn parse_ctx(q: &Params, now: DateTime<Utc>) -> Result<Ctx, String> {
 
 /// Authenticates a page or API request: the bearer header, else the `shiplog_token`
 /// cookie (so a browser can open the pages when tokens are configured).
+#[allow(clippy::result_large_err)] // the `Err` is the response, sent at once
 fn auth(state: &DashboardState, headers: &HeaderMap) -> Result<Principal, Response> {
     if headers.get(header::AUTHORIZATION).is_none() {
         let cookie = headers
@@ -192,7 +215,11 @@ fn failed(id: String, title: String, error: String) -> PanelData {
 }
 
 /// Runs every panel of a dashboard (concurrently) and judges the results.
-pub async fn run_dashboard<'a>(state: &DashboardState, d: &'a Dashboard, ctx: &Ctx) -> Vec<PanelOutcome<'a>> {
+pub async fn run_dashboard<'a>(
+    state: &DashboardState,
+    d: &'a Dashboard,
+    ctx: &Ctx,
+) -> Vec<PanelOutcome<'a>> {
     let mut futs = Vec::new();
     for (i, p) in d.panels.iter().enumerate() {
         let engine = state.query.clone();
@@ -204,7 +231,11 @@ pub async fn run_dashboard<'a>(state: &DashboardState, d: &'a Dashboard, ctx: &C
                 Err(e) => {
                     return PanelOutcome {
                         spec: None,
-                        data: failed(format!("panel_{}", i + 1), format!("Panel {}", i + 1), e.clone()),
+                        data: failed(
+                            format!("panel_{}", i + 1),
+                            format!("Panel {}", i + 1),
+                            e.clone(),
+                        ),
                     }
                 }
             };
@@ -216,17 +247,26 @@ pub async fn run_dashboard<'a>(state: &DashboardState, d: &'a Dashboard, ctx: &C
             data.error = None;
             let Some(engine) = engine else {
                 data.error = Some("queries are not served by this node".into());
-                return PanelOutcome { spec: Some(spec), data };
+                return PanelOutcome {
+                    spec: Some(spec),
+                    data,
+                };
             };
             let (sql, params) = match engine::expand(&spec.sql, &ctx) {
                 Ok(x) => x,
                 Err(e) => {
                     data.error = Some(format!("{name}: {e}"));
-                    return PanelOutcome { spec: Some(spec), data };
+                    return PanelOutcome {
+                        spec: Some(spec),
+                        data,
+                    };
                 }
             };
             let started = Instant::now();
-            let r = tokio::task::spawn_blocking(move || engine.query_internal(&sql, &params, PANEL_TIMEOUT)).await;
+            let r = tokio::task::spawn_blocking(move || {
+                engine.query_internal(&sql, &params, PANEL_TIMEOUT)
+            })
+            .await;
             data.query_ms = started.elapsed().as_secs_f64() * 1000.0;
             match r {
                 Ok(Ok(r)) => {
@@ -236,7 +276,10 @@ pub async fn run_dashboard<'a>(state: &DashboardState, d: &'a Dashboard, ctx: &C
                 Ok(Err(e)) => data.error = Some(format!("{name}: {e}")),
                 Err(e) => data.error = Some(format!("{name}: query task failed: {e}")),
             }
-            PanelOutcome { spec: Some(spec), data }
+            PanelOutcome {
+                spec: Some(spec),
+                data,
+            }
         });
     }
     let mut out = futures::future::join_all(futs).await;
@@ -253,7 +296,9 @@ pub async fn run_dashboard<'a>(state: &DashboardState, d: &'a Dashboard, ctx: &C
 
 /// Projects and environments that have data (for the filter menus), and the event count.
 async fn facts(state: &DashboardState, ctx: &Ctx) -> (Vec<String>, Vec<String>, i64) {
-    let Some(engine) = state.query.clone() else { return (vec![], vec![], 0) };
+    let Some(engine) = state.query.clone() else {
+        return (vec![], vec![], 0);
+    };
     let mut c = ctx.clone();
     c.project = None;
     c.env = None;
@@ -263,8 +308,12 @@ async fn facts(state: &DashboardState, ctx: &Ctx) -> (Vec<String>, Vec<String>, 
     ) else {
         return (vec![], vec![], 0);
     };
-    let r = tokio::task::spawn_blocking(move || engine.query_internal(&sql, &params, PANEL_TIMEOUT)).await;
-    let Ok(Ok(r)) = r else { return (vec![], vec![], 0) };
+    let r =
+        tokio::task::spawn_blocking(move || engine.query_internal(&sql, &params, PANEL_TIMEOUT))
+            .await;
+    let Ok(Ok(r)) = r else {
+        return (vec![], vec![], 0);
+    };
     let mut projects = Vec::new();
     let mut envs = Vec::new();
     let mut n = 0;
@@ -291,7 +340,13 @@ fn restrict(ctx: &mut Ctx, principal: &Principal) {
     }
 }
 
-async fn render_page(state: &DashboardState, headers: &HeaderMap, q: &Params, name: &str, deployment: Option<String>) -> Response {
+async fn render_page(
+    state: &DashboardState,
+    headers: &HeaderMap,
+    q: &Params,
+    name: &str,
+    deployment: Option<String>,
+) -> Response {
     let principal = match auth(state, headers) {
         Ok(p) => p,
         Err(r) => return pages::auth_page(r),
@@ -301,7 +356,10 @@ async fn render_page(state: &DashboardState, headers: &HeaderMap, q: &Params, na
     };
     let (mut ctx, filter_error) = match parse_ctx(q, Utc::now()) {
         Ok(c) => (c, None),
-        Err(e) => (parse_ctx(&Params::new(), Utc::now()).expect("defaults parse"), Some(e)),
+        Err(e) => (
+            parse_ctx(&Params::new(), Utc::now()).expect("defaults parse"),
+            Some(e),
+        ),
     };
     if deployment.is_some() {
         ctx.deployment = deployment;
@@ -313,18 +371,31 @@ async fn render_page(state: &DashboardState, headers: &HeaderMap, q: &Params, na
         if !allowed.contains(p) {
             return (
                 StatusCode::FORBIDDEN,
-                Html(pages::message_page(state, "Forbidden", &format!("this token may not read project {p:?}"))),
+                Html(pages::message_page(
+                    state,
+                    "Forbidden",
+                    &format!("this token may not read project {p:?}"),
+                )),
             )
                 .into_response();
         }
     }
     let (facts, outcomes) = tokio::join!(facts(state, &ctx), run_dashboard(state, d, &ctx));
     let html = pages::dashboard_page(state, d, &ctx, &facts, &outcomes, filter_error.as_deref());
-    let status = if filter_error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let status = if filter_error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
     (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
-async fn page(State(state): State<Arc<DashboardState>>, headers: HeaderMap, Query(q): Query<Params>, name: String) -> Response {
+async fn page(
+    State(state): State<Arc<DashboardState>>,
+    headers: HeaderMap,
+    Query(q): Query<Params>,
+    name: String,
+) -> Response {
     render_page(&state, &headers, &q, &name, None).await
 }
 
@@ -335,7 +406,15 @@ async fn named_page(
     Query(q): Query<Params>,
 ) -> Response {
     if !spec::valid_name(&name) {
-        return (StatusCode::BAD_REQUEST, Html(pages::message_page(&state, "Invalid dashboard name", "names are a-z, 0-9, _ and -"))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::message_page(
+                &state,
+                "Invalid dashboard name",
+                "names are a-z, 0-9, _ and -",
+            )),
+        )
+            .into_response();
     }
     render_page(&state, &headers, &q, &name, None).await
 }
@@ -347,7 +426,15 @@ async fn deployment_page(
     Query(q): Query<Params>,
 ) -> Response {
     if id.is_empty() || id.len() > 200 {
-        return (StatusCode::BAD_REQUEST, Html(pages::message_page(&state, "Invalid deployment id", "1 to 200 characters"))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::message_page(
+                &state,
+                "Invalid deployment id",
+                "1 to 200 characters",
+            )),
+        )
+            .into_response();
     }
     render_page(&state, &headers, &q, "deployment", Some(id)).await
 }
@@ -385,10 +472,16 @@ async fn dashboard_json(
         Err(r) => return r,
     };
     if !spec::valid_name(&name) {
-        return error_response(StatusCode::BAD_REQUEST, "invalid dashboard name (a-z, 0-9, _ and -)");
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid dashboard name (a-z, 0-9, _ and -)",
+        );
     }
     let Some(d) = state.dashboards.get(&name) else {
-        return error_response(StatusCode::NOT_FOUND, format!("no dashboard named {name:?}"));
+        return error_response(
+            StatusCode::NOT_FOUND,
+            format!("no dashboard named {name:?}"),
+        );
     };
     let mut ctx = match parse_ctx(&q, Utc::now()) {
         Ok(c) => c,
@@ -397,11 +490,18 @@ async fn dashboard_json(
     restrict(&mut ctx, &principal);
     if let (Some(p), Some(allowed)) = (&ctx.project, &ctx.allowed) {
         if !allowed.contains(p) {
-            return error_response(StatusCode::FORBIDDEN, format!("this token may not read project {p:?}"));
+            return error_response(
+                StatusCode::FORBIDDEN,
+                format!("this token may not read project {p:?}"),
+            );
         }
     }
     let outcomes = run_dashboard(&state, d, &ctx).await;
-    let status = outcomes.iter().map(|o| o.data.status).max().unwrap_or(Status::None);
+    let status = outcomes
+        .iter()
+        .map(|o| o.data.status)
+        .max()
+        .unwrap_or(Status::None);
     let panels: Vec<&PanelData> = outcomes.iter().map(|o| &o.data).collect();
     Json(json!({
         "name": d.name,

@@ -101,7 +101,11 @@ fn nav(state: &DashboardState, current: &str, qs: &str) -> String {
             r#"<a href="{}{}"{}>{}</a>"#,
             page_path(&d.name),
             qs,
-            if d.name == current { r#" class="on""# } else { "" },
+            if d.name == current {
+                r#" class="on""#
+            } else {
+                ""
+            },
             esc(&d.title)
         );
     }
@@ -131,7 +135,10 @@ fn filter_qs(ctx: &Ctx) -> String {
         parts.push(format!("range={}", url_enc(&ctx.range)));
         if ctx.range == "custom" {
             parts.push(format!("from={}", ctx.from.format("%Y-%m-%d")));
-            parts.push(format!("to={}", (ctx.to - chrono::Duration::seconds(1)).format("%Y-%m-%d")));
+            parts.push(format!(
+                "to={}",
+                (ctx.to - chrono::Duration::seconds(1)).format("%Y-%m-%d")
+            ));
         }
     }
     if parts.is_empty() {
@@ -155,7 +162,11 @@ fn select(name: &str, label: &str, all: &str, options: &[String], current: Optio
             o,
             r#"<option value="{0}"{1}>{0}</option>"#,
             esc(v),
-            if Some(v.as_str()) == current { " selected" } else { "" }
+            if Some(v.as_str()) == current {
+                " selected"
+            } else {
+                ""
+            }
         );
     }
     o.push_str("</select></label>");
@@ -163,21 +174,48 @@ fn select(name: &str, label: &str, all: &str, options: &[String], current: Optio
 }
 
 fn filters(ctx: &Ctx, projects: &[String], envs: &[String]) -> String {
-    let ranges = [("24h", "Last 24 hours"), ("7d", "Last 7 days"), ("30d", "Last 30 days"), ("90d", "Last 90 days"), ("custom", "Custom")];
+    let ranges = [
+        ("24h", "Last 24 hours"),
+        ("7d", "Last 7 days"),
+        ("30d", "Last 30 days"),
+        ("90d", "Last 90 days"),
+        ("custom", "Custom"),
+    ];
     let mut r = String::from(r#"<label>Time range<select name="range">"#);
     for (v, l) in ranges {
-        let _ = write!(r, r#"<option value="{v}"{}>{l}</option>"#, if ctx.range == v { " selected" } else { "" });
+        let _ = write!(
+            r,
+            r#"<option value="{v}"{}>{l}</option>"#,
+            if ctx.range == v { " selected" } else { "" }
+        );
     }
     r.push_str("</select></label>");
     let (from, to) = if ctx.range == "custom" {
-        (ctx.from.format("%Y-%m-%d").to_string(), (ctx.to - chrono::Duration::seconds(1)).format("%Y-%m-%d").to_string())
+        (
+            ctx.from.format("%Y-%m-%d").to_string(),
+            (ctx.to - chrono::Duration::seconds(1))
+                .format("%Y-%m-%d")
+                .to_string(),
+        )
     } else {
         (String::new(), String::new())
     };
     format!(
         r#"<form class="filters" method="get">{}{}{r}<label>From<input type="date" name="from" value="{from}"></label><label>To<input type="date" name="to" value="{to}"></label><button type="submit">Apply</button></form>"#,
-        select("project", "Project", "All projects", projects, ctx.project.as_deref()),
-        select("env", "Environment", "All environments", envs, ctx.env.as_deref()),
+        select(
+            "project",
+            "Project",
+            "All projects",
+            projects,
+            ctx.project.as_deref()
+        ),
+        select(
+            "env",
+            "Environment",
+            "All environments",
+            envs,
+            ctx.env.as_deref()
+        ),
     )
 }
 
@@ -188,18 +226,29 @@ fn pill(status: Status, text: Option<&str>) -> String {
         Status::Warning => ("!", "warning"),
         Status::Bad => ("✕", "bad"),
     };
-    format!(r#"<span class="pill {}">{icon} {}</span>"#, status.as_str(), esc(text.unwrap_or(word)))
+    format!(
+        r#"<span class="pill {}">{icon} {}</span>"#,
+        status.as_str(),
+        esc(text.unwrap_or(word))
+    )
 }
 
 fn pretty(name: &str) -> String {
     let s = name.replace('_', " ");
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// A column header: `duration_s` → `Duration (s)`, `spend_usd` → `Spend (USD)`.
 fn header(name: &str) -> String {
-    for (suffix, unit) in [("_ms", " (ms)"), ("_s", " (s)"), ("_usd", " (USD)"), ("_hours", " (h)")] {
+    for (suffix, unit) in [
+        ("_ms", " (ms)"),
+        ("_s", " (s)"),
+        ("_usd", " (USD)"),
+        ("_hours", " (h)"),
+    ] {
         if let Some(base) = name.strip_suffix(suffix) {
             return pretty(base) + unit;
         }
@@ -237,21 +286,38 @@ fn cell(col: &str, v: &Value) -> (String, bool) {
             let s = match column_unit(col) {
                 Some(u) => fmt_value(f, Some(u)),
                 None if f.fract() == 0.0 => format!("{f:.0}"),
-                None => format!("{f:.3}").trim_end_matches('0').trim_end_matches('.').to_string(),
+                None => format!("{f:.3}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+                    .to_string(),
             };
             (esc(&s), true)
         }
         Value::String(s) => {
-            if col == "deployment_id" || col == "deployment" {
-                return (format!(r#"<a href="/deployments/{}">{}</a>"#, url_enc(s), esc(s)), false);
+            if col.ends_with("deployment_id") || col == "deployment" {
+                return (
+                    format!(r#"<a href="/deployments/{}">{}</a>"#, url_enc(s), esc(s)),
+                    false,
+                );
             }
             if let Some(t) = chart::parse_time(v).filter(|_| s.len() >= 19) {
                 return (esc(&t.format("%b %-d, %H:%M").to_string()), false);
             }
             if s.starts_with("https://") && !s.contains(char::is_whitespace) {
                 let short = s.trim_start_matches("https://");
-                let short = if short.chars().count() > 42 { format!("{}…", short.chars().take(41).collect::<String>()) } else { short.to_string() };
-                return (format!(r#"<a href="{}" rel="noopener noreferrer">{}</a>"#, esc(s), esc(&short)), false);
+                let short = if short.chars().count() > 42 {
+                    format!("{}…", short.chars().take(41).collect::<String>())
+                } else {
+                    short.to_string()
+                };
+                return (
+                    format!(
+                        r#"<a href="{}" rel="noopener noreferrer">{}</a>"#,
+                        esc(s),
+                        esc(&short)
+                    ),
+                    false,
+                );
             }
             if col == "commit" && s.len() > 10 {
                 return (format!("<code>{}</code>", esc(&s[..10])), false);
@@ -269,14 +335,24 @@ fn table(o: &PanelOutcome) -> String {
         .map(|ci| d.rows.iter().any(|r| r[ci].is_number()))
         .collect();
     for (ci, c) in d.columns.iter().enumerate() {
-        let _ = write!(h, r#"<th{}>{}</th>"#, if numeric[ci] { r#" class="num""# } else { "" }, esc(&header(c)));
+        let _ = write!(
+            h,
+            r#"<th{}>{}</th>"#,
+            if numeric[ci] { r#" class="num""# } else { "" },
+            esc(&header(c))
+        );
     }
     h.push_str("</tr></thead><tbody>");
     for (ri, row) in d.rows.iter().take(200).enumerate() {
         h.push_str("<tr>");
         for (ci, v) in row.iter().enumerate() {
             let (text, is_num) = cell(&d.columns[ci], v);
-            let st = d.cell_status.get(ri).and_then(|s| s.get(ci)).copied().unwrap_or(Status::None);
+            let st = d
+                .cell_status
+                .get(ri)
+                .and_then(|s| s.get(ci))
+                .copied()
+                .unwrap_or(Status::None);
             let mut classes = Vec::new();
             if is_num {
                 classes.push("num");
@@ -299,7 +375,11 @@ fn table(o: &PanelOutcome) -> String {
     }
     h.push_str("</tbody></table></div>");
     if d.rows.len() > 200 {
-        let _ = write!(h, r#"<p class="muted">Showing 200 of {} rows.</p>"#, d.rows.len());
+        let _ = write!(
+            h,
+            r#"<p class="muted">Showing 200 of {} rows.</p>"#,
+            d.rows.len()
+        );
     }
     h
 }
@@ -340,7 +420,9 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
         let _ = write!(h, r#"<p class="desc">{}</p>"#, esc(desc));
     }
     let empty = d.rows.is_empty()
-        || (spec.kind == ChartKind::Stat && d.value.is_none() && d.rows.first().is_none_or(|r| r.iter().all(Value::is_null)));
+        || (spec.kind == ChartKind::Stat
+            && d.value.is_none()
+            && d.rows.first().is_none_or(|r| r.iter().all(Value::is_null)));
     if empty {
         let hint = spec.empty.clone().unwrap_or_else(|| {
             if ctx.range != "90d" && ctx.deployment.is_none() {
@@ -361,7 +443,12 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
                 Some(Value::Null) | None => "—".into(),
                 Some(v) => cell(&d.columns[vi], v).0,
             };
-            let _ = write!(h, r#"<div class="stat {}">{}</div>"#, d.status.as_str(), text);
+            let _ = write!(
+                h,
+                r#"<div class="stat {}">{}</div>"#,
+                d.status.as_str(),
+                text
+            );
             let mut notes = Vec::new();
             if let Some(i) = d.columns.iter().position(|c| c == "detail") {
                 if let Some(s) = row[i].as_str() {
@@ -373,7 +460,11 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
             } else if let Some(b) = d.thresholds {
                 let u = spec.unit.as_deref();
                 let cmp = if b.higher_is_better { "≥" } else { "≤" };
-                notes.push(esc(&format!("good {cmp} {} · warning {cmp} {}", fmt_value(b.good, u), fmt_value(b.warning, u))));
+                notes.push(esc(&format!(
+                    "good {cmp} {} · warning {cmp} {}",
+                    fmt_value(b.good, u),
+                    fmt_value(b.warning, u)
+                )));
             }
             let _ = write!(h, r#"<div class="statnote">{}</div>"#, notes.join("<br>"));
         }
@@ -396,17 +487,31 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
                 height: ht,
             }) {
                 Ok(r) => {
-                    let _ = write!(h, r#"<figure class="chart" data-points="{}">{}</figure>"#, r.points, r.svg);
+                    let _ = write!(
+                        h,
+                        r#"<figure class="chart" data-points="{}">{}</figure>"#,
+                        r.points, r.svg
+                    );
                     if !r.legend.is_empty() {
                         h.push_str(r#"<ul class="legend">"#);
                         for l in &r.legend {
-                            let _ = write!(h, r#"<li><i class="{}" style="background:{}"></i>{}</li>"#, l.mark, l.color, esc(&l.name));
+                            let _ = write!(
+                                h,
+                                r#"<li><i class="{}" style="background:{}"></i>{}</li>"#,
+                                l.mark,
+                                l.color,
+                                esc(&l.name)
+                            );
                         }
                         h.push_str("</ul>");
                     }
                 }
                 Err(e) => {
-                    let _ = write!(h, r#"<div class="panel-error"><pre>{}</pre></div>"#, esc(&e));
+                    let _ = write!(
+                        h,
+                        r#"<div class="panel-error"><pre>{}</pre></div>"#,
+                        esc(&e)
+                    );
                 }
             }
         }
@@ -457,10 +562,18 @@ pub fn dashboard_page(
         r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div>{}</div>"#,
         esc(&title),
         esc(&sub),
-        if ctx.deployment.is_some() { String::new() } else { filters(ctx, &facts.0, &facts.1) }
+        if ctx.deployment.is_some() {
+            String::new()
+        } else {
+            filters(ctx, &facts.0, &facts.1)
+        }
     );
     if let Some(e) = filter_error {
-        let _ = write!(body, r#"<div class="banner">Invalid filter: {} — showing the last 30 days.</div>"#, esc(e));
+        let _ = write!(
+            body,
+            r#"<div class="banner">Invalid filter: {} — showing the last 30 days.</div>"#,
+            esc(e)
+        );
     }
     if let Some(e) = &d.error {
         let _ = write!(
@@ -491,18 +604,29 @@ pub fn message_page(state: &DashboardState, title: &str, message: &str) -> Strin
         "",
         "",
         title,
-        &format!(r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div></div>"#, esc(title), esc(message)),
+        &format!(
+            r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div></div>"#,
+            esc(title),
+            esc(message)
+        ),
     )
 }
 
 pub fn not_found(state: &DashboardState, name: &str) -> String {
-    message_page(state, "Dashboard not found", &format!("There is no dashboard named {name:?}."))
+    message_page(
+        state,
+        "Dashboard not found",
+        &format!("There is no dashboard named {name:?}."),
+    )
 }
 
 /// An HTML form of an authentication refusal (status and `WWW-Authenticate` kept).
 pub fn auth_page(r: Response) -> Response {
     let status = r.status();
-    let www = r.headers().get(axum::http::header::WWW_AUTHENTICATE).cloned();
+    let www = r
+        .headers()
+        .get(axum::http::header::WWW_AUTHENTICATE)
+        .cloned();
     let msg = if status == StatusCode::FORBIDDEN {
         "This token lacks the read scope."
     } else {
@@ -514,7 +638,8 @@ pub fn auth_page(r: Response) -> Response {
     );
     let mut resp = (status, Html(html)).into_response();
     if let Some(w) = www {
-        resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, w);
+        resp.headers_mut()
+            .insert(axum::http::header::WWW_AUTHENTICATE, w);
     }
     resp
 }

@@ -232,13 +232,28 @@ pub fn parse(name: &str, file: &str, text: &str) -> Dashboard {
 
 /// The built-in dashboards, compiled into the binary.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("overview", include_str!("../../../../dashboards/overview.toml")),
+    (
+        "overview",
+        include_str!("../../../../dashboards/overview.toml"),
+    ),
     ("builds", include_str!("../../../../dashboards/builds.toml")),
-    ("deploys", include_str!("../../../../dashboards/deploys.toml")),
-    ("migrations", include_str!("../../../../dashboards/migrations.toml")),
+    (
+        "deploys",
+        include_str!("../../../../dashboards/deploys.toml"),
+    ),
+    (
+        "migrations",
+        include_str!("../../../../dashboards/migrations.toml"),
+    ),
     ("costs", include_str!("../../../../dashboards/costs.toml")),
-    ("decisions", include_str!("../../../../dashboards/decisions.toml")),
-    ("deployment", include_str!("../../../../dashboards/deployment.toml")),
+    (
+        "decisions",
+        include_str!("../../../../dashboards/decisions.toml"),
+    ),
+    (
+        "deployment",
+        include_str!("../../../../dashboards/deployment.toml"),
+    ),
 ];
 
 /// The dashboards: the built-ins, then every `*.toml` of `dir` (adds, or overrides by name).
@@ -328,7 +343,10 @@ mod tests {
         );
         assert!(d.panels[0].is_ok());
         let e = d.panels[1].as_ref().unwrap_err();
-        assert!(e.contains("x.toml") && e.contains("\"Broken\"") && e.contains("pie"), "{e}");
+        assert!(
+            e.contains("x.toml") && e.contains("\"Broken\"") && e.contains("pie"),
+            "{e}"
+        );
         let e = d.panels[2].as_ref().unwrap_err();
         assert!(e.contains("{nope}"), "{e}");
         let d = parse("y", "y.toml", "title = [");
@@ -337,7 +355,11 @@ mod tests {
 
     #[test]
     fn bands() {
-        let b = Band { good: 60.0, warning: 120.0, higher_is_better: false };
+        let b = Band {
+            good: 60.0,
+            warning: 120.0,
+            higher_is_better: false,
+        };
         assert_eq!(b.status(59.0), Status::Good);
         assert_eq!(b.status(100.0), Status::Warning);
         assert_eq!(b.status(121.0), Status::Bad);

@@ -1,0 +1,238 @@
+//! End-to-end test of the Kafka backend against the real binary and librdkafka's mock
+//! cluster (started in this test process; the servers connect to its bootstrap address):
+//! two ingest nodes, one processor, one web node over the processor's Parquet directory.
+//! The same event posted to both ingest nodes lands once; brokers down → 503 + Retry-After
+//! and nothing acknowledged is lost; the processor killed (SIGKILL) and restarted resumes
+//! with neither duplicates nor gaps; roles other than `all` refuse the file log.
+
+mod support;
+
+use rdkafka::mocking::MockCluster;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use support::{event, http, TestServer, BIN};
+
+const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
+
+fn kafka_env(brokers: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SHIPLOG_LOG__BACKEND", "kafka".into()),
+        ("SHIPLOG_LOG__BROKERS", brokers.into()),
+        ("SHIPLOG_LOG__TOPIC", "shiplog.events".into()),
+        // pass-through librdkafka setting (`_` reads as `.`): fail fast when brokers are down
+        ("SHIPLOG_LOG__KAFKA__MESSAGE_TIMEOUT_MS", "3000".into()),
+        ("SHIPLOG_PROJECTION__FLUSH_INTERVAL", "200ms".into()),
+    ]
+}
+
+fn spawn(dir: &std::path::Path, role: &str, env: &[(&'static str, String)]) -> TestServer {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestServer::spawn_env(dir, &["--role", role], &env)
+}
+
+async fn post(client: &reqwest::Client, url: &str, events: &[Value]) -> reqwest::Response {
+    client
+        .post(format!("{url}/v1/events"))
+        .json(&json!(events))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
+    let r = client
+        .post(format!("{url}/v1/query"))
+        .json(&json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    serde_json::from_value(body["rows"].clone()).unwrap()
+}
+
+/// The ids in the `events` view (with repeats).
+async fn ids(client: &reqwest::Client, url: &str) -> Vec<String> {
+    query(client, url, "SELECT id FROM events ORDER BY id")
+        .await
+        .into_iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn wait_for_ids(client: &reqwest::Client, url: &str, want: &BTreeSet<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = ids(client, url).await;
+        let set: BTreeSet<String> = got.iter().cloned().collect();
+        if want.is_subset(&set) || Instant::now() > deadline {
+            // a little longer, so that a duplicate would have time to show up too
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            return ids(client, url).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn batch(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            event(
+                KINDS[i % KINDS.len()],
+                "e2e",
+                &format!("{prefix}-{i:04}"),
+                &format!("project-{}", i % 7),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("shiplog.events", 3, 1).unwrap();
+    let env = kafka_env(&mock.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let client = http();
+
+    let mut processor = spawn(&shared, "process", &env);
+    let web = spawn(&shared, "web", &env);
+    let ingest_a = spawn(&dir.path().join("ingest-a"), "ingest", &env);
+    let ingest_b = spawn(&dir.path().join("ingest-b"), "ingest", &env);
+
+    // nodes refuse what their role does not do
+    let r = post(&client, &processor.url, &batch("nope", 1)).await;
+    assert_eq!(r.status(), 404);
+    let r = post(&client, &web.url, &batch("nope", 1)).await;
+    assert_eq!(r.status(), 404);
+    let r = client
+        .get(format!("{}/healthz", processor.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    // 1. round trip through both ingest nodes
+    for (url, prefix) in [(&ingest_a.url, "a"), (&ingest_b.url, "b")] {
+        let evs = batch(prefix, 60);
+        let r = post(&client, url, &evs).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        acked.extend(evs.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+    }
+    // 2. the same event to both ingest nodes (a client retry against another node)
+    let dup = vec![event("deploy", "e2e", "dup-1", "web")];
+    for url in [&ingest_a.url, &ingest_b.url] {
+        let r = post(&client, url, &dup).await;
+        assert_eq!(r.status(), 202);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["accepted"], 1,
+            "each node dedups only in its own memory"
+        );
+    }
+    acked.insert("dup-1".into());
+    let got = wait_for_ids(&client, &web.url, &acked).await;
+    let set: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(set, acked, "every acknowledged event is queryable");
+    assert_eq!(got.len(), acked.len(), "no event is projected twice");
+    let rows = query(
+        &client,
+        &web.url,
+        "SELECT count(*) FROM deploys WHERE id = 'dup-1'",
+    )
+    .await;
+    assert_eq!(rows[0][0], 1);
+    let m = client
+        .get(format!("{}/metrics", processor.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("shiplog_projection_duplicates_dropped_total 1"),
+        "{m}"
+    );
+
+    // 3. brokers down: 503 + Retry-After; then up again, nothing acknowledged is lost
+    for b in 1..=3 {
+        mock.broker_down(b).unwrap();
+    }
+    let down = batch("down", 5);
+    let r = post(&client, &ingest_a.url, &down).await;
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+    assert!(r.headers().contains_key("retry-after"));
+    for b in 1..=3 {
+        mock.broker_up(b).unwrap();
+    }
+    // the client retries (the same ids) until acknowledged
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = post(&client, &ingest_a.url, &down).await;
+        if r.status().is_success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingest did not recover: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    acked.extend(down.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+
+    // 4. the processor killed (SIGKILL) while events flow, then restarted
+    let more = batch("k", 200);
+    for chunk in more.chunks(20) {
+        let r = post(&client, &ingest_b.url, chunk).await;
+        assert_eq!(r.status(), 202);
+    }
+    processor.kill9();
+    acked.extend(more.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+    let after = batch("after", 40);
+    let r = post(&client, &ingest_a.url, &after).await;
+    assert_eq!(r.status(), 202);
+    acked.extend(after.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+    let _processor = spawn(&shared, "process", &env);
+
+    let got = wait_for_ids(&client, &web.url, &acked).await;
+    let set: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(set, acked, "no gap after the restart");
+    assert_eq!(got.len(), acked.len(), "no duplicate after the restart");
+    // every partition is used and offsets are unique per partition
+    let rows = query(
+        &client,
+        &web.url,
+        "SELECT count(DISTINCT _partition), count(*) = count(DISTINCT (_partition, _offset)) FROM events",
+    )
+    .await;
+    assert_eq!(rows[0][0], 3);
+    assert_eq!(rows[0][1], true);
+}
+
+#[test]
+fn roles_other_than_all_refuse_the_file_log() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in ["ingest", "process", "web"] {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "serve",
+                "--role",
+                role,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("kafka") && err.contains(role), "{err}");
+    }
+}
