@@ -139,7 +139,7 @@ export async function repost(url, event) {
 }
 
 /**
- * Runs SQL on the query API; null when the server has no query API (404/405).
+ * Runs SQL on the query API; throws when the server has none (404/405) or refuses.
  * @returns {Promise<{columns: string[], rows: any[][]} | null>}
  */
 export async function query(url, sql) {
@@ -148,7 +148,7 @@ export async function query(url, sql) {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ sql }),
   });
-  if (res.status === 404 || res.status === 405) return null;
+  if (res.status === 404 || res.status === 405) throw new Error(`no query API at ${url}: HTTP ${res.status}`);
   const body = await res.text();
   if (!res.ok) throw new Error(`query failed: HTTP ${res.status}: ${body}`);
   return JSON.parse(body);
