@@ -40,6 +40,20 @@ async fn post(client: &reqwest::Client, url: &str, events: &[Value]) -> reqwest:
         .unwrap()
 }
 
+/// Posts until acknowledged (a 503 is retried with the same ids, as a client does).
+async fn post_ok(client: &reqwest::Client, url: &str, events: &[Value]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = post(client, url, events).await;
+        if r.status().is_success() {
+            return;
+        }
+        assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+        assert!(Instant::now() < deadline, "ingest kept answering 503");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
     let r = client
         .post(format!("{url}/v1/query"))
@@ -99,6 +113,8 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     let client = http();
 
     let mut processor = spawn(&shared, "process", &env);
+    // a second processor on the same directory waits as a standby
+    let standby = spawn(&shared, "process", &env);
     let web = spawn(&shared, "web", &env);
     let ingest_a = spawn(&dir.path().join("ingest-a"), "ingest", &env);
     let ingest_b = spawn(&dir.path().join("ingest-b"), "ingest", &env);
@@ -186,21 +202,61 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     }
     acked.extend(down.iter().map(|e| e["id"].as_str().unwrap().to_string()));
 
-    // 4. the processor killed (SIGKILL) while events flow, then restarted
+    let m = client
+        .get(format!("{}/metrics", standby.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("shiplog_projection_standby 1"), "{m}");
+
+    // 4. the processor killed (SIGKILL) while events flow: the standby takes over; the
+    //    killed one restarted becomes the standby
     let more = batch("k", 200);
     for chunk in more.chunks(20) {
-        let r = post(&client, &ingest_b.url, chunk).await;
-        assert_eq!(r.status(), 202);
+        post_ok(&client, &ingest_b.url, chunk).await;
     }
     processor.kill9();
     acked.extend(more.iter().map(|e| e["id"].as_str().unwrap().to_string()));
     let after = batch("after", 40);
-    let r = post(&client, &ingest_a.url, &after).await;
-    assert_eq!(r.status(), 202);
+    post_ok(&client, &ingest_a.url, &after).await;
     acked.extend(after.iter().map(|e| e["id"].as_str().unwrap().to_string()));
-    let _processor = spawn(&shared, "process", &env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = client
+            .get(format!("{}/metrics", standby.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("shiplog_projection_rows_written_total") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not take over: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let restarted = spawn(&shared, "process", &env);
 
     let got = wait_for_ids(&client, &web.url, &acked).await;
+    let m = client
+        .get(format!("{}/metrics", restarted.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("shiplog_projection_standby 1"),
+        "the restarted processor is the standby: {m}"
+    );
     let set: BTreeSet<String> = got.iter().cloned().collect();
     assert_eq!(set, acked, "no gap after the restart");
     assert_eq!(got.len(), acked.len(), "no duplicate after the restart");
@@ -213,6 +269,27 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     .await;
     assert_eq!(rows[0][0], 3);
     assert_eq!(rows[0][1], true);
+
+    // 5. `shiplog replay` rebuilds the projection from the topic (processors stopped)
+    let (mut standby, mut restarted) = (standby, restarted);
+    standby.stop();
+    restarted.stop();
+    let out = std::process::Command::new(BIN)
+        .arg("replay")
+        .arg("--data-dir")
+        .arg(&shared)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = ids(&client, &web.url).await;
+    let set: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(set, acked, "replay rebuilt every event");
+    assert_eq!(got.len(), acked.len(), "replay dedups too");
 }
 
 #[test]
@@ -235,4 +312,139 @@ fn roles_other_than_all_refuse_the_file_log() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("kafka") && err.contains(role), "{err}");
     }
+}
+
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let m = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Two processors in a consumer group share six partitions: a second processor joins
+/// (rebalance), then the first is killed mid-batch (rebalance after its session times
+/// out); every acknowledged event is queryable exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processors_share_partitions_in_a_consumer_group() {
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("shiplog.events", 6, 1).unwrap();
+    let mut env = kafka_env(&mock.bootstrap_servers());
+    env.push(("SHIPLOG_LOG__CONSUMER_GROUP", "shiplog-processors".into()));
+    env.push(("SHIPLOG_LOG__KAFKA__SESSION_TIMEOUT_MS", "6000".into()));
+    env.push(("SHIPLOG_LOG__KAFKA__HEARTBEAT_INTERVAL_MS", "500".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let client = http();
+
+    let mut p1 = spawn(&shared, "process", &env);
+    let web = spawn(&shared, "web", &env);
+    let ingest = spawn(&dir.path().join("ingest"), "ingest", &env);
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    fn send(acked: &mut BTreeSet<String>, evs: Vec<Value>) -> Vec<Value> {
+        acked.extend(evs.iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        evs
+    }
+
+    let evs = send(&mut acked, batch("g1", 120));
+    post_ok(&client, &ingest.url, &evs).await;
+    let got = wait_for_ids(&client, &web.url, &acked).await;
+    assert_eq!(got.len(), acked.len());
+
+    // a second processor joins: the partitions are shared
+    let p2 = spawn(&shared, "process", &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let evs = send(&mut acked, batch(&format!("g2-{round}"), 60));
+        post_ok(&client, &ingest.url, &evs).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if metric(&client, &p2.url, "shiplog_projection_rows_written_total").await > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second processor never got partitions"
+        );
+    }
+    let got = wait_for_ids(&client, &web.url, &acked).await;
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        acked,
+        "no gap after the rebalance"
+    );
+    assert_eq!(got.len(), acked.len(), "no duplicate after the rebalance");
+
+    // the first processor killed mid-batch: its partitions move to the second one
+    let evs = send(&mut acked, batch("g3", 200));
+    for chunk in evs.chunks(20) {
+        post_ok(&client, &ingest.url, chunk).await;
+    }
+    p1.kill9();
+    let evs = send(&mut acked, batch("g4", 60));
+    post_ok(&client, &ingest.url, &evs).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = wait_for_ids(&client, &web.url, &acked).await;
+        if got.len() >= acked.len() || Instant::now() > deadline {
+            break got;
+        }
+    };
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        acked,
+        "no gap after the kill"
+    );
+    assert_eq!(got.len(), acked.len(), "no duplicate after the kill");
+    assert!(shared
+        .join("parquet/_partitions/p0/parquet/_state.json")
+        .exists());
+}
+
+/// `shiplog migrate-log --to kafka` copies an embedded log into the topic and verifies the
+/// count; a Kafka node then projects every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_log_copies_the_embedded_log_into_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    let client = http();
+    let mut server = TestServer::spawn(&old, &[]);
+    let evs = batch("m", 150);
+    for chunk in evs.chunks(50) {
+        post_ok(&client, &server.url, chunk).await;
+    }
+    server.stop();
+
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("shiplog.events", 3, 1).unwrap();
+    let env = kafka_env(&mock.bootstrap_servers());
+    let out = std::process::Command::new(BIN)
+        .args(["migrate-log", "--to", "kafka", "--data-dir"])
+        .arg(&old)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("150 records copied to Kafka and verified"),
+        "{err}"
+    );
+
+    let node = spawn(&dir.path().join("new"), "all", &env);
+    let want: BTreeSet<String> = evs
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let got = wait_for_ids(&client, &node.url, &want).await;
+    assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), want);
+    assert_eq!(got.len(), want.len());
 }

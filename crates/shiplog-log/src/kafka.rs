@@ -122,6 +122,17 @@ impl KafkaLogConfig {
     }
 }
 
+impl KafkaLogConfig {
+    /// The settings of a consumer in group `group` (processors sharing partitions): manual
+    /// offset commits only, `auto.offset.reset=error`, eager rebalancing.
+    pub fn group_consumer_config(&self, group: &str) -> ClientConfig {
+        let mut c = self.consumer_config();
+        c.set("group.id", group);
+        c.set("partition.assignment.strategy", "range,roundrobin");
+        c
+    }
+}
+
 fn normalize_key(k: &str) -> String {
     k.replace('_', ".")
 }

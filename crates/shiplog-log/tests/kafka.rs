@@ -185,3 +185,53 @@ async fn unknown_topic_or_no_broker_fails_to_open() {
     c.metadata_timeout = Duration::from_secs(2);
     assert!(matches!(KafkaLog::open(c), Err(LogError::Unavailable(_))));
 }
+
+/// The same round trip against a real Kafka-protocol broker, when one is given:
+/// `SHIPLOG_TEST_KAFKA=127.0.0.1:9092 cargo test -p shiplog-log --test kafka` (a fresh
+/// topic of 3 partitions is created). Skipped otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_against_a_real_broker_when_given() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(brokers) = std::env::var("SHIPLOG_TEST_KAFKA") else {
+        eprintln!("SHIPLOG_TEST_KAFKA is not set: skipped");
+        return;
+    };
+    let topic = format!(
+        "shiplog-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(r.iter().all(|t| t.is_ok()), "{r:?}");
+    let mut c = config(brokers);
+    c.topic = topic;
+    c.settings
+        .insert("message.timeout.ms".into(), "15000".into());
+    let log = KafkaLog::open(c).unwrap();
+    let records: Vec<LogRecord> = (0..30)
+        .map(|i| rec(&format!("project-{}", i % 4), format!("{{\"n\":{i}}}")))
+        .collect();
+    let positions = log.append(records.clone()).await.unwrap();
+    assert_eq!(positions.len(), 30);
+    let entries = read_all(&log).await;
+    assert_eq!(entries.len(), 30);
+    for (r, pos) in records.iter().zip(&positions) {
+        assert!(entries
+            .iter()
+            .any(|e| e.partition == pos.partition && e.offset == pos.offset && e.value == r.value));
+    }
+}

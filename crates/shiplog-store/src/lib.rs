@@ -20,6 +20,9 @@
 //! <data_dir>/parquet/
 //!   _lock                      flock held by the one process projecting (serve, replay, compact)
 //!   _state.json                the single commit point (below)
+//!   _dedup/<micros>.keys       projected (source, id) keys, when dedup is on (Kafka backend)
+//!   _partitions/p<P>/parquet/  one partition's own projection, same layout (Kafka processors
+//!                              in a consumer group; the views read these too)
 //!   <kind>/_schema/schema-v2.parquet          zero-row file: the kind's columns (so the view exists)
 //!   <kind>/date=YYYY-MM-DD/p<P>-<first>-<last>.parquet
 //! ```

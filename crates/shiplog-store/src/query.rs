@@ -67,8 +67,27 @@ fn sql_str(s: &str) -> String {
 fn view_sql(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut union = Vec::new();
+    // Kafka processors in a consumer group project each partition into its own directory
+    // under `_partitions/` (created before any view that needs it).
+    let partitions = root.join("_partitions");
+    let with_partitions = partitions.is_dir();
     for kind in Kind::ALL {
         let glob = root.join(kind.as_str()).join("*").join("*.parquet");
+        let source = if with_partitions {
+            let pglob = partitions
+                .join("*")
+                .join("parquet")
+                .join(kind.as_str())
+                .join("*")
+                .join("*.parquet");
+            format!(
+                "[{}, {}]",
+                sql_str(&glob.to_string_lossy()),
+                sql_str(&pglob.to_string_lossy())
+            )
+        } else {
+            sql_str(&glob.to_string_lossy())
+        };
         let mut cols: Vec<&str> = ENVELOPE_COLUMNS[..9].to_vec();
         cols.extend(data_fields(kind).iter().map(|(n, _)| *n));
         cols.extend(&ENVELOPE_COLUMNS[9..]);
@@ -80,7 +99,7 @@ fn view_sql(root: &Path) -> Vec<String> {
         out.push(format!(
             "CREATE OR REPLACE VIEW {} AS SELECT {cols} FROM read_parquet({}, union_by_name = true, hive_partitioning = false)",
             kind.view_name(),
-            sql_str(&glob.to_string_lossy()),
+            source,
         ));
         let env = ENVELOPE_COLUMNS
             .iter()

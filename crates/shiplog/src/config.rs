@@ -132,6 +132,10 @@ pub struct LogConfig {
     /// `[log.kafka]`: librdkafka settings passed through (e.g. `"security.protocol" =
     /// "SASL_SSL"`); `_` in a key reads as `.`.
     pub kafka: BTreeMap<String, toml::Value>,
+    /// Kafka: processors join this consumer group and share the partitions, each
+    /// partition projected into its own directory (docs/operations.md). Unset: one active
+    /// processor projects every partition, the others wait as standbys.
+    pub consumer_group: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -142,6 +146,7 @@ impl Default for LogConfig {
             brokers: None,
             topic: shiplog_log::kafka::DEFAULT_TOPIC.into(),
             kafka: BTreeMap::new(),
+            consumer_group: None,
         }
     }
 }

@@ -4,11 +4,14 @@
 //! server over HTTP or work on a stopped server's data dir.
 
 mod bench;
+mod bench_dashboards;
 mod collect;
 mod config;
 mod datadir;
 mod demo;
 mod gate;
+mod group;
+mod migrate;
 mod ops;
 mod roles;
 mod serve;
@@ -65,6 +68,13 @@ enum Command {
     },
     /// Delete the projections and rebuild them from the log (server stopped).
     Replay,
+    /// Copy the embedded file log into Kafka (the [log] brokers and topic) and verify the
+    /// count (server and ingest stopped).
+    MigrateLog {
+        /// Where to copy the log.
+        #[arg(long, value_enum)]
+        to: migrate::Target,
+    },
     /// Re-price the history of API costs with the current price table (a replay) and print
     /// the cost per provider and model before and after (server stopped).
     Reprice {
@@ -112,6 +122,9 @@ enum BenchCommand {
         /// Events per request (repeatable).
         #[arg(long = "batch", default_values_t = [1usize, 100])]
         batches: Vec<usize>,
+        /// Run shiplog on the Kafka backend against an in-process mock cluster.
+        #[arg(long)]
+        kafka_mock: bool,
     },
     /// Time from durable ack to visible in a DuckDB query (p50/p95).
     Freshness {
@@ -120,6 +133,18 @@ enum BenchCommand {
         /// Background ingest load, events/s.
         #[arg(long, default_value_t = 5000)]
         background_rate: u64,
+    },
+    /// Dashboard pages' panel queries through shiplog vs the same SQL on plain DuckDB.
+    Dashboards {
+        /// Events to generate (when the data dir holds no projection yet).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Timed runs per page (the median is printed), after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only pages whose label contains this (repeatable), e.g. `deploys` or `90d`.
+        #[arg(long = "page")]
+        pages: Vec<String>,
     },
 }
 
@@ -177,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
         } => ops::query(&url, token.as_deref(), &sql, format),
         Command::Replay => ops::replay(&config),
+        Command::MigrateLog { to } => migrate::migrate_log(&config, to),
         Command::Demo => {
             demo::run(&config)?;
             Ok(ExitCode::SUCCESS)
@@ -195,15 +221,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     connections,
                     seconds,
                     batches,
+                    kafka_mock,
                 } => runtime()?.block_on(bench::ingest(bench::IngestBenchArgs {
                     connections,
                     seconds,
                     batch_sizes: batches,
+                    kafka_mock,
                 }))?,
                 BenchCommand::Freshness {
                     samples,
                     background_rate,
                 } => runtime()?.block_on(bench::freshness(samples, background_rate))?,
+                // the projection goes to the global --data-dir (reused when it holds one),
+                // else <tmp>/shiplog-bench-dashboards-<events>
+                BenchCommand::Dashboards {
+                    events,
+                    runs,
+                    pages,
+                } => {
+                    bench_dashboards::run(bench_dashboards::Args {
+                        events,
+                        data_dir: cli.data_dir.clone(),
+                        runs,
+                        pages,
+                    })?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -112,6 +112,28 @@ pub fn render(columns: &[String], rows: &[Vec<Value>], format: Format) -> String
 /// `shiplog replay`: deletes the projections and rebuilds them from the log.
 pub fn replay(config: &Config) -> Result<ExitCode> {
     let data_dir = &config.server.data_dir;
+    if config.log.is_kafka() {
+        // The processors must be stopped: the projection directory's own lock (taken by
+        // the replay) refuses otherwise. Kafka must still hold every partition from offset 0.
+        eprintln!(
+            "shiplog replay: rebuilding the projections in {} from Kafka topic {}; stop every \
+             processor until this finishes",
+            data_dir.join("parquet").display(),
+            config.log.topic
+        );
+        let mut pc = projector_config(config)?;
+        pc.dedup_window = Some(config.server.dedup_window);
+        let report = rebuild(config, pc)?;
+        eprintln!(
+            "shiplog replay: {} events → {} rows in {} files ({} skipped) in {:.1}s",
+            report.events,
+            report.rows,
+            report.files,
+            report.skipped,
+            report.elapsed.as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if !data_dir.join("log").exists() {
         bail!("{} holds no log: nothing to replay", data_dir.display());
     }
@@ -144,7 +166,11 @@ fn rebuild(
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let log = open_file_log(config)?;
+        let log: Box<dyn Log> = if config.log.is_kafka() {
+            Box::new(crate::serve::open_kafka_log(config).await?)
+        } else {
+            Box::new(open_file_log(config)?)
+        };
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -157,7 +183,7 @@ fn rebuild(
             bar.set_length(p.total);
             bar.set_position(p.done);
         };
-        let report = shiplog_store::replay(&log, data_dir, &pconfig, &mut progress).await;
+        let report = shiplog_store::replay(log.as_ref(), data_dir, &pconfig, &mut progress).await;
         bar.finish();
         log.close().await?;
         anyhow::Ok(report?)

@@ -52,6 +52,113 @@ pub async fn open_kafka_log(config: &Config) -> Result<shiplog_log::KafkaLog> {
     Ok(log)
 }
 
+/// Refuses to mix the two Kafka projection layouts in one directory: one processor
+/// (`parquet/_state.json`) or a consumer group (`parquet/_partitions/p<P>/`).
+fn check_projection_mode(data_dir: &std::path::Path, group: bool) -> Result<()> {
+    let root = shiplog_store::parquet_dir(data_dir);
+    if group {
+        let state: serde_json::Value = match std::fs::read(root.join("_state.json")) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        let projected = state["offsets"]
+            .as_object()
+            .is_some_and(|o| o.values().any(|v| v.as_u64().unwrap_or(0) > 0));
+        if projected {
+            bail!(
+                "{} was projected by a single processor: a consumer group would project the \
+                 same events again. Unset log.consumer_group, or use a new data dir",
+                root.display()
+            );
+        }
+    } else {
+        let grouped = std::fs::read_dir(root.join("_partitions")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with('p'))
+        });
+        if grouped {
+            bail!(
+                "{} was projected by a consumer group (log.consumer_group): set it again, or \
+                 use a new data dir",
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+type RunningProjection = (
+    Arc<shiplog_store::ProjectionMetrics>,
+    tokio::sync::watch::Receiver<shiplog_store::ProjectedOffsets>,
+);
+
+/// The projection of a node: running, or (standby) started once the directory is free.
+struct ProjectionSlot {
+    running: Arc<std::sync::Mutex<Option<RunningProjection>>>,
+    task: tokio::task::JoinHandle<Result<(), shiplog_store::StoreError>>,
+}
+
+/// Starts the projection; with `standby`, a directory locked by another processor is
+/// waited for (checked every second) instead of being an error.
+async fn start_projection(
+    log: Arc<dyn Log>,
+    data_dir: std::path::PathBuf,
+    pc: ProjectorConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    standby: bool,
+) -> Result<ProjectionSlot> {
+    let running: Arc<std::sync::Mutex<Option<RunningProjection>>> = Arc::default();
+    // The first attempt before serving, so that a node that gets the directory has set it
+    // up (schema files) before it answers.
+    match run_projection(log.clone(), data_dir.clone(), pc.clone(), shutdown.clone()).await {
+        Ok(h) => {
+            *running.lock().unwrap() = Some((h.metrics.clone(), h.progress.clone()));
+            return Ok(ProjectionSlot {
+                running,
+                task: h.task,
+            });
+        }
+        Err(shiplog_store::StoreError::Locked(_)) if standby => {}
+        Err(e) => return Err(e).context("cannot start the projection"),
+    }
+    let slot = running.clone();
+    let task = tokio::spawn(async move {
+        let mut announced = false;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            match run_projection(log.clone(), data_dir.clone(), pc.clone(), shutdown.clone()).await
+            {
+                Ok(h) => {
+                    if announced {
+                        info!("standby processor took over the projection");
+                    }
+                    *slot.lock().unwrap() = Some((h.metrics.clone(), h.progress.clone()));
+                    return match h.task.await {
+                        Ok(r) => r,
+                        Err(e) => Err(shiplog_store::StoreError::Config(format!(
+                            "projection task failed: {e}"
+                        ))),
+                    };
+                }
+                Err(shiplog_store::StoreError::Locked(dir)) => {
+                    if !announced {
+                        info!(dir = %dir.display(), "standby: another processor holds the projection; taking over when it stops");
+                        announced = true;
+                    }
+                    let mut s = shutdown.clone();
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_secs(1), s.wait_for(|v| *v))
+                            .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    Ok(ProjectionSlot { running, task })
+}
+
 /// The projection settings of the config.
 pub fn projector_config(config: &Config) -> Result<ProjectorConfig> {
     let mut retention_days = std::collections::BTreeMap::new();
@@ -159,15 +266,43 @@ pub async fn serve_role(config: Config, demo: bool, role: Role) -> Result<()> {
         if kafka {
             pc.dedup_window = Some(config.server.dedup_window);
         }
-        Some(
-            run_projection(log.clone(), data_dir.clone(), pc, shutdown_rx)
-                .await
-                .context("cannot start the projection")?,
-        )
+        match (kafka, config.log.consumer_group.clone()) {
+            (true, Some(group)) => {
+                check_projection_mode(&data_dir, true)?;
+                crate::group::ensure_partitions_dir(&data_dir)?;
+                let h = crate::group::run_group_projection(
+                    config.log.kafka_config()?,
+                    group,
+                    data_dir.clone(),
+                    pc,
+                    shutdown_rx,
+                )
+                .await?;
+                Some(ProjectionSlot {
+                    running: Arc::new(std::sync::Mutex::new(Some((h.metrics, h.progress)))),
+                    task: h.task,
+                })
+            }
+            _ => {
+                if kafka {
+                    check_projection_mode(&data_dir, false)?;
+                }
+                // A Kafka processor whose Parquet directory is held by another one waits
+                // as a standby and takes over when it stops.
+                let standby = kafka && role == Role::Process;
+                Some(
+                    start_projection(log.clone(), data_dir.clone(), pc, shutdown_rx, standby)
+                        .await?,
+                )
+            }
+        }
     } else {
         None
     };
     let query = if role.serves_web() {
+        if kafka && config.log.consumer_group.is_some() {
+            crate::group::ensure_partitions_dir(&data_dir)?;
+        }
         Some(Arc::new(
             QueryEngine::open(&data_dir).context("cannot open DuckDB")?,
         ))
@@ -191,12 +326,13 @@ pub async fn serve_role(config: Config, demo: bool, role: Role) -> Result<()> {
     };
 
     let projection_series: Option<shiplog_web::SeriesFn> = projection.as_ref().map(|projection| {
-        let (metrics, progress, log) = (
-            projection.metrics.clone(),
-            projection.progress.clone(),
-            log.clone(),
-        );
+        let (running, log) = (projection.running.clone(), log.clone());
         Arc::new(move || {
+            let Some((metrics, progress)) = running.lock().unwrap().clone() else {
+                return "# HELP shiplog_projection_standby 1 while this processor waits for the active one to stop.\n\
+                        # TYPE shiplog_projection_standby gauge\nshiplog_projection_standby 1\n"
+                    .to_string();
+            };
             let projected: u64 = progress.borrow().values().sum();
             let end: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
             format!(
