@@ -8,20 +8,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::{http, TestServer, BIN};
-
-async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
-    let r = client
-        .post(format!("{url}/v1/query"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    serde_json::from_value(body["rows"].clone()).unwrap()
-}
+use support::{http, query, TestServer, BIN};
 
 fn cost_event(id: &str, data: Value) -> Value {
     json!({"id": id, "kind": "api_cost", "source": "app/worker", "project": "web-app",

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{http, TestServer};
+use support::{http, query, TestServer};
 
 fn chromium() -> PathBuf {
     let candidates = [
@@ -179,19 +179,6 @@ fn screenshots_dir() -> PathBuf {
     let dir = target.join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
-    let r = client
-        .post(format!("{url}/v1/query"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    serde_json::from_value(body["rows"].clone()).unwrap()
 }
 
 /// Waits until the projection has caught up with the demo data (the count stops moving).

@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use support::{event, http, TestServer, BIN};
+use support::{event, http, query, TestServer, BIN};
 
 const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
 
@@ -52,19 +52,6 @@ async fn post_ok(client: &reqwest::Client, url: &str, events: &[Value]) {
         assert!(Instant::now() < deadline, "ingest kept answering 503");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
-    let r = client
-        .post(format!("{url}/v1/query"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    serde_json::from_value(body["rows"].clone()).unwrap()
 }
 
 /// The ids in the `events` view (with repeats).

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{event, http, TestServer, BIN};
+use support::{event, http, query, TestServer, BIN};
 
 const KINDS: [(&str, &str); 5] = [
     ("build", "builds"),
@@ -19,19 +19,6 @@ const KINDS: [(&str, &str); 5] = [
     ("api_cost", "api_costs"),
     ("check", "checks"),
 ];
-
-async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
-    let r = client
-        .post(format!("{url}/v1/query"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    serde_json::from_value(body["rows"].clone()).unwrap()
-}
 
 #[derive(Default)]
 struct Ledger {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{http, TestServer, BIN};
+use support::{http, query, TestServer, BIN};
 
 static N: AtomicU64 = AtomicU64::new(0);
 
@@ -113,19 +113,6 @@ async fn post(client: &reqwest::Client, url: &str, events: Vec<Value>) {
         status.is_success() && body["rejected"] == json!([]),
         "{status} {body}"
     );
-}
-
-async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<Value>> {
-    let r = client
-        .post(format!("{url}/v1/query"))
-        .json(&json!({ "sql": sql }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{sql}: {body}");
-    serde_json::from_value(body["rows"].clone()).unwrap()
 }
 
 /// Polls a query until it returns at least `n` rows (the projection lags ~1 s).

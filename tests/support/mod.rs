@@ -139,3 +139,17 @@ pub fn http() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Runs read-only SQL through `POST /v1/query` and returns the rows (panics on refusal).
+pub async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let r = client
+        .post(format!("{url}/v1/query"))
+        .json(&serde_json::json!({ "sql": sql }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{sql}: {body}");
+    serde_json::from_value(body["rows"].clone()).unwrap()
+}
