@@ -238,14 +238,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     events,
                     runs,
                     pages,
-                } => {
-                    bench_dashboards::run(bench_dashboards::Args {
-                        events,
-                        data_dir: cli.data_dir.clone(),
-                        runs,
-                        pages,
-                    })?
-                }
+                } => bench_dashboards::run(bench_dashboards::Args {
+                    events,
+                    data_dir: cli.data_dir.clone(),
+                    runs,
+                    pages,
+                })?,
             }
             Ok(ExitCode::SUCCESS)
         }
