@@ -767,3 +767,95 @@ async fn gate_follows_migrations() {
     let g = gate(&url, "text");
     assert_eq!(g.0, 2, "{}", g.1);
 }
+
+/// Threshold and budget rules run on their cron schedule over DuckDB: an alert fires once
+/// when a limit is crossed (not on every tick), its action runs once, and a budget fires
+/// once per level reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threshold_and_budget_rules_alert_once_per_crossing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (script, rec) = recorder(tmp.path(), "alert", 0);
+    let s = setup(&format!(
+        r#"
+[[rules]]
+name = "bundle-too-big"
+kind = "threshold"
+project = "web"
+env = "production"
+metric = "bundle_bytes"
+max_value = 1000000
+schedule = "* * * * * *"
+action = {{ command = ["{script}", "{{project}}", "{{env}}"] }}
+
+[[rules]]
+name = "monthly-budget"
+kind = "budget"
+project = "web"
+budget_usd = 100.0
+schedule = "* * * * * *"
+"#,
+        script = script.display()
+    ));
+    let server = spawn(&s, &[]);
+    let client = http();
+    let url = server.url.clone();
+    let now = chrono::Utc::now().to_rfc3339();
+    let build = json!({"id": uid(), "kind": "build", "source": "vite-plugin", "project": "web",
+        "env": "production", "time": now,
+        "data": {"success": true, "duration_ms": 40000, "bundle_bytes": 1_500_000}});
+    let cost = |usd: f64| {
+        json!({"id": uid(), "kind": "api_cost", "source": "app", "project": "web",
+            "env": "production", "time": now,
+            "data": {"provider": "openai", "model": "gpt-4o", "cost_usd": usd}})
+    };
+    post(&client, &url, vec![build, cost(85.0)]).await;
+
+    let sql_alerts = "SELECT value, threshold, outcome, id FROM decisions \
+                      WHERE rule = 'bundle-too-big' AND verdict = 'alert' ORDER BY time";
+    // One alert: its "started" decision (written before the action) and its outcome.
+    let alerts = query_until(&client, &url, sql_alerts, 2).await;
+    assert_eq!(alerts.len(), 2, "threshold alert: {alerts:?}");
+    assert_eq!(alerts[0][0].as_f64(), Some(1_500_000.0));
+    assert_eq!(alerts[0][1].as_f64(), Some(1_000_000.0));
+    assert_eq!(alerts[0][2], "started");
+    assert_eq!(alerts[1][2], "succeeded");
+    // The budget rule alerts once for the highest level crossed (a jump from 0 to 85%
+    // is one 80% alert, not a 50% and an 80% one); its id names the month and the level.
+    let sql_budget = "SELECT value, id FROM decisions WHERE rule = 'monthly-budget' \
+                      AND verdict = 'alert' ORDER BY value";
+    let levels = query_until(&client, &url, sql_budget, 1).await;
+    assert_eq!(levels.len(), 1, "{levels:?}");
+    assert_eq!(levels[0][0].as_f64(), Some(85.0));
+    assert!(
+        levels[0][1].as_str().unwrap().ends_with("/80"),
+        "{levels:?}"
+    );
+
+    // Several more ticks: no repeated alert, the action ran once with its arguments.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        query(&client, &url, sql_alerts).await.len(),
+        2,
+        "alert repeated"
+    );
+    let c = wait_calls(&rec, 1, Duration::from_secs(5)).await;
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].1, vec!["web".to_string(), "production".to_string()]);
+
+    // Spend passes 100%: exactly one more budget alert, at level 100.
+    post(&client, &url, vec![cost(20.0)]).await;
+    let levels = query_until(&client, &url, sql_budget, 2).await;
+    assert_eq!(levels.len(), 2, "{levels:?}");
+    assert_eq!(levels[1][0].as_f64(), Some(105.0));
+    assert!(
+        levels[1][1].as_str().unwrap().ends_with("/100"),
+        "{levels:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        query(&client, &url, sql_budget).await.len(),
+        2,
+        "budget alert repeated"
+    );
+    drop(server);
+}
