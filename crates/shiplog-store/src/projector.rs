@@ -54,6 +54,11 @@ pub struct ProjectorConfig {
     /// `None`: off; the Kafka backend turns it on, since several ingest nodes only dedup in
     /// their own memory). The index is committed with each flush (`_dedup/`).
     pub dedup_window: Option<Duration>,
+    /// Validate every entry against the event contract before projecting it (default
+    /// off: the file log only holds events ingest validated; the Kafka backend turns it
+    /// on, since any producer may write to the topic). Invalid entries are kept aside in
+    /// `_deadletter/`, like undecodable ones, never dropped silently.
+    pub validate: bool,
 }
 
 impl Default for ProjectorConfig {
@@ -70,6 +75,7 @@ impl Default for ProjectorConfig {
             threads: 2,
             prices: PriceTable::shipped(),
             dedup_window: None,
+            validate: false,
         }
     }
 }
@@ -363,13 +369,14 @@ impl ParquetProjector {
         let root = &self.root;
         let level = self.config.zstd_level;
         let prices: &PriceTable = &self.config.prices;
+        let validate = self.config.validate;
         let results: Vec<Result<(Vec<Staged>, u64), StoreError>> = if threads == 1 {
-            vec![stage_files(root, &entries, level, prices)]
+            vec![stage_files(root, &entries, level, prices, validate)]
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = entries
                     .chunks(chunk)
-                    .map(|c| s.spawn(move || stage_files(root, c, level, prices)))
+                    .map(|c| s.spawn(move || stage_files(root, c, level, prices, validate)))
                     .collect();
                 handles
                     .into_iter()
@@ -384,7 +391,10 @@ impl ParquetProjector {
             staged.extend(s);
             skipped += k;
         }
-        let parquet_files = staged.len() as u64;
+        let parquet_files = staged
+            .iter()
+            .filter(|s| s.fin.extension().is_some_and(|e| e == "parquet"))
+            .count() as u64;
         let dedup_at = crate::dedup::ProjectionDedup::now();
         if self.dedup.is_some() {
             if let Some((tmp, fin)) =
@@ -554,31 +564,33 @@ fn conform(batch: RecordBatch, kind: Kind) -> Result<RecordBatch, arrow::error::
     RecordBatch::try_new(schema, cols)
 }
 
-/// Parses `entries` and writes one temp file per (kind, date, partition).
+/// Parses `entries` and writes one temp file per (kind, date, partition), plus one
+/// dead-letter file for the entries that are not valid events.
 fn stage_files(
     root: &Path,
     entries: &[LogEntry],
     level: i32,
     prices: &PriceTable,
+    validate: bool,
 ) -> Result<(Vec<Staged>, u64), StoreError> {
     let mut builders: HashMap<(Kind, i32, Partition), KindBatchBuilder> = HashMap::new();
-    let mut skipped = 0u64;
+    let mut dead = DeadLetters::default();
     for e in entries {
+        if validate {
+            if let Err(reason) = validate_entry(&e.value) {
+                dead.push(e, &reason);
+                continue;
+            }
+        }
         let ev = match decode_envelope(&e.value) {
             Ok(ev) => ev,
             Err(err) => {
-                skipped += 1;
-                tracing::warn!(partition = e.partition, offset = e.offset, error = %err, "log entry is not a JSON event; skipped");
+                dead.push(e, &format!("not a JSON event: {err}"));
                 continue;
             }
         };
         let Some(kind) = ev.kind else {
-            skipped += 1;
-            tracing::warn!(
-                partition = e.partition,
-                offset = e.offset,
-                "log entry has no known kind; skipped"
-            );
+            dead.push(e, "no known kind");
             continue;
         };
         let days = ev.event_micros().div_euclid(86_400_000_000) as i32;
@@ -616,7 +628,74 @@ fn stage_files(
             bytes,
         });
     }
+    let skipped = dead.count;
+    if let Some(d) = dead.stage(root)? {
+        staged.push(d);
+    }
     Ok((staged, skipped))
+}
+
+/// Checks a log entry against the event contract (`shiplog_events`), as ingest does.
+fn validate_entry(value: &[u8]) -> Result<(), String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(value).map_err(|e| format!("not JSON: {e}"))?;
+    shiplog_events::Event::from_json(json, shiplog_events::Origin::Internal)
+        .map(|_| ())
+        .map_err(|e| format!("invalid event: {}: {}", e.field, e.error))
+}
+
+/// Entries that are not valid events, kept aside in `_deadletter/` as NDJSON
+/// (`{"partition", "offset", "error", "value"}`), committed with the flush that skipped
+/// them so a replay writes the same files again.
+#[derive(Default)]
+struct DeadLetters {
+    count: u64,
+    first: Option<(Partition, u64)>,
+    ndjson: Vec<u8>,
+}
+
+/// Folder of the dead-letter files, under the Parquet root.
+pub const DEAD_LETTER_DIR: &str = "_deadletter";
+
+impl DeadLetters {
+    fn push(&mut self, e: &LogEntry, reason: &str) {
+        tracing::warn!(
+            partition = e.partition,
+            offset = e.offset,
+            reason,
+            "log entry is not a valid event; kept aside in _deadletter/"
+        );
+        self.count += 1;
+        self.first.get_or_insert((e.partition, e.offset));
+        let line = serde_json::json!({
+            "partition": e.partition,
+            "offset": e.offset,
+            "error": reason,
+            "value": String::from_utf8_lossy(&e.value),
+        });
+        serde_json::to_writer(&mut self.ndjson, &line).expect("JSON to a Vec");
+        self.ndjson.push(b'\n');
+    }
+
+    fn stage(self, root: &Path) -> Result<Option<Staged>, StoreError> {
+        let Some((partition, offset)) = self.first else {
+            return Ok(None);
+        };
+        let dir = root.join(DEAD_LETTER_DIR);
+        create_dir_durable(&dir)?;
+        let name = format!("p{partition}-{offset:012}-n{}.ndjson", self.count);
+        let fin = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut f = fs::File::create(&tmp).at(&tmp)?;
+        std::io::Write::write_all(&mut f, &self.ndjson).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        Ok(Some(Staged {
+            tmp,
+            fin,
+            rows: 0,
+            bytes: self.ndjson.len() as u64,
+        }))
+    }
 }
 
 fn batch_first_time(batch: &RecordBatch) -> i64 {
@@ -673,8 +752,15 @@ fn apply_pending(root: &Path, state: &State, crash_mid: bool) -> Result<(), Stor
     Ok(())
 }
 
-/// Deletes `*.tmp` files of uncommitted writes in every kind's date directories.
+/// Deletes `*.tmp` files of uncommitted writes in every kind's date directories and in
+/// the dead-letter folder.
 fn remove_stray_temp_files(root: &Path) -> Result<(), StoreError> {
+    for f in list_dir(&root.join(DEAD_LETTER_DIR))? {
+        if f.extension().is_some_and(|e| e == "tmp") {
+            tracing::info!(file = %f.display(), "removing uncommitted temp file");
+            fs::remove_file(&f).at(&f)?;
+        }
+    }
     for kind in Kind::ALL {
         for dir in list_dir(&root.join(kind.as_str()))? {
             if !dir.is_dir() {

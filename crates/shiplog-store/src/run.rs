@@ -85,7 +85,7 @@ impl ProjectionMetrics {
         put(
             "shiplog_projection_events_skipped_total",
             "counter",
-            "Log entries that were not decodable events.",
+            "Log entries that were not valid events (kept aside in parquet/_deadletter/).",
             self.events_skipped.load(Relaxed) as f64,
         );
         put(

@@ -715,3 +715,67 @@ async fn replay_is_row_for_row_identical_to_live_projection() {
     );
     assert_eq!(dump(dir.path()), live);
 }
+
+/// Entries that are not valid events (garbage, an unknown kind, and, with validation on as
+/// for Kafka, a contract violation) are kept aside in `_deadletter/`, never dropped
+/// silently; the valid ones are projected.
+#[test]
+fn invalid_entries_are_kept_aside_in_the_dead_letter_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let evs = [
+        json!({"id":"ok","kind":"check","source":"probe","received_at":"2026-11-20T10:00:00Z",
+               "project":"web","data":{"name":"error_rate","value":0.02}}),
+        json!({"id":"neg","kind":"build","source":"x","received_at":"2026-11-20T10:00:00Z",
+               "project":"web","data":{"success":true,"duration_ms":-5}}),
+        json!({"id":"k","kind":"teleport","source":"x","project":"web","data":{}}),
+    ];
+    let mut entries: Vec<LogEntry> = evs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| LogEntry {
+            partition: 0,
+            offset: i as u64,
+            key: Default::default(),
+            value: serde_json::to_vec(e).unwrap().into(),
+        })
+        .collect();
+    entries.push(LogEntry {
+        partition: 0,
+        offset: 3,
+        key: Default::default(),
+        value: b"\xff not json".to_vec().into(),
+    });
+    let mut config = small_config();
+    config.validate = true;
+    let mut p = ParquetProjector::open(dir.path(), config).unwrap();
+    p.push(entries);
+    let r = p.flush().unwrap();
+    assert_eq!((r.rows, r.skipped, r.files), (1, 3, 1));
+    assert_eq!(p.committed_offsets().get(&0), Some(&4));
+    drop(p);
+    let dead = dir
+        .path()
+        .join("parquet/_deadletter/p0-000000000001-n3.ndjson");
+    let text = std::fs::read_to_string(&dead).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["offset"], 1);
+    assert!(lines[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/data/duration_ms"));
+    assert!(lines[1]["error"].as_str().unwrap().contains("/kind"));
+    assert_eq!(lines[2]["offset"], 3);
+    assert!(lines[0]["value"].as_str().unwrap().contains("\"neg\""));
+    // Reopening (recovery) keeps the committed dead letters and no temp file.
+    let p = ParquetProjector::open(dir.path(), small_config()).unwrap();
+    drop(p);
+    assert!(dead.exists());
+    assert_eq!(
+        std::fs::read_dir(dead.parent().unwrap()).unwrap().count(),
+        1
+    );
+}

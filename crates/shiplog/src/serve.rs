@@ -264,7 +264,9 @@ pub async fn serve_role(config: Config, demo: bool, role: Role) -> Result<()> {
     let projection = if role.projects() {
         let mut pc = projector_config(&config)?;
         if kafka {
+            // Any producer may write to the topic: validate, dedup across ingest nodes.
             pc.dedup_window = Some(config.server.dedup_window);
+            pc.validate = true;
         }
         match (kafka, config.log.consumer_group.clone()) {
             (true, Some(group)) => {
