@@ -435,3 +435,86 @@ async fn migrate_log_copies_the_embedded_log_into_kafka() {
     assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), want);
     assert_eq!(got.len(), want.len());
 }
+
+/// A team's own producer writes straight to the topic: its valid events are projected,
+/// its invalid ones are kept aside in `parquet/_deadletter/` (with the offending field)
+/// and counted in `/metrics`, never dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_another_producer_are_validated_and_invalid_ones_kept_aside() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("shiplog.events", 1, 1).unwrap();
+    let env = kafka_env(&mock.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = spawn(&data, "all", &env);
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .unwrap();
+    let good = event("deploy", "team-producer", "tp-1", "web");
+    let mut bad = event("build", "team-producer", "tp-2", "web");
+    bad["data"]["success"] = json!("yes");
+    for v in [good, bad] {
+        let payload = v.to_string();
+        producer
+            .send(
+                FutureRecord::to("shiplog.events")
+                    .key("web")
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let client = http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = query(&client, &server.url, "SELECT id FROM deploys").await;
+        let dead = std::fs::read_dir(data.join("parquet/_deadletter"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if rows.len() == 1 && dead == 1 {
+            assert_eq!(rows[0][0], "tp-1");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deploys {rows:?}, dead-letter files {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let file = std::fs::read_dir(data.join("parquet/_deadletter"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        line["error"].as_str().unwrap().contains("/data/success"),
+        "{line}"
+    );
+    assert!(line["value"].as_str().unwrap().contains("tp-2"));
+    let rows = query(&client, &server.url, "SELECT count(*) FROM builds").await;
+    assert_eq!(rows[0][0], 0);
+    let metrics = client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shiplog_projection_events_skipped_total 1"),
+        "{metrics}"
+    );
+}
