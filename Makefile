@@ -28,6 +28,7 @@ run: build
 test: test-rust test-plugin
 
 test-rust: deps
+	./scripts/setup-test-system.sh
 	./scripts/setup-test-python.sh
 	$(CARGO) test --workspace --all-targets
 
