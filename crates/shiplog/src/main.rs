@@ -186,13 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(l) = listen {
                 config.server.listen = l;
             }
-            if role != roles::Role::All {
-                runtime()?.block_on(serve::serve_role(config, demo, role))?;
-            } else if demo {
-                runtime()?.block_on(serve::serve_opts(config, true))?;
-            } else {
-                runtime()?.block_on(serve::serve(config))?;
-            }
+            runtime()?.block_on(serve::serve(config, demo, role))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Query {

@@ -183,17 +183,9 @@ pub fn projector_config(config: &Config) -> Result<ProjectorConfig> {
     })
 }
 
-pub async fn serve(config: Config) -> Result<()> {
-    serve_opts(config, false).await
-}
-
-/// `serve`, and with `demo`: seed demo data first when the data dir has no events.
-pub async fn serve_opts(config: Config, demo: bool) -> Result<()> {
-    serve_role(config, demo, Role::All).await
-}
-
-/// `serve --role`: runs the parts of the pipeline of `role` (see [`crate::roles`]).
-pub async fn serve_role(config: Config, demo: bool, role: Role) -> Result<()> {
+/// `shiplog serve`: runs the parts of the pipeline of `role` (see [`crate::roles`]); with
+/// `demo`, seeds demo data first when the data dir has no events.
+pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     let kafka = config.log.is_kafka();
     if role != Role::All && !kafka {
         bail!(
