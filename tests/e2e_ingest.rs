@@ -369,3 +369,55 @@ scopes = ["read"]
     let log = server.stderr();
     assert!(!log.contains("ingest-token-0123456789") && !log.contains("read-token"));
 }
+
+/// `shiplog log verify` finds a corrupt byte in the middle of a sealed segment and names
+/// the segment and the byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_verify_names_a_corrupt_byte_in_a_sealed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = TestServer::spawn_env(&data, &[], &[("SHIPLOG_LOG__SEGMENT_BYTES", "65536")]);
+    let client = http();
+    for b in 0..10 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| event(KINDS[i % 5], "verify", &format!("v-{b}-{i}"), "web"))
+            .collect();
+        let r = client
+            .post(format!("{}/v1/events", server.url))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert_eq!(server.stop(), Some(0));
+    let verify = || {
+        std::process::Command::new(BIN)
+            .args(["log", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("clean"), "{text}");
+    let mut segments: Vec<_> = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    // Flip one byte in the middle of the first (sealed) segment.
+    let first = &segments[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(first, bytes).unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let name = first.file_name().unwrap().to_str().unwrap();
+    assert!(text.contains("DAMAGED") && text.contains(name), "{text}");
+    eprintln!("{text}");
+}

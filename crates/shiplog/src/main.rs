@@ -68,6 +68,11 @@ enum Command {
     },
     /// Delete the projections and rebuild them from the log (server stopped).
     Replay,
+    /// Operations on the embedded log.
+    Log {
+        #[command(subcommand)]
+        which: LogCommand,
+    },
     /// Copy the embedded file log into Kafka (the [log] brokers and topic) and verify the
     /// count (server and ingest stopped).
     MigrateLog {
@@ -107,6 +112,14 @@ enum Command {
     },
     #[command(flatten)]
     Collect(collect::CollectCommand),
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Check every segment (header, each record's CRC32C and offset, offsets contiguous
+    /// across segments) and name any damage by segment and byte. Read-only: safe while the
+    /// server runs. Exit 0 when clean, 1 when damaged.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +209,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
         } => ops::query(&url, token.as_deref(), &sql, format),
         Command::Replay => ops::replay(&config),
+        Command::Log {
+            which: LogCommand::Verify,
+        } => ops::verify_log(&config),
         Command::MigrateLog { to } => migrate::migrate_log(&config, to),
         Command::Demo => {
             demo::run(&config)?;
