@@ -33,8 +33,9 @@ test-rust: deps
 	$(CARGO) test --workspace --all-targets
 
 ## test-plugin: the Vite plugin's tests run real vite builds against target/debug/shiplog
+## (built with the same features as test-rust, so after it this is a cache hit)
 test-plugin: deps
-	$(CARGO) build -p shiplog
+	$(CARGO) test --workspace --all-targets --no-run
 	cd ingest/vite-plugin && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 fmt:
