@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{http, query, TestServer};
+use support::{get_json, get_text, http, query, TestServer};
 
 fn chromium() -> PathBuf {
     let candidates = [
@@ -321,17 +321,14 @@ async fn demo_dashboards_in_chromium() {
             assert!(p["columns"].is_array() && p["rows"].is_array());
         }
     }
-    let body: Value = client
-        .get(format!(
+    let body: Value = get_json(
+        &client,
+        &format!(
             "{}/v1/dashboards/builds?project=web-app&env=production&range=7d",
             server.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let median = body["panels"]
         .as_array()
         .unwrap()
@@ -346,17 +343,14 @@ async fn demo_dashboards_in_chromium() {
         median["status"], "warning",
         "web-app production builds slowed down after the upgrade: {median}"
     );
-    let body: Value = client
-        .get(format!(
+    let body: Value = get_json(
+        &client,
+        &format!(
             "{}/v1/dashboards/deployment?deployment={rolled_back}",
             server.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let checks = body["panels"]
         .as_array()
         .unwrap()
@@ -461,14 +455,7 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
         );
     }
     // JSON on an empty server: panels with no rows, no errors.
-    let body: Value = client
-        .get(format!("{}/v1/dashboards/builds", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&client, &format!("{}/v1/dashboards/builds", server.url)).await;
     for p in body["panels"].as_array().unwrap() {
         assert!(p["error"].is_null(), "{p}");
     }
@@ -484,14 +471,7 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
     );
 
     // The broken file: errors name the file and the panel; the good panel serves.
-    let body: Value = client
-        .get(format!("{}/v1/dashboards/team", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&client, &format!("{}/v1/dashboards/team", server.url)).await;
     let panels = body["panels"].as_array().unwrap();
     assert_eq!(panels.len(), 3);
     assert!(panels[0]["error"].is_null(), "{}", panels[0]);
@@ -506,38 +486,17 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
         e.contains("team.toml") && e.contains("Bad column") && e.contains("no_such_column"),
         "{e}"
     );
-    let html = client
-        .get(format!("{}/d/team", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&client, &format!("{}/d/team", server.url)).await;
     assert!(
         html.contains("team.toml") && html.contains("Pie of doom") && html.contains("Bad column"),
         "{html}"
     );
-    let body: Value = client
-        .get(format!("{}/v1/dashboards/syntax", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = get_json(&client, &format!("{}/v1/dashboards/syntax", server.url)).await;
     assert!(
         body["error"].as_str().unwrap().contains("syntax.toml"),
         "{body}"
     );
-    let list: Value = client
-        .get(format!("{}/v1/dashboards", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, &format!("{}/v1/dashboards", server.url)).await;
     let names: Vec<&str> = list["dashboards"]
         .as_array()
         .unwrap()
@@ -590,14 +549,11 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
     assert_eq!(r.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let body: Value = client
-            .get(format!("{}/v1/dashboards/builds?range=24h", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = get_json(
+            &client,
+            &format!("{}/v1/dashboards/builds?range=24h", server.url),
+        )
+        .await;
         let median = body["panels"]
             .as_array()
             .unwrap()
@@ -618,13 +574,6 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let html = client
-        .get(format!("{}/builds?range=24h", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&client, &format!("{}/builds?range=24h", server.url)).await;
     assert!(!html.contains("No events yet") && html.contains("Median build time"));
 }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{event, http, TestServer, BIN};
+use support::{event, get_json, get_text, http, TestServer, BIN};
 
 const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
 
@@ -273,23 +273,9 @@ async fn ingest_http_contract() {
         .contains("JSON"));
 
     // Health and metrics.
-    let h: Value = client
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = get_json(&client, &format!("{}/healthz", server.url)).await;
     assert_eq!(h["status"], "ok");
-    let m = client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&client, &format!("{}/metrics", server.url)).await;
     for series in [
         "shiplog_events_accepted_total 6",
         "shiplog_events_duplicate_total 2",

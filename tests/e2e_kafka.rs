@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use support::{event, http, query, TestServer, BIN};
+use support::{event, get_text, http, query, TestServer, BIN};
 
 const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
 
@@ -149,14 +149,7 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     )
     .await;
     assert_eq!(rows[0][0], 1);
-    let m = client
-        .get(format!("{}/metrics", processor.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&client, &format!("{}/metrics", processor.url)).await;
     assert!(
         m.contains("shiplog_projection_duplicates_dropped_total 1"),
         "{m}"
@@ -189,14 +182,7 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     }
     acked.extend(down.iter().map(|e| e["id"].as_str().unwrap().to_string()));
 
-    let m = client
-        .get(format!("{}/metrics", standby.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&client, &format!("{}/metrics", standby.url)).await;
     assert!(m.contains("shiplog_projection_standby 1"), "{m}");
 
     // 4. the processor killed (SIGKILL) while events flow: the standby takes over; the
@@ -212,14 +198,7 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     acked.extend(after.iter().map(|e| e["id"].as_str().unwrap().to_string()));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = client
-            .get(format!("{}/metrics", standby.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get_text(&client, &format!("{}/metrics", standby.url)).await;
         if m.contains("shiplog_projection_rows_written_total") {
             break;
         }
@@ -232,14 +211,7 @@ async fn two_ingest_nodes_one_processor_one_web_node_over_kafka() {
     let restarted = spawn(&shared, "process", &env);
 
     let got = wait_for_ids(&client, &web.url, &acked).await;
-    let m = client
-        .get(format!("{}/metrics", restarted.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&client, &format!("{}/metrics", restarted.url)).await;
     assert!(
         m.contains("shiplog_projection_standby 1"),
         "the restarted processor is the standby: {m}"
@@ -302,14 +274,7 @@ fn roles_other_than_all_refuse_the_file_log() {
 }
 
 async fn metric(client: &reqwest::Client, url: &str, name: &str) -> f64 {
-    let m = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(client, &format!("{url}/metrics")).await;
     m.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())
@@ -505,14 +470,7 @@ async fn events_from_another_producer_are_validated_and_invalid_ones_kept_aside(
     assert!(line["value"].as_str().unwrap().contains("tp-2"));
     let rows = query(&client, &server.url, "SELECT count(*) FROM builds").await;
     assert_eq!(rows[0][0], 0);
-    let metrics = client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &format!("{}/metrics", server.url)).await;
     assert!(
         metrics.contains("shiplog_projection_events_skipped_total 1"),
         "{metrics}"

@@ -153,3 +153,13 @@ pub async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<se
     assert!(status.is_success(), "{sql}: {body}");
     serde_json::from_value(body["rows"].clone()).unwrap()
 }
+
+/// `GET url` and the body as text (panics on a transport error).
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `GET url` and the body as JSON (panics on a transport or decode error).
+pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
