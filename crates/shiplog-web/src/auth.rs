@@ -3,7 +3,13 @@
 //! Tokens are compared in constant time (SHA-256 digests compared with `subtle`), so
 //! neither the content nor the length of a configured secret leaks through timing, and a
 //! secret is never logged or shown (`Debug` prints the token's name only).
+//!
+//! A browser carries its token in the `shiplog_token` cookie ([`TOKEN_COOKIE`]), set by
+//! `POST /login` (see [`crate::login`]) and read by the dashboard routes only (`GET`s:
+//! the API's `POST`s take the `Authorization` header alone, so a cross-site form cannot
+//! use a signed-in browser's cookie).
 
+use axum::http::{header, HeaderMap};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -14,9 +20,11 @@ use subtle::ConstantTimeEq;
 pub enum Scope {
     /// `POST /v1/events`.
     Ingest,
-    /// Queries, dashboards, JSON API.
+    /// Queries, dashboards, JSON API, gate (and `/metrics`).
     Read,
-    /// Everything, including operations endpoints.
+    /// `GET /metrics` only: for a Prometheus scraper that must not read the data.
+    Metrics,
+    /// Everything.
     Admin,
 }
 
@@ -50,8 +58,11 @@ impl Token {
         }
     }
 
+    /// `admin` implies every scope, `read` implies `metrics`.
     pub fn allows(&self, scope: Scope) -> bool {
-        self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
+        self.scopes.contains(&Scope::Admin)
+            || self.scopes.contains(&scope)
+            || (scope == Scope::Metrics && self.scopes.contains(&Scope::Read))
     }
 
     pub fn allows_project(&self, project: &str) -> bool {
@@ -127,6 +138,17 @@ impl Auth {
             .strip_prefix(b"Bearer ")
             .or_else(|| header.strip_prefix(b"bearer "))
             .ok_or(AuthError::Missing)?;
+        self.authenticate_secret(secret)
+    }
+
+    /// Authenticates a secret itself (the sign-in form, the cookie).
+    pub fn authenticate_secret(&self, secret: &[u8]) -> Result<Principal, AuthError> {
+        if self.tokens.is_empty() {
+            return Ok(Principal::Open);
+        }
+        if secret.is_empty() {
+            return Err(AuthError::Missing);
+        }
         let digest: [u8; 32] = Sha256::digest(secret).into();
         // Compare against every token (no early exit) so timing does not tell which matched.
         let mut found: Option<&Token> = None;
@@ -140,6 +162,70 @@ impl Auth {
             .map(Principal::Token)
             .ok_or(AuthError::Unknown)
     }
+}
+
+/// The cookie that carries a browser's token.
+pub const TOKEN_COOKIE: &str = "shiplog_token";
+
+/// A byte that may stand for itself in a cookie value (RFC 6265 `cookie-octet`), `%`
+/// excepted (it introduces an escape).
+fn cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E) && b != b'%'
+}
+
+/// A secret as a cookie value: bytes that a cookie cannot hold (space, `;`, `,`, `"`, `\`,
+/// controls, non-ASCII) and `%` are written `%XX`. Usual tokens (letters, digits, `-_.+/=`)
+/// are unchanged.
+pub fn encode_cookie_value(secret: &str) -> String {
+    let mut out = String::with_capacity(secret.len());
+    for b in secret.bytes() {
+        if cookie_octet(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_cookie_value(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The secret of the request's `shiplog_token` cookie, decoded (the first one, when a
+/// browser sends several).
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (name, value) = c.trim().split_once('=')?;
+            (name == TOKEN_COOKIE).then(|| value.trim_matches('"'))
+        })
+        .filter(|v| !v.is_empty())
+        .and_then(decode_cookie_value)
 }
 
 #[cfg(test)]
@@ -160,6 +246,11 @@ mod tests {
         let p = auth.authenticate(Some(b"Bearer s3cret")).unwrap();
         assert!(p.allows(Scope::Ingest) && !p.allows(Scope::Read));
         assert!(p.allows_project("web") && !p.allows_project("api"));
+        assert!(!p.allows(Scope::Metrics));
+        let m = Token::new("prom".into(), "m", vec![Scope::Metrics], vec![]);
+        assert!(m.allows(Scope::Metrics) && !m.allows(Scope::Read) && !m.allows(Scope::Ingest));
+        let r = Token::new("pm".into(), "r", vec![Scope::Read], vec![]);
+        assert!(r.allows(Scope::Metrics) && !r.allows(Scope::Ingest));
         let a = auth.authenticate(Some(b"Bearer root")).unwrap();
         assert!(a.allows(Scope::Read) && a.allows_project("api"));
         assert_eq!(auth.authenticate(None).unwrap_err(), AuthError::Missing);
@@ -176,5 +267,41 @@ mod tests {
             Auth::default().authenticate(None),
             Ok(Principal::Open)
         ));
+        assert!(matches!(
+            auth.authenticate_secret(b"root"),
+            Ok(Principal::Token(_))
+        ));
+        assert_eq!(
+            auth.authenticate_secret(b"").unwrap_err(),
+            AuthError::Missing
+        );
+    }
+
+    #[test]
+    fn cookie_values_round_trip() {
+        for secret in [
+            "plain-Token_0123.+/=",
+            "with space; and,comma \"q\" back\\slash",
+            "100% literal %41",
+            "ünïcödé-secret",
+        ] {
+            let v = encode_cookie_value(secret);
+            assert!(v.bytes().all(|b| cookie_octet(b) || b == b'%'), "{v}");
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::COOKIE,
+                format!("theme=dark; {TOKEN_COOKIE}={v}; other=1")
+                    .parse()
+                    .unwrap(),
+            );
+            assert_eq!(cookie_token(&h).as_deref(), Some(secret));
+        }
+        assert_eq!(encode_cookie_value("abc-DEF_123"), "abc-DEF_123");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "xshiplog_token=a; shiplog_token=".parse().unwrap(),
+        );
+        assert_eq!(cookie_token(&h), None);
     }
 }

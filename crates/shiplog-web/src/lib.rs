@@ -16,6 +16,7 @@ pub mod auth;
 pub mod dashboards;
 pub mod decode;
 pub mod ingest;
+pub mod login;
 pub mod metrics;
 pub mod query;
 
@@ -266,7 +267,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&state.auth, &headers, Scope::Metrics) {
+        return r;
+    }
     let stats = state.ingestor.log().stats();
     let series = vec![
         ExternalSeries {

@@ -97,6 +97,8 @@ pub fn routes(state: Arc<DashboardState>) -> Router {
         .route("/deployments/{id}", get(deployment_page))
         .route("/v1/dashboards", get(list_json))
         .route("/v1/dashboards/{name}", get(dashboard_json))
+        .route_layer(axum::middleware::from_fn(crate::login::redirect_to_login))
+        .merge(crate::login::routes(state.auth.clone()))
         .with_state(state)
 }
 
@@ -172,13 +174,7 @@ pub fn parse_ctx(q: &Params, now: DateTime<Utc>) -> Result<Ctx, String> {
 #[allow(clippy::result_large_err)] // the `Err` is the response, sent at once
 fn auth(state: &DashboardState, headers: &HeaderMap) -> Result<Principal, Response> {
     if headers.get(header::AUTHORIZATION).is_none() {
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix("shiplog_token=").map(str::to_owned));
-        if let Some(token) = cookie {
+        if let Some(token) = crate::auth::cookie_token(headers) {
             let mut h = headers.clone();
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 h.insert(header::AUTHORIZATION, v);
