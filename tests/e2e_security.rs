@@ -964,13 +964,21 @@ async fn query_api_cannot_read_outside_the_data_or_write() {
 /// `GET path` sent byte for byte (no client-side normalisation of `..` or escapes).
 fn raw_get(base: &str, path: &str, token: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
+    raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n"),
+    )
+}
+
+/// Sends `head` (request line and headers, each ending in CRLF, then an optional body
+/// after an empty line) and reads the answer.
+fn raw_request(addr: &str, head: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    match head.split_once("\r\n\r\n") {
+        Some((h, body)) => write!(s, "{h}\r\nConnection: close\r\n\r\n{body}").unwrap(),
+        None => write!(s, "{head}Connection: close\r\n\r\n").unwrap(),
+    }
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -1875,4 +1883,48 @@ async fn open_mode_needs_no_sign_in() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // DNS rebinding: a page of another site, its name re-pointed at 127.0.0.1, reaches the
+    // port from the user's browser with its own name in Host. Without tokens, only
+    // loopback names are served.
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let port = addr.rsplit_once(':').unwrap().1.to_string();
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for host in [
+            format!("evil.example:{port}"),
+            "evil.example".to_string(),
+            format!("localhost.evil.example:{port}"),
+            format!("127.0.0.1.nip.io:{port}"),
+            format!("10.1.2.3:{port}"),
+        ] {
+            for path in ["/v1/dashboards", "/costs", "/healthz"] {
+                let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
+                out.push((host.clone(), path, 403, raw_request(&addr, &head)));
+            }
+            let body = r#"{"sql": "SELECT count(*) FROM events"}"#;
+            let head = format!(
+                "POST /v1/query HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            out.push((host.clone(), "/v1/query", 403, raw_request(&addr, &head)));
+        }
+        for host in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+            "app.localhost".to_string(),
+        ] {
+            let head = format!("GET /v1/dashboards HTTP/1.1\r\nHost: {host}\r\n");
+            out.push((host.clone(), "/v1/dashboards", 200, raw_request(&addr, &head)));
+        }
+        out
+    })
+    .await
+    .unwrap();
+    for (host, path, want, (status, text)) in answers {
+        assert_eq!(status, want, "Host: {host} {path}: {text}");
+        if want == 403 {
+            assert!(text.contains("loopback"), "{text}");
+        }
+    }
 }

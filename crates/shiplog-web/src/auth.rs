@@ -164,6 +164,53 @@ impl Auth {
     }
 }
 
+/// Whether a `Host` header value (with or without its port) names the loopback interface:
+/// `localhost` (and `*.localhost`), `127.0.0.0/8`, `[::1]`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Middleware of the whole server: with no token configured (loopback only, everyone
+/// may do everything), a request must name a loopback host. A web page whose name is
+/// re-pointed at 127.0.0.1 (DNS rebinding) reaches the port from the user's browser, but
+/// with its own name in `Host`: refused (403) before any handler. With tokens configured
+/// this is a no-op (the token decides).
+pub async fn loopback_host_only(
+    axum::extract::State(auth): axum::extract::State<Auth>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if auth.is_open() {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{fffd}"))
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if let Some(host) = host {
+            if !is_loopback_host(host) {
+                return crate::error_response(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "shiplog runs without tokens, so it answers only requests addressed to \
+                     localhost or a loopback address; configure [[tokens]] to serve other names",
+                );
+            }
+        }
+    }
+    next.run(req).await
+}
+
 /// The cookie that carries a browser's token.
 pub const TOKEN_COOKIE: &str = "shiplog_token";
 
@@ -275,6 +322,35 @@ mod tests {
             auth.authenticate_secret(b"").unwrap_err(),
             AuthError::Missing
         );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:7070",
+            "LOCALHOST.:80",
+            "app.localhost:7070",
+            "127.0.0.1",
+            "127.0.0.1:7070",
+            "127.9.9.9:1",
+            "[::1]:7070",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:7070",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:7070",
+            "[::2]:7070",
+            "0.0.0.0:7070",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]

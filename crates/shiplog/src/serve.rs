@@ -366,6 +366,10 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             config.server.request_timeout,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            shiplog_web::auth::loopback_host_only,
+        ))
         .layer(TraceLayer::new_for_http());
 
     let listener = tokio::net::TcpListener::bind(listen)
