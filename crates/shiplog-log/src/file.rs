@@ -71,7 +71,8 @@
 //!
 //! # Recovery
 //!
-//! Sealed segments are trusted at open (use [`verify`] to check them all). The last segment
+//! Sealed segments are not scanned at open (use [`verify`] to check them all); a reader
+//! scans each one on first use (below). The last segment
 //! is scanned frame by frame from its header. The scan stops at the first frame that is
 //! torn or wrong: fewer than 8 bytes left, a length running past the end of the file, a
 //! length below 10, a CRC mismatch, a key length past the body, or an offset other than the
@@ -93,6 +94,28 @@
 //! Returned keys and values are zero-copy slices of the chunk they were read in (so a
 //! record kept alive keeps its chunk alive). A batch holds at least one record when one is
 //! available, then stops at `max_records` or once `max_bytes` of keys and values are reached.
+//!
+//! # Damage: readers skip it, and say so
+//!
+//! A sealed segment holds acknowledged records only, so bytes there that do not check out
+//! (a CRC mismatch, an impossible length, a wrong offset: a flipped bit on the disk, a
+//! damaged copy) are damage, not a torn write, and recovery never truncates them. A reader
+//! that meets damage neither returns the bad bytes nor stops: it *resynchronises* on the
+//! next frame that checks out — scanning forward byte by byte for a whole frame whose
+//! CRC32C matches and whose offset is plausible (at least the one expected, below the next
+//! segment's base, at most one record per 18 bytes skipped) — and continues there. The
+//! records in between are skipped: the reader reports each skipped range (offsets,
+//! segment, byte range, reason) through [`LogReader::take_skipped`], the log lists every
+//! range found so far in [`Log::damage`] (for `/metrics`), and the first reader to find a
+//! range logs a warning naming the segment, the byte range and the offsets lost. Damage
+//! that no valid frame follows loses the records up to the next segment's base; a sealed
+//! segment that ends early (cut by hand) loses the offsets it lacks. The scan that indexes
+//! a sealed segment on first use finds all of its damage at once, so `serve` (which
+//! rebuilds its dedup index from the whole log at start) reports every damaged range of
+//! the log before it answers. Damage in the last segment that no valid frame follows yet
+//! cannot be bounded: the reader waits there (recovery truncates such bytes at the next
+//! open, as a torn tail). [`verify`] uses the same resynchronising scan and names every
+//! damaged range, not only the first of a segment.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -110,6 +133,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{
     Log, LogEntry, LogError, LogReader, LogRecord, LogStats, Offset, Partition, RecordPosition,
+    SkippedRange,
 };
 
 /// The first 8 bytes of every segment file.
@@ -170,17 +194,26 @@ pub struct RecoveryReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     pub segments: u64,
-    /// Valid records found (up to the first damage of each segment).
+    /// Valid records found (damaged ranges are skipped, the records after them counted).
     pub records: u64,
     /// Total size of the segment files.
     pub bytes: u64,
-    /// Every damaged place found, at most one per segment.
+    /// Every damaged place found, in segment and byte order.
     pub damage: Vec<SegmentDamage>,
 }
 
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.damage.is_empty()
+    }
+
+    /// Records lost in the damaged ranges whose extent is known.
+    pub fn lost_records(&self) -> u64 {
+        self.damage
+            .iter()
+            .filter_map(|d| d.lost.as_ref())
+            .map(|r| r.end - r.start)
+            .sum()
     }
 }
 
@@ -190,46 +223,73 @@ pub struct SegmentDamage {
     pub segment: PathBuf,
     /// Byte position in the segment file where the damage starts.
     pub position: u64,
+    /// Byte position where readable frames resume (the end of the file when none do).
+    pub end: u64,
+    /// Offsets of the records lost in it (empty when only bytes between records are bad);
+    /// `None` when unknown: damage that runs to the end of the last segment, such as a
+    /// torn tail that recovery truncates at the next open.
+    pub lost: Option<std::ops::Range<Offset>>,
     pub reason: String,
 }
 
 /// Scans every segment of the log in `dir` (header, every frame's CRC and offset, offsets
-/// contiguous across segments) and reports damage with segment and byte position. Read
-/// only; meant for a log that is not open (on a live log the tail may show in-flight bytes).
+/// contiguous across segments) and reports each damaged range with segment, byte range
+/// and the offsets lost in it. After a damaged range the scan resynchronises on the next
+/// valid frame (see [`SegmentedLog`]'s reading), so every damaged place is named, not only
+/// the first of a segment. Read only; meant for a log that is not open (on a live log the
+/// tail may show in-flight bytes).
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let mut report = VerifyReport::default();
     let mut expected_base: Option<Offset> = None;
-    for (base, path) in list_segments(dir)? {
+    let segments = list_segments(dir)?;
+    for (i, (base, path)) in segments.iter().enumerate() {
+        let (base, path) = (*base, path.clone());
+        let upper = segments.get(i + 1).map(|s| s.0);
         report.segments += 1;
         let file = File::open(&path)?;
         let len = file.metadata()?.len();
         report.bytes += len;
-        let damage = |position: u64, reason: String| SegmentDamage {
-            segment: path.clone(),
-            position,
-            reason,
-        };
+        let damage =
+            |position: u64, end: u64, lost: Option<std::ops::Range<Offset>>, reason: String| {
+                SegmentDamage {
+                    segment: path.clone(),
+                    position,
+                    end,
+                    lost,
+                    reason,
+                }
+            };
         if let Some(expected) = expected_base {
             if expected != base {
                 report.damage.push(damage(
                     0,
+                    0,
+                    (expected < base).then_some(expected..base),
                     format!("segment starts at offset {base}, the previous one ends at {expected}"),
                 ));
             }
         }
         match check_header(&read_header(&file, len)?, base) {
             Err(reason) | Ok(Header::Torn(reason)) => {
-                report.damage.push(damage(0, reason));
-                expected_base = None;
+                report.damage.push(damage(0, len, None, reason));
+                expected_base = upper;
                 continue;
             }
             Ok(Header::Valid) => {}
         }
-        let scan = scan_segment(&file, base, len)?;
+        let scan = scan_sealed(&file, base, len, upper)?;
         report.records += scan.records;
+        for d in &scan.damage {
+            report.damage.push(damage(
+                d.start,
+                d.end,
+                Some(d.first..d.resume),
+                d.reason.clone(),
+            ));
+        }
         expected_base = match scan.stop {
             Some((position, reason)) => {
-                report.damage.push(damage(position, reason));
+                report.damage.push(damage(position, len, None, reason));
                 None // where this segment really ends is unknown
             }
             None => Some(scan.next_offset),
@@ -283,6 +343,7 @@ impl SegmentedLog {
                     len: fs::metadata(path)?.len(),
                     index: Vec::new(),
                     indexed: false,
+                    damage: Vec::new(),
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -293,6 +354,7 @@ impl SegmentedLog {
             len: tail.len,
             index: tail.index,
             indexed: true,
+            damage: Vec::new(),
         });
         let start = infos[0].base;
         report.segments = infos.len() as u64;
@@ -431,6 +493,7 @@ impl Log for SegmentedLog {
             durable,
             next: from,
             cursor: None,
+            skipped: Vec::new(),
         }))
     }
 
@@ -451,6 +514,23 @@ impl Log for SegmentedLog {
             while stopped.changed().await.is_ok() {}
             Ok(())
         })
+    }
+
+    fn damage(&self) -> Vec<SkippedRange> {
+        let table = read_lock(&self.shared.table);
+        table
+            .segments
+            .iter()
+            .flat_map(|s| {
+                s.damage.iter().map(|d| SkippedRange {
+                    partition: 0,
+                    first: d.first,
+                    end: d.resume,
+                    location: format!("{} bytes {}..{}", s.path.display(), d.start, d.end),
+                    reason: d.reason.clone(),
+                })
+            })
+            .collect()
     }
 
     fn stats(&self) -> LogStats {
@@ -531,6 +611,8 @@ struct SegmentInfo {
     index: Vec<(Offset, u64)>,
     /// Whether `index` is complete (sealed segments found at open are indexed lazily).
     indexed: bool,
+    /// Damaged ranges found so far, by start position; readers skip them.
+    damage: Vec<Damage>,
 }
 
 /// Error injection for tests: each counter fails that many upcoming operations.
@@ -743,21 +825,49 @@ struct Scan {
     records: u64,
     next_offset: Offset,
     index: Vec<(Offset, u64)>,
+    /// Damaged ranges skipped ([`scan_sealed`] only).
+    damage: Vec<Damage>,
     /// Where and why the scan stopped before the end of the file.
     stop: Option<(u64, String)>,
 }
 
-/// Walks the frames of a segment from its header to `file_len`, checking CRCs and offsets.
+/// A damaged range of a segment, skipped by readers: bytes `start..end` hold no readable
+/// frame, and the records `first..resume` were in them (none when `first == resume`:
+/// only bytes between frames are bad). Frames resume at `end` with offset `resume`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Damage {
+    start: u64,
+    end: u64,
+    first: Offset,
+    resume: Offset,
+    reason: String,
+}
+
+/// Walks the frames of a segment from its header to `file_len`, checking CRCs and offsets;
+/// stops at the first damage (tail recovery: what follows is a torn write).
 fn scan_segment(file: &File, base: Offset, file_len: u64) -> io::Result<Scan> {
+    scan_from(file, base, SEGMENT_HEADER_LEN, base, file_len)
+}
+
+/// Walks the frames of a segment from byte `start` (where offset `next` is expected) to
+/// `file_len`, stopping at the first damage.
+fn scan_from(
+    file: &File,
+    base: Offset,
+    start: u64,
+    next: Offset,
+    file_len: u64,
+) -> io::Result<Scan> {
     let mut scan = Scan {
-        valid_len: SEGMENT_HEADER_LEN,
+        valid_len: start,
         records: 0,
-        next_offset: base,
+        next_offset: next,
         index: Vec::new(),
+        damage: Vec::new(),
         stop: None,
     };
     let mut data: Vec<u8> = Vec::new();
-    let mut data_pos = SEGMENT_HEADER_LEN; // file position of data[0]
+    let mut data_pos = start; // file position of data[0]
     let mut cursor = 0usize;
     loop {
         let pos = data_pos + cursor as u64;
@@ -809,6 +919,127 @@ fn scan_segment(file: &File, base: Offset, file_len: u64) -> io::Result<Scan> {
         }
     }
     Ok(scan)
+}
+
+/// Walks every frame of a segment whose records are acknowledged (a sealed one), skipping
+/// damaged ranges: after damage it resynchronises on the next valid frame ([`resync`]).
+/// `upper` is the base offset of the next segment (where this one's records must end);
+/// with it, damage that no valid frame follows runs to the end of the file and loses the
+/// records up to `upper`, and a segment that ends early loses the rest. Without it (the
+/// last segment) such damage is left in `stop`: its extent is unknown.
+fn scan_sealed(file: &File, base: Offset, len: u64, upper: Option<Offset>) -> io::Result<Scan> {
+    let mut scan = scan_segment(file, base, len)?;
+    while let Some((start, reason)) = scan.stop.take() {
+        let first = scan.next_offset;
+        match resync(file, start, len, first, upper)? {
+            Some((end, resume)) => {
+                scan.damage.push(Damage {
+                    start,
+                    end,
+                    first,
+                    resume,
+                    reason,
+                });
+                let more = scan_from(file, base, end, resume, len)?;
+                scan.valid_len = more.valid_len;
+                scan.records += more.records;
+                scan.next_offset = more.next_offset;
+                scan.index.extend(more.index);
+                scan.stop = more.stop;
+            }
+            None => match upper {
+                Some(resume) => {
+                    scan.damage.push(Damage {
+                        start,
+                        end: len,
+                        first,
+                        resume: resume.max(first),
+                        reason,
+                    });
+                    scan.next_offset = resume.max(first);
+                }
+                None => scan.stop = Some((start, reason)),
+            },
+        }
+    }
+    if let Some(upper) = upper {
+        if scan.stop.is_none() && scan.next_offset < upper {
+            scan.damage.push(Damage {
+                start: len,
+                end: len,
+                first: scan.next_offset,
+                resume: upper,
+                reason: format!(
+                    "segment ends before offset {}, the next one starts at {upper}",
+                    scan.next_offset
+                ),
+            });
+            scan.next_offset = upper;
+        }
+    }
+    Ok(scan)
+}
+
+/// Finds the first position at or after `from` (the start of a damaged frame that should
+/// hold offset `expected`) where a whole frame with a valid CRC32C holds a plausible
+/// offset: at least `expected`, below `upper` when known, and at most one record per
+/// minimal frame (18 bytes) since `from`, since the lost frames lay between. Returns the
+/// position and that offset. A false match needs a 32-bit CRC to agree by chance on top
+/// of the length, key length and offset checks; record values are JSON, which never holds
+/// the zero bytes a frame header of a plausible length has.
+fn resync(
+    file: &File,
+    from: u64,
+    len: u64,
+    expected: Offset,
+    upper: Option<Offset>,
+) -> io::Result<Option<(u64, Offset)>> {
+    let mut window: Vec<u8> = Vec::new();
+    let mut window_pos = from;
+    let mut c = from;
+    while c + FRAME_OVERHEAD as u64 <= len {
+        if c + FRAME_OVERHEAD as u64 > window_pos + window.len() as u64 {
+            window_pos = c;
+            let n = (len - c).min(READ_CHUNK as u64) as usize;
+            window.resize(n, 0);
+            file.read_exact_at(&mut window, c)?;
+        }
+        let i = (c - window_pos) as usize;
+        let h = &window[i..i + FRAME_OVERHEAD];
+        let body_len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")) as u64;
+        let offset = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+        let key_len = u16::from_le_bytes(h[16..18].try_into().expect("2 bytes")) as u64;
+        // A valid frame right at `from` may hold any later offset (records missing without
+        // bytes); further on, the lost frames took at least 18 bytes each.
+        let most = if c == from {
+            Offset::MAX
+        } else {
+            expected.saturating_add((c - from) / FRAME_OVERHEAD as u64)
+        };
+        let plausible = body_len >= BODY_PREFIX as u64
+            && c + FRAME_PREFIX as u64 + body_len <= len
+            && BODY_PREFIX as u64 + key_len <= body_len
+            && offset >= expected
+            && offset <= most
+            && upper.is_none_or(|u| offset < u);
+        if plausible {
+            let stored = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            let body_at = i + FRAME_PREFIX;
+            let body_end = body_at + body_len as usize;
+            let computed = if body_end <= window.len() {
+                crc32c::crc32c(&window[body_at..body_end])
+            } else {
+                let mut body = vec![0u8; body_len as usize];
+                file.read_exact_at(&mut body, c + FRAME_PREFIX as u64)?;
+                crc32c::crc32c(&body)
+            };
+            if computed == stored {
+                return Ok(Some((c, offset)));
+            }
+        }
+        c += 1;
+    }
+    Ok(None)
 }
 
 struct RecoveredTail {
@@ -1134,6 +1365,7 @@ impl Writer {
                         len: update.len,
                         index: update.index,
                         indexed: true,
+                        damage: Vec::new(),
                     }),
                 }
             }
@@ -1184,6 +1416,8 @@ struct SegmentReader {
     /// Offset of the next record to return.
     next: Offset,
     cursor: Option<ReadCursor>,
+    /// Ranges skipped over damage, not yet taken by the consumer.
+    skipped: Vec<SkippedRange>,
 }
 
 struct ReadCursor {
@@ -1195,22 +1429,38 @@ struct ReadCursor {
     read_pos: u64,
 }
 
-impl SegmentReader {
-    fn corrupt(&self, base: Offset, position: u64, reason: String) -> LogError {
-        let table = read_lock(&self.shared.table);
-        let path = table
-            .find(base)
-            .map(|i| table.segments[i].path.display().to_string())
-            .unwrap_or_else(|| format!("segment {base}"));
-        LogError::Corrupt {
-            location: format!("{path} byte {position}"),
-            reason,
-        }
-    }
+/// How many skipped ranges a reader keeps for a consumer that never takes them.
+const MAX_PENDING_SKIPS: usize = 1024;
 
+/// Records a damaged range of segment `base` (once), with a warning naming the segment,
+/// the bytes and the records lost. Returns the range as recorded.
+fn register_damage(shared: &Shared, base: Offset, damage: Damage) -> Damage {
+    let mut table = write_lock(&shared.table);
+    let Some(i) = table.find(base) else {
+        return damage;
+    };
+    let s = &mut table.segments[i];
+    if let Some(known) = s.damage.iter().find(|d| d.start == damage.start) {
+        return known.clone();
+    }
+    tracing::warn!(
+        segment = %s.path.display(),
+        bytes = %format!("{}..{}", damage.start, damage.end),
+        lost_offsets = %format!("{}..{}", damage.first, damage.resume),
+        lost_records = damage.resume - damage.first,
+        reason = %damage.reason,
+        "damaged log segment: readers skip this byte range (run `shiplog log verify`; restore the segment from a backup)"
+    );
+    let at = s.damage.partition_point(|d| d.start < damage.start);
+    s.damage.insert(at, damage.clone());
+    damage
+}
+
+impl SegmentReader {
     /// Opens the segment holding `offset` at the nearest index entry at or before it.
+    /// A sealed segment found at open is scanned (and its damage recorded) on first use.
     fn open_at(&self, offset: Offset) -> Result<ReadCursor, LogError> {
-        let (base, path, len, indexed) = {
+        let (base, path, len, indexed, upper) = {
             let table = read_lock(&self.shared.table);
             let start = table.segments[0].base;
             let end = *self.durable.borrow();
@@ -1218,13 +1468,21 @@ impl SegmentReader {
                 .find(offset)
                 .ok_or(LogError::OutOfRange { offset, start, end })?;
             let s = &table.segments[i];
-            (s.base, s.path.clone(), s.len, s.indexed)
+            let upper = table.segments.get(i + 1).map(|n| n.base);
+            (s.base, s.path.clone(), s.len, s.indexed, upper)
         };
         let file = File::open(&path)?;
         if !indexed {
-            let scan = scan_segment(&file, base, len)?;
+            let scan = scan_sealed(&file, base, len, upper)?;
             if let Some((position, reason)) = scan.stop {
-                return Err(self.corrupt(base, position, reason));
+                // Only the last segment has no upper bound, and it is always indexed.
+                return Err(LogError::Corrupt {
+                    location: format!("{} byte {position}", path.display()),
+                    reason,
+                });
+            }
+            for d in scan.damage {
+                register_damage(&self.shared, base, d);
             }
             let mut table = write_lock(&self.shared.table);
             if let Some(i) = table.find(base) {
@@ -1252,6 +1510,74 @@ impl SegmentReader {
             read_pos,
         })
     }
+
+    /// The cursor met damage at byte `position` of its segment, where offset `self.next`
+    /// was expected: finds the damaged range (recorded by the segment's scan, or found
+    /// now by resynchronising), moves past it and notes the records skipped. `false` when
+    /// the range cannot be bounded yet: damage in the last segment that no valid frame
+    /// follows (yet); the reader then waits for more records.
+    fn skip_damage(&mut self, position: u64, reason: String) -> Result<bool, LogError> {
+        let cursor = self.cursor.as_ref().expect("reading with a cursor");
+        let base = cursor.base;
+        let (known, path, len, upper) = {
+            let table = read_lock(&self.shared.table);
+            let i = table.find(base).expect("segment present");
+            let s = &table.segments[i];
+            (
+                s.damage.iter().find(|d| d.start == position).cloned(),
+                s.path.clone(),
+                s.len,
+                table.segments.get(i + 1).map(|n| n.base),
+            )
+        };
+        let damage = match known {
+            Some(d) => d,
+            None => {
+                let found = resync(&cursor.file, position, len, self.next, upper)?;
+                let damage = match (found, upper) {
+                    (Some((end, resume)), _) => Damage {
+                        start: position,
+                        end,
+                        first: self.next,
+                        resume,
+                        reason,
+                    },
+                    (None, Some(upper)) => Damage {
+                        start: position,
+                        end: len,
+                        first: self.next,
+                        resume: upper.max(self.next),
+                        reason,
+                    },
+                    (None, None) => return Ok(false),
+                };
+                register_damage(&self.shared, base, damage)
+            }
+        };
+        if damage.end <= position && damage.resume <= self.next {
+            // Nothing to skip past: the bytes here are not what the record says.
+            return Err(LogError::Corrupt {
+                location: format!("{} byte {position}", path.display()),
+                reason: damage.reason,
+            });
+        }
+        if damage.resume > self.next {
+            if self.skipped.len() < MAX_PENDING_SKIPS {
+                self.skipped.push(SkippedRange {
+                    partition: 0,
+                    first: self.next,
+                    end: damage.resume,
+                    location: format!("{} bytes {}..{}", path.display(), damage.start, damage.end),
+                    reason: damage.reason.clone(),
+                });
+            }
+            self.next = damage.resume;
+        }
+        let cursor = self.cursor.as_mut().expect("reading with a cursor");
+        cursor.buf = Bytes::new();
+        cursor.read_pos = damage.end;
+        Ok(true)
+    }
 }
 
 /// Durable length of the segment `base`, and the base of the next segment if any.
@@ -1267,7 +1593,7 @@ fn segment_limit(shared: &Shared, base: Offset) -> (u64, Option<Offset>) {
 }
 
 impl SegmentReader {
-    /// Reads records below `end` that are available now.
+    /// Reads records below `end` that are available now, skipping damaged ranges.
     fn read_available(
         &mut self,
         end: Offset,
@@ -1282,36 +1608,36 @@ impl SegmentReader {
                 self.cursor = Some(self.open_at(self.next)?);
             }
             let cursor = self.cursor.as_mut().expect("cursor just set");
-            match parse_frame(&cursor.buf) {
+            // Damage met at this byte of the segment, and why.
+            let damaged: (u64, String) = match parse_frame(&cursor.buf) {
                 Parsed::Frame {
                     offset,
                     key_len,
                     total,
                 } => {
                     if offset < self.next {
-                        // Skipping from an index entry to the start offset.
+                        // Skipping from an index entry (or a damaged range) to the start offset.
                         cursor.buf = cursor.buf.slice(total..);
                         continue;
                     }
                     if offset != self.next {
-                        let (base, position) =
-                            (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
-                        return Err(self.corrupt(
-                            base,
-                            position,
+                        (
+                            cursor.read_pos - cursor.buf.len() as u64,
                             format!("frame holds offset {offset}, expected {}", self.next),
-                        ));
+                        )
+                    } else {
+                        let key_end = FRAME_OVERHEAD + key_len;
+                        out.push(LogEntry {
+                            partition: 0,
+                            offset,
+                            key: cursor.buf.slice(FRAME_OVERHEAD..key_end),
+                            value: cursor.buf.slice(key_end..total),
+                        });
+                        bytes += total - FRAME_OVERHEAD;
+                        cursor.buf = cursor.buf.slice(total..);
+                        self.next += 1;
+                        continue;
                     }
-                    let key_end = FRAME_OVERHEAD + key_len;
-                    out.push(LogEntry {
-                        partition: 0,
-                        offset,
-                        key: cursor.buf.slice(FRAME_OVERHEAD..key_end),
-                        value: cursor.buf.slice(key_end..total),
-                    });
-                    bytes += total - FRAME_OVERHEAD;
-                    cursor.buf = cursor.buf.slice(total..);
-                    self.next += 1;
                 }
                 Parsed::Incomplete(need) => {
                     let (limit, next_base) = segment_limit(&self.shared, cursor.base);
@@ -1330,35 +1656,33 @@ impl SegmentReader {
                             .read_exact_at(&mut chunk[have..], cursor.read_pos)?;
                         cursor.read_pos += more as u64;
                         cursor.buf = Bytes::from(chunk);
+                        continue;
                     } else if let (true, Some(next_base)) = (cursor.buf.is_empty(), next_base) {
-                        if next_base != self.next {
-                            let (base, position) = (cursor.base, cursor.read_pos);
-                            return Err(self.corrupt(
-                                base,
-                                position,
-                                format!(
-                                    "segment ends before offset {}, the next one starts at {next_base}",
-                                    self.next
-                                ),
-                            ));
+                        if next_base <= self.next {
+                            self.cursor = None; // on to the next segment
+                            continue;
                         }
-                        self.cursor = None; // on to the next segment
+                        (
+                            cursor.read_pos,
+                            format!(
+                                "segment ends before offset {}, the next one starts at {next_base}",
+                                self.next
+                            ),
+                        )
                     } else if cursor.buf.is_empty() {
                         break; // the durable end has not reached the table yet
                     } else {
-                        let (base, position) =
-                            (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
-                        return Err(self.corrupt(
-                            base,
-                            position,
+                        (
+                            cursor.read_pos - cursor.buf.len() as u64,
                             "frame runs past the durable end of the segment".into(),
-                        ));
+                        )
                     }
                 }
-                Parsed::Bad(reason) => {
-                    let (base, position) = (cursor.base, cursor.read_pos - cursor.buf.len() as u64);
-                    return Err(self.corrupt(base, position, reason));
-                }
+                Parsed::Bad(reason) => (cursor.read_pos - cursor.buf.len() as u64, reason),
+            };
+            let (position, reason) = damaged;
+            if !self.skip_damage(position, reason)? {
+                break;
             }
         }
         Ok(out)
@@ -1393,6 +1717,10 @@ impl LogReader for SegmentReader {
 
     fn position(&self) -> Offset {
         self.next
+    }
+
+    fn take_skipped(&mut self) -> Vec<SkippedRange> {
+        std::mem::take(&mut self.skipped)
     }
 }
 

@@ -67,6 +67,22 @@ pub struct LogStats {
     pub segments: u64,
 }
 
+/// Records a reader skipped because the bytes holding them are damaged (a corrupt byte in
+/// a sealed segment, say). Readers never return damaged data and never stop at damage: they
+/// skip it and say so, once per reader, through [`LogReader::take_skipped`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRange {
+    pub partition: Partition,
+    /// First offset skipped.
+    pub first: Offset,
+    /// Offset after the last one skipped (`first..end`).
+    pub end: Offset,
+    /// Where the damage is: segment file and byte range.
+    pub location: String,
+    /// What is wrong there (CRC mismatch, impossible length, …).
+    pub reason: String,
+}
+
 /// Errors of the log, tagged so ingest can choose 507 / 503 / 500.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -133,6 +149,12 @@ pub trait Log: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'static, Result<(), LogError>>;
 
     fn stats(&self) -> LogStats;
+
+    /// Every damaged range found so far (by readers or scans) whose records readers skip;
+    /// empty for a backend that has none.
+    fn damage(&self) -> Vec<SkippedRange> {
+        Vec::new()
+    }
 }
 
 /// Reads durable records of one partition in offset order.
@@ -148,4 +170,12 @@ pub trait LogReader: Send {
 
     /// The offset the next returned record will have.
     fn position(&self) -> Offset;
+
+    /// Takes the ranges this reader skipped over since the last call, in offset order
+    /// (damaged records: see [`SkippedRange`]). A consumer that must account for every
+    /// offset (the projection) calls it after each batch; the records of a returned batch
+    /// below a range's `first` come before it.
+    fn take_skipped(&mut self) -> Vec<SkippedRange> {
+        Vec::new()
+    }
 }

@@ -98,6 +98,7 @@
 //! index of projected keys lives in `_dedup/` and is committed with each flush. Events always have `received_at` (ingest
 //! sets it), an event with neither `time` nor `received_at` is dated 1970-01-01.
 
+mod check;
 mod convert;
 mod dedup;
 mod fsutil;
@@ -108,6 +109,9 @@ mod run;
 mod schema;
 mod state;
 
+pub use check::{
+    describe_gaps, CoverageReport, GapReport, MissingEvents, OffsetAudit, PartitionCoverage,
+};
 pub use pricing::{CostSource, PriceTable};
 pub use projector::{
     apply_retention, compact, file_name, parquet_dir, parse_file_name, CompactionReport,

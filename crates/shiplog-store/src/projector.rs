@@ -14,7 +14,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use shiplog_events::Kind;
-use shiplog_log::{LogEntry, Offset, Partition};
+use shiplog_log::{LogEntry, Offset, Partition, SkippedRange};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -106,6 +106,9 @@ pub struct FlushReport {
     pub elapsed: Duration,
     /// Events dropped as duplicates of a projected `(source, id)` (dedup on).
     pub duplicates: u64,
+    /// Log records lost to damage that the log's reader skipped (recorded in the dead
+    /// letter with where and why; also counted in `skipped`).
+    pub lost: u64,
 }
 
 /// What one compaction did.
@@ -146,7 +149,7 @@ pub fn parse_file_name(name: &str) -> Option<(Partition, Offset, Offset)> {
     ))
 }
 
-fn date_of_micros(micros: i64) -> NaiveDate {
+pub(crate) fn date_of_micros(micros: i64) -> NaiveDate {
     DateTime::<Utc>::from_timestamp_micros(micros)
         .unwrap_or_default()
         .date_naive()
@@ -203,6 +206,8 @@ struct Staged {
     fin: PathBuf,
     rows: u64,
     bytes: u64,
+    /// The log partition of a Parquet file's rows (`None`: dead letters, dedup keys).
+    partition: Option<Partition>,
 }
 
 /// Projects log entries into Parquet, exactly once. Owns `<data_dir>/parquet/` while it
@@ -212,6 +217,8 @@ pub struct ParquetProjector {
     config: ProjectorConfig,
     state: State,
     buffer: Vec<LogEntry>,
+    /// Ranges of damaged log records the reader skipped, to record with the next flush.
+    skips: Vec<SkippedRange>,
     buffered_bytes: usize,
     /// Next expected offset per partition, including buffered entries.
     buffered_next: BTreeMap<Partition, Offset>,
@@ -248,7 +255,8 @@ impl ParquetProjector {
     ) -> Result<ParquetProjector, StoreError> {
         let _ = remove_file_if_exists(&root.join("_state.json.tmp"))?;
         let mut state = State::load(&root)?;
-        let had_pending = !state.renames.is_empty() || !state.deletes.is_empty();
+        let had_pending =
+            !state.renames.is_empty() || !state.deletes.is_empty() || !state.expire.is_empty();
         complete_pending(&root, &state)?;
         remove_stray_temp_files(&root)?;
         let trash = root.join("_trash");
@@ -258,6 +266,7 @@ impl ParquetProjector {
         if had_pending {
             state.renames.clear();
             state.deletes.clear();
+            state.expire.clear();
             state.store(&root)?;
         }
         write_schema_files(&root)?;
@@ -274,6 +283,7 @@ impl ParquetProjector {
             config,
             state,
             buffer: Vec::new(),
+            skips: Vec::new(),
             buffered_bytes: 0,
             buffered_next,
             crash: None,
@@ -296,14 +306,61 @@ impl ParquetProjector {
         self.buffered_next.get(&partition).copied().unwrap_or(0)
     }
 
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
     /// The committed (durable, queryable) next offset per partition.
     pub fn committed_offsets(&self) -> &BTreeMap<Partition, Offset> {
         &self.state.offsets
     }
 
-    /// Events buffered and not yet flushed.
+    /// Events (and skipped ranges of damaged records) buffered and not yet flushed.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() + self.skips.len()
+    }
+
+    /// Buffers what a log reader returned: `entries`, and the `skipped` ranges of damaged
+    /// records it reported with them ([`shiplog_log::LogReader::take_skipped`]). Each
+    /// skipped offset is committed with the next flush as a dead letter (where, why), so
+    /// the projection accounts for every offset: a row, or a dead letter.
+    pub fn push_read(&mut self, entries: Vec<LogEntry>, skipped: Vec<SkippedRange>) {
+        if skipped.is_empty() {
+            return self.push(entries);
+        }
+        let mut skipped = skipped.into_iter().peekable();
+        let mut run = Vec::with_capacity(entries.len());
+        for e in entries {
+            while let Some(r) =
+                skipped.next_if(|r| r.partition == e.partition && r.first <= e.offset)
+            {
+                self.push(std::mem::take(&mut run));
+                self.skip(r);
+            }
+            run.push(e);
+        }
+        self.push(run);
+        for r in skipped {
+            self.skip(r);
+        }
+    }
+
+    /// Records a skipped range of damaged log records (the part not already projected).
+    fn skip(&mut self, mut r: SkippedRange) {
+        let next = self.buffered_next.entry(r.partition).or_insert(0);
+        if r.end <= *next {
+            return;
+        }
+        r.first = r.first.max(*next);
+        *next = r.end;
+        tracing::warn!(
+            partition = r.partition,
+            offsets = %format!("{}..{}", r.first, r.end),
+            location = %r.location,
+            reason = %r.reason,
+            "damaged log records skipped by the projection; recorded in _deadletter/"
+        );
+        self.skips.push(r);
     }
 
     /// Buffers entries. Entries below a partition's next offset (already projected or
@@ -351,10 +408,11 @@ impl ParquetProjector {
     /// survived).
     pub fn flush(&mut self) -> Result<FlushReport, StoreError> {
         let start = Instant::now();
-        if self.buffer.is_empty() {
+        if self.buffer.is_empty() && self.skips.is_empty() {
             return Ok(FlushReport::default());
         }
         let mut entries = std::mem::take(&mut self.buffer);
+        let skips = std::mem::take(&mut self.skips);
         let mut duplicates = 0;
         let mut new_keys = Vec::new();
         if let Some(d) = &self.dedup {
@@ -391,6 +449,15 @@ impl ParquetProjector {
             staged.extend(s);
             skipped += k;
         }
+        let mut lost_letters = DeadLetters::default();
+        for r in &skips {
+            lost_letters.push_lost(r);
+        }
+        let lost = lost_letters.count;
+        skipped += lost;
+        if let Some(d) = lost_letters.stage(root)? {
+            staged.push(d);
+        }
         let parquet_files = staged
             .iter()
             .filter(|s| s.fin.extension().is_some_and(|e| e == "parquet"))
@@ -405,6 +472,7 @@ impl ParquetProjector {
                     fin,
                     rows: 0,
                     bytes: 0,
+                    partition: None,
                 });
             }
         }
@@ -412,11 +480,25 @@ impl ParquetProjector {
 
         let mut next = self.state.clone();
         next.offsets = self.buffered_next.clone();
+        if let Some(absent) = &mut next.absent {
+            // Offsets committed without a row: dead letters, damaged records, dropped
+            // duplicates, gaps in the log's offsets.
+            for (&part, &to) in &next.offsets {
+                let from = self.state.offsets.get(&part).copied().unwrap_or(0);
+                let rows: u64 = staged
+                    .iter()
+                    .filter(|s| s.partition == Some(part))
+                    .map(|s| s.rows)
+                    .sum();
+                *absent.entry(part).or_insert(0) += (to - from).saturating_sub(rows);
+            }
+        }
         next.renames = staged
             .iter()
             .map(|s| (rel(root, &s.tmp), rel(root, &s.fin)))
             .collect();
         next.deletes.clear();
+        next.expire.clear();
         next.store(root)?;
         self.state = next;
         self.buffered_bytes = 0;
@@ -445,6 +527,7 @@ impl ParquetProjector {
             bytes,
             elapsed: start.elapsed(),
             duplicates,
+            lost,
         })
     }
 
@@ -509,6 +592,7 @@ impl ParquetProjector {
         let mut next = self.state.clone();
         next.renames = renames;
         next.deletes = deletes;
+        next.expire.clear();
         next.store(&root)?;
         self.state = next;
         self.crash_point(CrashPoint::AfterStateCommit)?;
@@ -520,9 +604,34 @@ impl ParquetProjector {
         Ok(report)
     }
 
-    /// Deletes whole date partitions older than each kind's retention.
+    /// Deletes whole date partitions older than each kind's retention, committed through
+    /// the state file (which counts their rows as absent) and rolled forward on recovery.
     pub fn apply_retention(&mut self, now: DateTime<Utc>) -> Result<RetentionReport, StoreError> {
-        apply_retention_in(&self.root, &self.config.retention_days, now)
+        let root = self.root.clone();
+        let expired = expired_partitions(&root, &self.config.retention_days, now)?;
+        if expired.is_empty() {
+            return Ok(RetentionReport::default());
+        }
+        let mut next = self.state.clone();
+        if let Some(absent) = &mut next.absent {
+            for (_, _, dir) in &expired {
+                for (partition, rows) in parquet_rows(dir)? {
+                    *absent.entry(partition).or_insert(0) += rows;
+                }
+            }
+        }
+        next.renames.clear();
+        next.deletes.clear();
+        next.expire = expired.iter().map(|(_, _, dir)| rel(&root, dir)).collect();
+        next.store(&root)?;
+        self.state = next;
+        apply_pending(&root, &self.state, false)?;
+        let mut report = RetentionReport::default();
+        for (kind, date, _) in expired {
+            tracing::info!(kind = kind.as_str(), %date, "retention: deleted partition");
+            report.partitions_deleted.push((kind, date));
+        }
+        Ok(report)
     }
 }
 
@@ -626,6 +735,7 @@ fn stage_files(
             fin,
             rows,
             bytes,
+            partition: Some(partition),
         });
     }
     let skipped = dead.count;
@@ -677,6 +787,24 @@ impl DeadLetters {
         self.ndjson.push(b'\n');
     }
 
+    /// A range of records lost to damage in the log: one line with `offset` (the first),
+    /// `end` (after the last), `count`, `error` and `location` (segment, byte range).
+    fn push_lost(&mut self, r: &SkippedRange) {
+        let count = r.end - r.first;
+        self.count += count;
+        self.first.get_or_insert((r.partition, r.first));
+        let line = serde_json::json!({
+            "partition": r.partition,
+            "offset": r.first,
+            "end": r.end,
+            "count": count,
+            "error": format!("damaged log record{}: {}", if count == 1 { "" } else { "s" }, r.reason),
+            "location": r.location,
+        });
+        serde_json::to_writer(&mut self.ndjson, &line).expect("JSON to a Vec");
+        self.ndjson.push(b'\n');
+    }
+
     fn stage(self, root: &Path) -> Result<Option<Staged>, StoreError> {
         let Some((partition, offset)) = self.first else {
             return Ok(None);
@@ -694,6 +822,7 @@ impl DeadLetters {
             fin,
             rows: 0,
             bytes: self.ndjson.len() as u64,
+            partition: None,
         }))
     }
 }
@@ -720,6 +849,21 @@ fn complete_pending(root: &Path, state: &State) -> Result<(), StoreError> {
 fn apply_pending(root: &Path, state: &State, crash_mid: bool) -> Result<(), StoreError> {
     let mut dirs = BTreeSet::new();
     let mut steps = 0;
+    // Expired date directories: out of the views' globs atomically (a rename), then gone.
+    for d in &state.expire {
+        let dir = root.join(d);
+        if dir.exists() {
+            let trash = root.join("_trash");
+            create_dir_durable(&trash)?;
+            let to = trash.join(d.replace('/', "-"));
+            if to.exists() {
+                fs::remove_dir_all(&to).at(&to)?;
+            }
+            fs::rename(&dir, &to).at(&to)?;
+            sync_dir(dir.parent().unwrap_or(root))?;
+            fs::remove_dir_all(&to).at(&to)?;
+        }
+    }
     // Deletes first, then renames: a concurrent reader may miss a compacted day for a
     // moment but never counts it twice.
     for d in &state.deletes {
@@ -804,13 +948,14 @@ pub(crate) fn write_schema_files(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(crate) fn apply_retention_in(
+/// The date directories older than each kind's retention: `(kind, date, dir)`.
+fn expired_partitions(
     root: &Path,
     retention: &BTreeMap<Kind, u32>,
     now: DateTime<Utc>,
-) -> Result<RetentionReport, StoreError> {
+) -> Result<Vec<(Kind, NaiveDate, PathBuf)>, StoreError> {
     let today = now.date_naive();
-    let mut report = RetentionReport::default();
+    let mut out = Vec::new();
     for (&kind, &days) in retention {
         let cutoff = today - chrono::Days::new(days as u64);
         for dir in list_dir(&root.join(kind.as_str()))? {
@@ -821,21 +966,36 @@ pub(crate) fn apply_retention_in(
             else {
                 continue;
             };
-            if date >= cutoff {
-                continue;
+            if date < cutoff {
+                out.push((kind, date, dir));
             }
-            // Move out of the view's glob atomically, then delete.
-            let trash = root.join("_trash");
-            create_dir_durable(&trash)?;
-            let to = trash.join(format!("{}-{}", kind.as_str(), date_dir_name(date)));
-            fs::rename(&dir, &to).at(&to)?;
-            sync_dir(&root.join(kind.as_str()))?;
-            fs::remove_dir_all(&to).at(&to)?;
-            tracing::info!(kind = kind.as_str(), %date, "retention: deleted partition");
-            report.partitions_deleted.push((kind, date));
         }
     }
-    Ok(report)
+    Ok(out)
+}
+
+/// Rows per log partition of the Parquet files in `dir`, from their footers.
+pub(crate) fn parquet_rows(dir: &Path) -> Result<BTreeMap<Partition, u64>, StoreError> {
+    let mut out = BTreeMap::new();
+    for f in list_dir(dir)? {
+        let Some((partition, _, _)) = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_file_name)
+        else {
+            continue;
+        };
+        *out.entry(partition).or_insert(0) += footer_rows(&f)?;
+    }
+    Ok(out)
+}
+
+/// Number of rows of a Parquet file, from its footer.
+pub(crate) fn footer_rows(path: &Path) -> Result<u64, StoreError> {
+    use parquet::file::reader::FileReader;
+    let f = File::open(path).at(path)?;
+    let reader = parquet::file::reader::SerializedFileReader::new(f)?;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
 }
 
 /// Compacts the closed days of a data directory whose projection is not running (takes
@@ -852,10 +1012,11 @@ pub fn apply_retention(
     retention_days: &BTreeMap<Kind, u32>,
     now: DateTime<Utc>,
 ) -> Result<RetentionReport, StoreError> {
-    let root = parquet_dir(data_dir);
-    create_dir_durable(&root)?;
-    let _lock = DirLock::acquire(&root)?;
-    apply_retention_in(&root, retention_days, now)
+    let config = ProjectorConfig {
+        retention_days: retention_days.clone(),
+        ..ProjectorConfig::default()
+    };
+    ParquetProjector::open(data_dir, config)?.apply_retention(now)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The projection task of `serve` ([`run_projection`]) and [`replay`].
 
+use crate::check::describe_gaps;
 use crate::fsutil::{create_dir_durable, list_dir, DirLock, IoAt};
 use crate::projector::{parquet_dir, FlushReport, ParquetProjector, ProjectorConfig};
 use crate::StoreError;
@@ -35,6 +36,13 @@ pub struct ProjectionMetrics {
     pub partitions_deleted: AtomicU64,
     /// Events dropped as duplicates by the projection's `(source, id)` dedup.
     pub duplicates_dropped: AtomicU64,
+    /// Log records lost to damage in the log, skipped and recorded as dead letters.
+    pub log_records_lost: AtomicU64,
+    /// Committed events missing from the Parquet files (a file deleted by hand), as found
+    /// by the check at start ([`ParquetProjector::coverage`]).
+    pub missing_events: AtomicU64,
+    /// Rows beyond the committed offsets (a file copied in by hand), same check.
+    pub extra_rows: AtomicU64,
 }
 
 impl ProjectionMetrics {
@@ -44,6 +52,7 @@ impl ProjectionMetrics {
         self.bytes_written.fetch_add(r.bytes, Relaxed);
         self.events_skipped.fetch_add(r.skipped, Relaxed);
         self.duplicates_dropped.fetch_add(r.duplicates, Relaxed);
+        self.log_records_lost.fetch_add(r.lost, Relaxed);
         self.flushes.fetch_add(1, Relaxed);
         let us = r.elapsed.as_micros() as u64;
         self.last_flush_micros.store(us, Relaxed);
@@ -130,6 +139,24 @@ impl ProjectionMetrics {
             "Events dropped by the projection as duplicates of a projected (source, id).",
             self.duplicates_dropped.load(Relaxed) as f64,
         );
+        put(
+            "shiplog_projection_log_records_lost_total",
+            "counter",
+            "Log records lost to damage in the log's segments: skipped, kept as dead letters with where and why.",
+            self.log_records_lost.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_missing_events",
+            "gauge",
+            "Committed events missing from the Parquet files (a file deleted by hand): run `shiplog replay`.",
+            self.missing_events.load(Relaxed) as f64,
+        );
+        put(
+            "shiplog_projection_extra_rows",
+            "gauge",
+            "Parquet rows beyond the committed offsets (a file copied in by hand): run `shiplog replay`.",
+            self.extra_rows.load(Relaxed) as f64,
+        );
         out
     }
 }
@@ -208,6 +235,9 @@ async fn projection_loop(
 ) -> Result<(), StoreError> {
     let mut backoff = Duration::from_millis(500);
     let mut next_compaction = schedule.upcoming(Utc).next();
+    if let Some(p) = projector.take() {
+        projector = Some(check_at_start(p, &log, &config, &metrics).await);
+    }
     loop {
         let p = match projector.take() {
             Some(p) => p,
@@ -224,13 +254,15 @@ async fn projection_loop(
                         if wait_or_shutdown(&shutdown, backoff).await {
                             return Ok(());
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 }
             }
         };
         let _ = tx.send(p.committed_offsets().clone());
+        let before = p.committed_offsets().clone();
+        let progress = tx.subscribe();
         match run_once(
             &log,
             p,
@@ -246,14 +278,120 @@ async fn projection_loop(
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.flush_errors.fetch_add(1, Relaxed);
+                if *progress.borrow() != before {
+                    // It worked for a while: this is a new failure, not the same one again.
+                    backoff = Duration::from_millis(500);
+                }
                 tracing::error!(error = %e, "projection failed; reopening (recovery) after backoff");
                 if wait_or_shutdown(&shutdown, backoff).await {
                     return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+/// Longest wait before reopening a failed projection (a full disk that got space again
+/// is noticed within this).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Most log entries read at start to name the files of missing events.
+const DESCRIBE_LIMIT: u64 = 1_000_000;
+
+/// The check at start: do the Parquet files hold every committed offset (a file deleted
+/// or copied in by hand)? Counts rows from the footers; when they do not add up, finds the
+/// exact offsets and names the kinds, days and files from the log. Reports with warnings
+/// and the `missing_events` / `extra_rows` gauges; never stops the projection.
+async fn check_at_start(
+    p: ParquetProjector,
+    log: &Arc<dyn Log>,
+    config: &ProjectorConfig,
+    metrics: &ProjectionMetrics,
+) -> ParquetProjector {
+    let started = Instant::now();
+    let (p, checked) = tokio::task::spawn_blocking(move || {
+        let r = p.coverage().and_then(|c| {
+            let audit = if c.is_consistent() {
+                None
+            } else {
+                Some(p.audit_offsets()?)
+            };
+            Ok((c, audit))
+        });
+        (p, r)
+    })
+    .await
+    .expect("check task panicked");
+    let (coverage, audit) = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the Parquet files against the projection state");
+            return p;
+        }
+    };
+    if !coverage.tracked {
+        tracing::info!("the projection state predates row accounting: the check of the Parquet files against it starts with the next `shiplog replay`");
+        return p;
+    }
+    metrics.missing_events.store(coverage.missing(), Relaxed);
+    metrics.extra_rows.store(coverage.extra(), Relaxed);
+    let Some(audit) = audit else {
+        tracing::info!(
+            files = coverage.files,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "projection checked: the Parquet files hold every committed event"
+        );
+        return p;
+    };
+    for (part, c) in &coverage.partitions {
+        if c.missing() > 0 || c.extra() > 0 {
+            tracing::warn!(
+                partition = part,
+                committed = c.committed,
+                rows = c.rows,
+                absent = c.absent,
+                missing = c.missing(),
+                extra = c.extra(),
+                "the Parquet files do not match the projection state: a file was deleted or copied by hand; run `shiplog replay` (server stopped) to rebuild them"
+            );
+        }
+    }
+    for (part, offset, rows) in audit.duplicates.iter().take(20) {
+        tracing::warn!(
+            partition = part,
+            offset,
+            rows,
+            "an event is in more than one Parquet row"
+        );
+    }
+    if config.dedup_window.is_some() {
+        // Dropped duplicates leave offsets without rows too: only the counts tell.
+        return p;
+    }
+    match describe_gaps(
+        log.as_ref(),
+        &audit.gaps,
+        &config.retention_days,
+        Utc::now(),
+        DESCRIBE_LIMIT,
+    )
+    .await
+    {
+        Ok(gaps) => {
+            for m in gaps.missing.iter().filter(|m| !m.expired) {
+                tracing::warn!(
+                    file = %m.file,
+                    partition = m.partition,
+                    offsets = %format!("{}..={}", m.first, m.last),
+                    events = m.count,
+                    "events missing from the Parquet files (deleted by hand?): run `shiplog replay`"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the missing events from the log"),
+    }
+    p
 }
 
 /// Sleeps `d`; true if shutdown was requested meanwhile.
@@ -304,9 +442,10 @@ async fn run_once(
                     wait,
                 )
                 .await?;
-            if !batch.is_empty() {
+            let skipped = r.take_skipped();
+            if !batch.is_empty() || !skipped.is_empty() {
                 first_buffered.get_or_insert_with(Instant::now);
-                p.push(batch);
+                p.push_read(batch, skipped);
             }
         }
         let due = first_buffered.is_some_and(|t| t.elapsed() >= config.flush_interval);
@@ -394,7 +533,10 @@ pub struct ReplayProgress {
 pub struct ReplayReport {
     pub events: u64,
     pub rows: u64,
+    /// Offsets without a row: invalid entries and damaged log records (dead letters).
     pub skipped: u64,
+    /// Of `skipped`: log records lost to damage in the log.
+    pub lost: u64,
     pub files: u64,
     pub elapsed: Duration,
 }
@@ -448,12 +590,22 @@ pub async fn replay(
                 )
                 .await?;
             let batch: Vec<_> = batch.into_iter().filter(|e| e.offset < end).collect();
+            let skipped: Vec<_> = reader
+                .take_skipped()
+                .into_iter()
+                .filter(|r| r.first < end)
+                .map(|mut r| {
+                    r.end = r.end.min(end);
+                    r
+                })
+                .collect();
             report.events += batch.len() as u64;
-            p.push(batch);
+            p.push_read(batch, skipped);
             if p.should_flush() {
                 let r = p.flush()?;
                 report.rows += r.rows;
                 report.skipped += r.skipped;
+                report.lost += r.lost;
                 report.files += r.files;
             }
             progress(ReplayProgress {
@@ -465,6 +617,7 @@ pub async fn replay(
     let r = p.flush()?;
     report.rows += r.rows;
     report.skipped += r.skipped;
+    report.lost += r.lost;
     report.files += r.files;
     p.apply_retention(Utc::now())?;
     report.elapsed = start.elapsed();

@@ -22,6 +22,17 @@ pub(crate) struct State {
     /// Files replaced by the last commit (compaction inputs); recovery deletes them.
     #[serde(default)]
     pub deletes: Vec<String>,
+    /// Date directories expired by the last commit (retention); recovery removes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expire: Vec<String>,
+    /// Per partition, how many offsets below `offsets` are committed without a row in a
+    /// Parquet file: dead letters (invalid entries, damaged log records), dropped
+    /// duplicates, gaps in the log's offsets, rows deleted by retention. So the rows on
+    /// disk of a partition plus this equal its offset — the check that finds a Parquet
+    /// file deleted by hand. `None` in a state written before this was counted (until the
+    /// next replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent: Option<BTreeMap<Partition, u64>>,
 }
 
 impl State {
@@ -34,6 +45,7 @@ impl State {
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
                 version: 1,
+                absent: Some(BTreeMap::new()),
                 ..State::default()
             }),
             Err(e) => Err(e).at(&path),

@@ -164,6 +164,16 @@ impl Ingestor {
                 let batch = reader
                     .next_batch(65_536, 64 << 20, Duration::from_millis(100))
                     .await?;
+                // Damaged records are skipped by the reader (which logs where): their keys
+                // cannot be known, so a retry of one of them is stored again.
+                for r in reader.take_skipped() {
+                    tracing::warn!(
+                        partition = r.partition,
+                        offsets = %format!("{}..{}", r.first, r.end),
+                        location = %r.location,
+                        "dedup index: damaged log records skipped; a client retry of one of them is accepted again"
+                    );
+                }
                 if batch.is_empty() {
                     break;
                 }

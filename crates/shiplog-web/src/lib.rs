@@ -272,6 +272,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         return r;
     }
     let stats = state.ingestor.log().stats();
+    let damage = state.ingestor.log().damage();
     let series = vec![
         ExternalSeries {
             name: "shiplog_log_bytes",
@@ -290,6 +291,18 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             help: "Group commits (fdatasync calls) since start.",
             kind: "counter",
             value: stats.syncs as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_damaged_ranges",
+            help: "Damaged byte ranges found in the log's segments; readers skip them (the server log names each one; run `shiplog log verify`).",
+            kind: "gauge",
+            value: damage.len() as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_damaged_records",
+            help: "Records lost in damaged ranges of the log.",
+            kind: "gauge",
+            value: damage.iter().map(|r| r.end - r.first).sum::<u64>() as f64,
         },
         ExternalSeries {
             name: "shiplog_dedup_keys",

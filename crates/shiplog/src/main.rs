@@ -73,6 +73,10 @@ enum Command {
     },
     /// Delete the projections and rebuild them from the log (server stopped).
     Replay,
+    /// Check the whole data dir (server stopped): the log, as `log verify`, and the
+    /// projection: every committed event in exactly one Parquet row (or a dead letter);
+    /// names the kind, day and file of missing events. Exit 0 when sound, 1 when not.
+    Verify,
     /// Operations on the embedded log.
     Log {
         #[command(subcommand)]
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             token,
         } => ops::query(&url, token.as_deref(), &sql, format),
         Command::Replay => ops::replay(&config),
+        Command::Verify => ops::verify(&config),
         Command::Log {
             which: LogCommand::Verify,
         } => ops::verify_log(&config),

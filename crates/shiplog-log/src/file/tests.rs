@@ -524,6 +524,42 @@ fn recovery_handles_torn_headers_and_empty_segments() {
     ));
 }
 
+/// Reads everything from `from` to the end, with the ranges the reader skipped.
+async fn read_all_skipping(log: &SegmentedLog, from: Offset) -> (Vec<LogEntry>, Vec<SkippedRange>) {
+    let mut reader = log.reader(0, from).unwrap();
+    let (mut out, mut skipped) = (Vec::new(), Vec::new());
+    loop {
+        let batch = reader
+            .next_batch(13, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap();
+        skipped.extend(reader.take_skipped());
+        if batch.is_empty() {
+            return (out, skipped);
+        }
+        out.extend(batch);
+    }
+}
+
+/// Byte position of the frame of `offset` in segment `path` (of base `base`).
+fn frame_position(path: &Path, base: Offset, offset: Offset) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    let mut pos = SEGMENT_HEADER_LEN as usize;
+    let mut o = base;
+    while o < offset {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += FRAME_PREFIX + len;
+        o += 1;
+    }
+    pos as u64
+}
+
+fn flip(path: &Path, at: u64, mask: u8) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= mask;
+    fs::write(path, bytes).unwrap();
+}
+
 #[test]
 fn verify_reports_damage_in_sealed_segments() {
     let dir = tempfile::tempdir().unwrap();
@@ -535,35 +571,125 @@ fn verify_reports_damage_in_sealed_segments() {
     });
     let segments = list_segments(dir.path()).unwrap();
     assert!(segments.len() > 3);
-    let (_, victim) = &segments[1];
-    let mut bytes = fs::read(victim).unwrap();
-    let at = SEGMENT_HEADER_LEN as usize + 200;
-    bytes[at] ^= 0x40;
-    fs::write(victim, bytes).unwrap();
+    let (base, victim) = segments[1].clone();
+    // A byte inside the value of the third record of the second segment.
+    let start = frame_position(&victim, base, base + 2);
+    let at = start + 40;
+    flip(&victim, at, 0x40);
+    let next = frame_position(&victim, base, base + 3);
     let report = verify(dir.path()).unwrap();
     assert_eq!(report.damage.len(), 1, "{report:?}");
-    assert_eq!(&report.damage[0].segment, victim);
-    assert!(report.damage[0].position <= at as u64);
-    assert!(report.damage[0].reason.contains("CRC32C"), "{report:?}");
-    // Readers hit the damage as Corrupt instead of returning bad data.
+    let d = &report.damage[0];
+    assert_eq!(&d.segment, &victim);
+    assert_eq!((d.position, d.end), (start, next), "{report:?}");
+    assert_eq!(d.lost, Some(base + 2..base + 3));
+    assert!(d.reason.contains("CRC32C"), "{report:?}");
+    assert_eq!(report.records, 39);
+    assert_eq!(report.lost_records(), 1);
+
+    // Readers skip the damaged record, say so, and return every other one intact.
     let (log, _) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
     runtime().block_on(async {
-        let mut reader = log.reader(0, 0).unwrap();
-        let mut result = Ok(());
-        for _ in 0..100 {
-            match reader.next_batch(5, 1 << 20, Duration::ZERO).await {
-                Ok(b) if b.is_empty() => break,
-                Ok(_) => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
+        let (entries, skipped) = read_all_skipping(&log, 0).await;
+        let offsets: Vec<Offset> = entries.iter().map(|e| e.offset).collect();
+        let expected: Vec<Offset> = (0..40).filter(|&o| o != base + 2).collect();
+        assert_eq!(offsets, expected);
+        for e in &entries {
+            assert_eq!(e.value, numbered(e.offset, 100).value);
         }
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!((skipped[0].first, skipped[0].end), (base + 2, base + 3));
         assert!(
-            matches!(result, Err(LogError::Corrupt { .. })),
-            "{result:?}"
+            skipped[0]
+                .location
+                .contains(&format!("bytes {start}..{next}"))
+                && skipped[0]
+                    .location
+                    .contains(victim.file_name().unwrap().to_str().unwrap()),
+            "{skipped:?}"
         );
+        assert_eq!(log.damage(), skipped);
+        // From inside and after the damaged range.
+        let (entries, skipped) = read_all_skipping(&log, base + 2).await;
+        assert_eq!(entries[0].offset, base + 3);
+        assert_eq!((skipped[0].first, skipped[0].end), (base + 2, base + 3));
+        let (entries, skipped) = read_all_skipping(&log, base + 3).await;
+        assert_eq!(entries.len() as u64, 40 - base - 3);
+        assert!(skipped.is_empty());
+        // The log goes on: appends after the damage read back.
+        log.append(vec![numbered(40, 100)]).await.unwrap();
+        let (entries, _) = read_all_skipping(&log, 0).await;
+        assert_eq!(entries.last().unwrap().offset, 40);
+    });
+}
+
+#[test]
+fn readers_resync_after_bad_lengths_cut_segments_and_damage_found_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let segments = rt.block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
+        for i in 0..60 {
+            log.append(vec![numbered(i, 100)]).await.unwrap();
+        }
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() > 6, "{segments:?}");
+        // Segment 1: a length field made huge (runs past the file).
+        let (b1, s1) = segments[1].clone();
+        flip(&s1, frame_position(&s1, b1, b1) + 3, 0x7f);
+        // Segment 2: two damaged records, the second its last one (no frame follows).
+        let (b2, s2) = segments[2].clone();
+        let n2 = segments[3].0 - b2;
+        flip(&s2, frame_position(&s2, b2, b2 + 1) + 9, 0x01); // inside the offset field
+        flip(&s2, frame_position(&s2, b2, b2 + n2 - 1) + 30, 0x10);
+        // These segments were indexed by the writer: the reader finds the damage now.
+        let (entries, skipped) = read_all_skipping(&log, 0).await;
+        let ranges: Vec<(Offset, Offset)> = skipped.iter().map(|r| (r.first, r.end)).collect();
+        assert_eq!(
+            ranges,
+            vec![(b1, b1 + 1), (b2 + 1, b2 + 2), (b2 + n2 - 1, b2 + n2)],
+            "{skipped:#?}"
+        );
+        assert_eq!(entries.len(), 57);
+        for e in &entries {
+            assert_eq!(e.value, numbered(e.offset, 100).value);
+        }
+        assert_eq!(log.damage().len(), 3);
+        // A second reader meets the recorded ranges.
+        assert_eq!(read_all_skipping(&log, 0).await.1, skipped);
+        log.close().await.unwrap();
+        segments
+    });
+    // Segment 3 cut by hand before its last record, while shiplog was stopped.
+    let (b3, s3) = segments[3].clone();
+    let b4 = segments[4].0;
+    let cut = frame_position(&s3, b3, b4 - 1);
+    OpenOptions::new()
+        .write(true)
+        .open(&s3)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    // After a reopen the scan of each sealed segment on first use finds every range, and
+    // so does verify.
+    let report = verify(dir.path()).unwrap();
+    let lost: Vec<_> = report
+        .damage
+        .iter()
+        .map(|d| d.lost.clone().unwrap())
+        .collect();
+    assert_eq!(lost.len(), 4, "{report:#?}");
+    assert_eq!(lost[3], b4 - 1..b4);
+    assert_eq!(report.lost_records(), 4);
+    let (log, _) = SegmentedLog::open(dir.path(), small(1024)).unwrap();
+    rt.block_on(async {
+        let (entries, skipped) = read_all_skipping(&log, 0).await;
+        let ranges: Vec<_> = skipped.iter().map(|r| r.first..r.end).collect();
+        assert_eq!(ranges, lost, "{report:#?}");
+        assert_eq!(entries.len(), 56);
+        for e in &entries {
+            assert_eq!(e.value, numbered(e.offset, 100).value);
+        }
     });
 }
 
@@ -692,6 +818,62 @@ proptest! {
         prop_assert_eq!(pos[0].offset, end);
         drop(log);
         prop_assert!(verify(dir.path()).unwrap().is_clean());
+    }
+
+    /// Whatever bytes of sealed segments are damaged, a reader returns every record outside
+    /// the ranges it reports as skipped, byte-identical, and the returned and skipped
+    /// offsets cover the log exactly once; verify names the same ranges.
+    #[test]
+    fn damaged_sealed_segments_are_skipped_exactly(
+        values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 20..80),
+        hits in proptest::collection::vec((any::<usize>(), any::<u64>(), 1u8..=255), 1..5),
+        from_pick in any::<u64>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let records: Vec<LogRecord> = values.iter().map(|v| record(b"k", v)).collect();
+        rt.block_on(async {
+            let (log, _) = SegmentedLog::open(dir.path(), small(600)).unwrap();
+            for r in &records {
+                log.append(vec![r.clone()]).await.unwrap();
+            }
+        });
+        let end = records.len() as u64;
+        let segments = list_segments(dir.path()).unwrap();
+        let sealed = &segments[..segments.len() - 1];
+        prop_assume!(!sealed.is_empty());
+        for (seg, at, mask) in &hits {
+            let path = &sealed[seg % sealed.len()].1;
+            let len = fs::metadata(path).unwrap().len();
+            flip(path, SEGMENT_HEADER_LEN + at % (len - SEGMENT_HEADER_LEN), *mask);
+        }
+        let report = verify(dir.path()).unwrap();
+        prop_assert!(!report.is_clean());
+        let (log, _) = SegmentedLog::open(dir.path(), small(600)).unwrap();
+        let (entries, skipped) = rt.block_on(read_all_skipping(&log, 0));
+        let mut covered = Vec::new();
+        let mut e = entries.iter().peekable();
+        let mut s = skipped.iter().peekable();
+        loop {
+            match (e.peek(), s.peek()) {
+                (Some(x), Some(r)) if x.offset < r.first => covered.push(e.next().unwrap().offset),
+                (_, Some(_)) => { let r = s.next().unwrap(); covered.extend(r.first..r.end) }
+                (Some(_), None) => covered.push(e.next().unwrap().offset),
+                (None, None) => break,
+            }
+        }
+        prop_assert_eq!(covered, (0..end).collect::<Vec<_>>());
+        for x in &entries {
+            prop_assert_eq!(&x.value, &records[x.offset as usize].value);
+        }
+        let from_verify: Vec<_> = report.damage.iter().filter_map(|d| d.lost.clone()).filter(|r| !r.is_empty()).collect();
+        let from_reader: Vec<_> = skipped.iter().map(|r| r.first..r.end).collect();
+        prop_assert_eq!(from_verify, from_reader);
+        // A reader starting anywhere sees the same suffix.
+        let from = from_pick % (end + 1);
+        let (tail, _) = rt.block_on(read_all_skipping(&log, from));
+        let expected: Vec<Offset> = entries.iter().map(|x| x.offset).filter(|&o| o >= from).collect();
+        prop_assert_eq!(tail.iter().map(|x| x.offset).collect::<Vec<_>>(), expected);
     }
 
     /// Cutting the tail segment anywhere keeps exactly the frames wholly before the cut.
