@@ -21,11 +21,13 @@
 
 mod cloudevents;
 mod kind;
+pub mod raw;
 pub mod schema;
 mod validate;
 
 pub use cloudevents::{from_cloudevent, from_cloudevents_batch, CLOUDEVENTS_SPECVERSION};
 pub use kind::Kind;
+pub use raw::{RawEvent, Stamp, ValidEvent};
 pub use validate::{
     data_fields, validate_data, FieldSpec, FieldType, DEPLOY_STATUSES, MAX_COUNT,
     MIGRATION_STATUSES, TRIGGERED_BY, VERDICTS,

@@ -6,7 +6,7 @@
 
 use flate2::read::MultiGzDecoder;
 use serde_json::Value;
-use shiplog_events::{from_cloudevent, Event, FieldError, Origin};
+use shiplog_events::{from_cloudevent, Event, FieldError, Origin, RawEvent, ValidEvent};
 use std::io::Read;
 
 /// The body shapes `POST /v1/events` accepts.
@@ -40,6 +40,9 @@ impl DecodeError {
 
 /// The events of a request, in body order: each one valid or rejected with its field.
 pub type DecodedEvents = Vec<Result<Event, FieldError>>;
+
+/// The events of a request as the server keeps them: fast-path events borrow the body.
+pub type ValidEvents<'a> = Vec<Result<ValidEvent<'a>, FieldError>>;
 
 /// Chooses the body format from the `Content-Type` header (parameters such as
 /// `; charset=utf-8` are ignored). A missing header is read as JSON.
@@ -79,6 +82,12 @@ pub fn decode_content<'a>(
     body: &'a [u8],
     limit: usize,
 ) -> Result<std::borrow::Cow<'a, [u8]>, DecodeError> {
+    if body.len() > limit {
+        return Err(DecodeError::new(
+            413,
+            format!("body exceeds the limit of {limit} bytes"),
+        ));
+    }
     let enc = encoding.unwrap_or("identity").trim().to_ascii_lowercase();
     match enc.as_str() {
         "" | "identity" => Ok(std::borrow::Cow::Borrowed(body)),
@@ -105,16 +114,32 @@ pub fn decode_content<'a>(
 
 /// Decodes a (decompressed) body into events, validating each one. Structural errors
 /// of the whole body (not JSON at all) are a 400; a bad event is a per-event rejection.
-pub fn decode_events(format: BodyFormat, body: &[u8]) -> Result<DecodedEvents, DecodeError> {
-    match format {
-        BodyFormat::Json => match parse_json(body)? {
-            Value::Array(items) => Ok(items.into_iter().map(to_event).collect()),
-            value @ Value::Object(_) => Ok(vec![to_event(value)]),
-            _ => Err(DecodeError::new(
-                400,
-                "body must be a JSON object (one event) or an array of events",
-            )),
-        },
+///
+/// Each event first goes through the fast path ([`RawEvent::parse`]: no tree, stored as
+/// sent); whatever it does not vouch for goes through [`Event::from_json`], which gives the
+/// verdict. CloudEvents always take the slow path (they are mapped onto the envelope).
+pub fn decode_body(format: BodyFormat, body: &[u8]) -> Result<ValidEvents<'_>, DecodeError> {
+    let events = match format {
+        BodyFormat::Json => {
+            let text = std::str::from_utf8(body).ok();
+            match text.map(|t| t.trim_start_matches(|c: char| c.is_ascii_whitespace())) {
+                Some(t) if t.starts_with('[') => match shiplog_events::raw::split_array(t) {
+                    Some(items) => items
+                        .into_iter()
+                        .map(|(text, fast)| match fast {
+                            Some(ev) => Ok(ValidEvent::Raw(ev)),
+                            None => slow_event(text),
+                        })
+                        .collect(),
+                    None => slow_json(body)?,
+                },
+                Some(t) if t.starts_with('{') => match RawEvent::parse(t) {
+                    Some(ev) => vec![Ok(ValidEvent::Raw(ev))],
+                    None => slow_json(body)?,
+                },
+                _ => slow_json(body)?,
+            }
+        }
         BodyFormat::NdJson => {
             let mut out = Vec::new();
             for line in body.split(|b| *b == b'\n') {
@@ -122,31 +147,47 @@ pub fn decode_events(format: BodyFormat, body: &[u8]) -> Result<DecodedEvents, D
                 if line.is_empty() {
                     continue;
                 }
-                out.push(match serde_json::from_slice::<Value>(line) {
-                    Ok(value) => to_event(value),
-                    Err(e) => Err(FieldError::new("", format!("line is not valid JSON: {e}"))),
+                out.push(match std::str::from_utf8(line) {
+                    Ok(text) => one_event(text),
+                    Err(_) => match serde_json::from_slice::<Value>(line) {
+                        Ok(value) => to_event(value),
+                        Err(e) => Err(FieldError::new("", format!("line is not valid JSON: {e}"))),
+                    },
                 });
             }
-            Ok(out)
+            out
         }
         BodyFormat::CloudEvent => match parse_json(body)? {
-            value @ Value::Object(_) => Ok(vec![from_cloudevent(value)]),
-            _ => Err(DecodeError::new(
-                400,
-                "a structured-mode CloudEvent must be a JSON object",
-            )),
+            value @ Value::Object(_) => vec![from_cloudevent(value).map(ValidEvent::from)],
+            _ => {
+                return Err(DecodeError::new(
+                    400,
+                    "a structured-mode CloudEvent must be a JSON object",
+                ))
+            }
         },
         BodyFormat::CloudEventsBatch => match parse_json(body)? {
-            Value::Array(items) => Ok(items.into_iter().map(from_cloudevent).collect()),
-            _ => Err(DecodeError::new(
-                400,
-                "a CloudEvents batch must be a JSON array",
-            )),
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| from_cloudevent(v).map(ValidEvent::from))
+                .collect(),
+            _ => {
+                return Err(DecodeError::new(
+                    400,
+                    "a CloudEvents batch must be a JSON array",
+                ))
+            }
         },
+    };
+    if events.is_empty() {
+        return Err(DecodeError::new(400, "the body holds no events"));
     }
+    Ok(events)
 }
 
-/// The whole decoding of one request body.
+/// The whole decoding of one request body, with every event materialized as an [`Event`]
+/// (tests and fuzzing; the server uses [`decode_content`] and [`decode_body`], which keep
+/// fast-path events as the text sent).
 pub fn decode_request(
     content_type: Option<&str>,
     content_encoding: Option<&str>,
@@ -154,22 +195,43 @@ pub fn decode_request(
     limit: usize,
 ) -> Result<DecodedEvents, DecodeError> {
     let format = body_format(content_type)?;
-    if body.len() > limit {
-        return Err(DecodeError::new(
-            413,
-            format!("body exceeds the limit of {limit} bytes"),
-        ));
-    }
     let body = decode_content(content_encoding, body, limit)?;
-    let events = decode_events(format, &body)?;
-    if events.is_empty() {
-        return Err(DecodeError::new(400, "the body holds no events"));
-    }
-    Ok(events)
+    Ok(decode_body(format, &body)?
+        .into_iter()
+        .map(|r| r.map(ValidEvent::into_event))
+        .collect())
 }
 
-fn to_event(value: Value) -> Result<Event, FieldError> {
-    Event::from_json(value, Origin::Collector)
+/// One event's JSON text: the fast path, else the slow path's verdict.
+fn one_event(text: &str) -> Result<ValidEvent<'_>, FieldError> {
+    match RawEvent::parse(text) {
+        Some(ev) => Ok(ValidEvent::Raw(ev)),
+        None => slow_event(text),
+    }
+}
+
+/// The slow path's verdict on one event's JSON text.
+fn slow_event(text: &str) -> Result<ValidEvent<'static>, FieldError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => to_event(value),
+        Err(e) => Err(FieldError::new("", format!("line is not valid JSON: {e}"))),
+    }
+}
+
+/// The slow path for a whole JSON body: one object or an array of objects.
+fn slow_json(body: &[u8]) -> Result<ValidEvents<'static>, DecodeError> {
+    match parse_json(body)? {
+        Value::Array(items) => Ok(items.into_iter().map(to_event).collect()),
+        value @ Value::Object(_) => Ok(vec![to_event(value)]),
+        _ => Err(DecodeError::new(
+            400,
+            "body must be a JSON object (one event) or an array of events",
+        )),
+    }
+}
+
+fn to_event(value: Value) -> Result<ValidEvent<'static>, FieldError> {
+    Event::from_json(value, Origin::Collector).map(ValidEvent::from)
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, DecodeError> {

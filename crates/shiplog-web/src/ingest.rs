@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use shiplog_events::Event;
+use shiplog_events::{Event, Stamp, ValidEvent};
 use shiplog_log::{Log, LogError, LogRecord, Offset};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -201,18 +201,28 @@ impl Ingestor {
     /// Appends the events that are not duplicates and waits until they are durable.
     /// `received_at` is set on each event here.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<IngestOutcome, IngestError> {
+        self.ingest_valid(events.into_iter().map(ValidEvent::from).collect())
+            .await
+    }
+
+    /// [`Self::ingest`] for events validated by either path of the decoder: fast-path
+    /// events are stored as the text sent, with `received_at` spliced in.
+    pub async fn ingest_valid(
+        &self,
+        events: Vec<ValidEvent<'_>>,
+    ) -> Result<IngestOutcome, IngestError> {
         let now = Utc::now();
         let now_secs = now.timestamp();
         let (done_tx, done_rx) = watch::channel(None);
         let mut outcome = IngestOutcome::default();
         let mut keys = Vec::with_capacity(events.len());
-        let mut records = Vec::with_capacity(events.len());
+        let mut fresh = Vec::with_capacity(events.len());
         let mut waits = Vec::new();
         {
             let mut index = self.dedup.lock().unwrap();
             index.expire(now_secs - self.window.as_secs() as i64);
-            for mut event in events {
-                let key = dedup_key(&event.source, &event.id);
+            for event in events {
+                let key = dedup_key(event.source(), event.id());
                 match index.slots.get(&key) {
                     Some(Slot::Committed(_)) => outcome.duplicates += 1,
                     Some(Slot::Pending(rx)) if rx.same_channel(&done_rx) => outcome.duplicates += 1,
@@ -220,15 +230,20 @@ impl Ingestor {
                     None => {
                         index.slots.insert(key, Slot::Pending(done_rx.clone()));
                         keys.push(key);
-                        event.received_at = Some(now);
-                        records.push(LogRecord {
-                            key: Bytes::copy_from_slice(event.project.as_bytes()),
-                            value: Bytes::from(event.to_json_bytes()),
-                        });
+                        fresh.push(event);
                     }
                 }
             }
         }
+        // Serialized outside the lock.
+        let stamp = Stamp::new(now);
+        let records: Vec<LogRecord> = fresh
+            .into_iter()
+            .map(|event| LogRecord {
+                key: Bytes::copy_from_slice(event.project().as_bytes()),
+                value: Bytes::from(event.into_record(&stamp)),
+            })
+            .collect();
         let result = if records.is_empty() {
             Ok(Vec::new())
         } else {

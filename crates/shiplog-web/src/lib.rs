@@ -161,26 +161,29 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         Ok(b) => b,
         Err(r) => return refuse(&state, r.0, r.1),
     };
-    let decoded = match decode::decode_request(
-        content_type.as_deref(),
-        content_encoding.as_deref(),
-        &bytes,
-        state.body_limit,
-    ) {
+    let format = match decode::body_format(content_type.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return refuse(&state, status(e.status), e.message),
+    };
+    let body = match decode::decode_content(content_encoding.as_deref(), &bytes, state.body_limit)
+    {
+        Ok(b) => b,
+        Err(e) => return refuse(&state, status(e.status), e.message),
+    };
+    let decoded = match decode::decode_body(format, &body) {
         Ok(d) => d,
         Err(e) => return refuse(&state, status(e.status), e.message),
     };
-    drop(bytes);
 
     let total = decoded.len();
     let mut rejected = Vec::new();
     let mut valid = Vec::with_capacity(total);
     for (index, result) in decoded.into_iter().enumerate() {
         match result {
-            Ok(event) if !principal.allows_project(&event.project) => rejected.push(Rejection {
+            Ok(event) if !principal.allows_project(event.project()) => rejected.push(Rejection {
                 index,
                 field: "/project".into(),
-                error: format!("this token may not write to project {:?}", event.project),
+                error: format!("this token may not write to project {:?}", event.project()),
             }),
             Ok(event) => valid.push(event),
             Err(e) => rejected.push(Rejection {
@@ -197,7 +200,7 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
     let outcome = if valid.is_empty() {
         Default::default()
     } else {
-        match state.ingestor.ingest(valid).await {
+        match state.ingestor.ingest_valid(valid).await {
             Ok(o) => o,
             Err(e) => return refuse(&state, ingest_error_status(&e), e.to_string()),
         }

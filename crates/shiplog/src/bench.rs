@@ -95,6 +95,79 @@ impl BodyTemplate {
     }
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `shiplog bench decode`: per-event CPU time of turning a request body into log records,
+/// through the canonical path and through the fast path, on the ingest benchmark's events.
+pub fn decode(batch: usize, seconds: f64) -> Result<()> {
+    use shiplog_web::decode::{decode_body, BodyFormat};
+    ensure!(batch > 0, "--batch must be at least 1");
+    let body = BodyTemplate::new(1, batch).render(0);
+    let now = chrono::Utc::now();
+    type Path = fn(&[u8], &chrono::DateTime<chrono::Utc>) -> usize;
+    let canonical: Path = |body, now| {
+        let value: serde_json::Value = serde_json::from_slice(body).expect("bench body is JSON");
+        let items = match value {
+            serde_json::Value::Array(items) => items,
+            v => vec![v],
+        };
+        let mut bytes = 0;
+        for v in items {
+            let mut e = shiplog_events::Event::from_json(v, shiplog_events::Origin::Collector)
+                .expect("bench events are valid");
+            e.received_at = Some(*now);
+            bytes += e.to_json_bytes().len();
+        }
+        bytes
+    };
+    let fast: Path = |body, now| {
+        let now = shiplog_events::Stamp::new(*now);
+        decode_body(BodyFormat::Json, body)
+            .expect("bench body decodes")
+            .into_iter()
+            .map(|r| r.expect("bench events are valid").into_record(&now).len())
+            .sum()
+    };
+    println!(
+        "decode benchmark: {batch} events per body ({} bytes), one thread, CPU time",
+        body.len()
+    );
+    println!(
+        "{:>12} {:>12} {:>12} {:>10}",
+        "path", "ns/event", "MB/s", "records"
+    );
+    let mut per_event = Vec::new();
+    for (name, f) in [("canonical", canonical), ("fast", fast)] {
+        let (start, mut bodies, mut out) = (thread_cpu(), 0u64, 0usize);
+        while (thread_cpu() - start).as_secs_f64() < seconds {
+            out += f(&body, &now);
+            bodies += 1;
+        }
+        let cpu = (thread_cpu() - start).as_secs_f64();
+        let ns = cpu * 1e9 / (bodies as f64 * batch as f64);
+        let mbs = bodies as f64 * body.len() as f64 / cpu / 1e6;
+        println!(
+            "{name:>12} {ns:>12.0} {mbs:>12.0} {:>10}",
+            out / bodies as usize
+        );
+        per_event.push(ns);
+    }
+    println!(
+        "fast path: {:.2}x the canonical path's speed",
+        per_event[0] / per_event[1]
+    );
+    Ok(())
+}
+
 struct Load {
     events: u64,
     requests: u64,

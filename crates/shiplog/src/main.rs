@@ -148,6 +148,16 @@ enum BenchCommand {
         #[arg(long)]
         kafka_mock: bool,
     },
+    /// CPU time per event of request decoding (validate + build the log record), by the
+    /// canonical path (`serde_json::Value` tree, re-serialized) and by the fast path.
+    Decode {
+        /// Events per request body.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Seconds per path.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Time from durable ack to visible in a DuckDB query (p50/p95).
     Freshness {
         #[arg(long, default_value_t = 60)]
@@ -248,6 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     batch_sizes: batches,
                     kafka_mock,
                 }))?,
+                BenchCommand::Decode { batch, seconds } => bench::decode(batch, seconds)?,
                 BenchCommand::Freshness {
                     samples,
                     background_rate,
