@@ -211,8 +211,8 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read config file {}", p.display()))?;
-            let table: toml::Table = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.to_string().trim()))?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| syntax_error(p, &text, &e))?;
             (table, p.display().to_string())
         }
         None => (toml::Table::new(), "defaults".to_string()),
@@ -243,6 +243,113 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.to_string().trim()))?;
     validate(&config).with_context(|| format!("invalid configuration in {source}"))?;
     Ok(config)
+}
+
+/// A TOML syntax error of the config file: the file, line, column, the key (or table) where
+/// it happened and the parser's message, but never the text of the line. The parser's own
+/// report quotes the line, and a config line may hold a token secret (`secret = "…` with a
+/// missing quote would print the secret to the terminal and into the service's logs).
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{}: TOML syntax error: {message}", path.display());
+    };
+    let at = floor_char_boundary(text, span.start.min(text.len()));
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..at].chars().count() + 1;
+    let place = match syntax_error_key(text, line_start) {
+        Some(key) => format!(" ({key})"),
+        None => String::new(),
+    };
+    anyhow::anyhow!(
+        "{}: TOML syntax error at line {line}, column {column}{place}: {message}",
+        path.display()
+    )
+}
+
+fn floor_char_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Where the syntax error of the line starting at `line_start` is: `key tokens[1].secret`,
+/// or `in server` when the line's key cannot be named. Only what is known to be TOML structure
+/// is named: a line (key or table header) counts only when everything before it parses, so
+/// that no line inside a multi-line string (which could be a secret) is ever quoted.
+fn syntax_error_key(text: &str, line_start: usize) -> Option<String> {
+    let parses = |end: usize| text[..end].parse::<toml::Table>().is_ok();
+    // the real table headers before the error line: (name, array of tables)
+    let mut headers: Vec<(String, bool)> = Vec::new();
+    let mut start = 0;
+    for l in text[..line_start].split_inclusive('\n') {
+        if let Some(h) = table_header(l) {
+            if parses(start) {
+                headers.push(h);
+            }
+        }
+        start += l.len();
+    }
+    let table = headers.last().map(|(name, array)| {
+        if *array {
+            let n = headers.iter().filter(|h| h.0 == *name && h.1).count();
+            format!("{name}[{}]", n - 1)
+        } else {
+            name.clone()
+        }
+    });
+    let line = text[line_start..].split('\n').next().unwrap_or("");
+    let key = if table_header(line).is_none() && parses(line_start) {
+        line.split_once('=')
+            .map(|(k, _)| k.trim())
+            .filter(|k| is_key(k))
+    } else {
+        None
+    };
+    match (table, key) {
+        (Some(t), Some(k)) => Some(format!("key {t}.{k}")),
+        (None, Some(k)) => Some(format!("key {k}")),
+        (Some(t), None) => Some(format!("in {t}")),
+        (None, None) => None,
+    }
+}
+
+/// `[name]` or `[[name]]` with a bare (dotted) name, and whether it is an array of tables.
+fn table_header(line: &str) -> Option<(String, bool)> {
+    let l = line.trim();
+    let l = match l.find('#') {
+        Some(i) => l[..i].trim_end(),
+        None => l,
+    };
+    let (inner, array) = if let Some(i) = l.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+        (i, true)
+    } else if let Some(i) = l.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+        (i, false)
+    } else {
+        return None;
+    };
+    let inner = inner.trim();
+    is_key(inner).then(|| (inner.to_string(), array))
+}
+
+/// A bare or dotted TOML key (`secret`, `log.kafka`): letters, digits, `_`, `-`, `.`.
+fn is_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.split('.').all(|part| {
+            let part = part.trim();
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
 }
 
 fn parse_env_value(value: &str) -> toml::Value {
@@ -457,6 +564,60 @@ mod tests {
         let (_d, p) = write("[[thresholds]]\nmetric = \"x\"\ngood = 5\nwarning = 9\ncolour = 1\n");
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
         assert!(e.contains("colour"), "{e}");
+    }
+
+    /// A syntax error on (or after) a line holding a secret names the file, line, column
+    /// and key, and never quotes the line: the secret must not reach stderr or the logs.
+    #[test]
+    fn syntax_errors_never_echo_a_secret() {
+        const SECRET: &str = "Zq7Xv2Lm9Pw4Rt8K";
+        let cases: Vec<(String, &str)> = vec![
+            // the closing quote is missing
+            (
+                format!("[[tokens]]\nname = \"ci\"\nsecret = \"{SECRET}\nscopes = [\"ingest\"]\n"),
+                "line 3, column 27 (key tokens[0].secret)",
+            ),
+            // garbage after the value, in the second token, after a comment and a table
+            (
+                format!(
+                    "# shiplog\n[server]\nlisten = \"127.0.0.1:7070\"\n[[tokens]]\nname = \"a\"\n\
+                     secret = \"0123456789abcdef\"\nscopes = [\"read\"]\n\n[[tokens]] # ci\n\
+                     name = \"ci\"\n  secret = '{SECRET}' x\nscopes = [\"ingest\"]\n"
+                ),
+                "line 11, column 31 (key tokens[1].secret)",
+            ),
+            // an unterminated multi-line string: the error is at the end of the file
+            (
+                format!("[[tokens]]\nname = \"ci\"\nsecret = \"\"\"\n{SECRET}\n"),
+                "line 5, column 1 (in tokens[0])",
+            ),
+            // a line inside a multi-line string that looks like a header or a key is not named
+            (
+                format!(
+                    "[[tokens]]\nname = \"ci\"\nsecret = '''\n[server]\n{SECRET} = 1\n\
+                     SECRET_TAIL = 2"
+                ),
+                "line 6, column 16 (in tokens[0])",
+            ),
+            // a duplicate key
+            (
+                format!(
+                    "[[tokens]]\nname = \"ci\"\nsecret = \"{SECRET}\"\nsecret = \"{SECRET}\"\n"
+                ),
+                "line 4, column 1 (key tokens[0].secret)",
+            ),
+        ];
+        for (text, place) in cases {
+            let (_d, p) = write(&text);
+            let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+            assert!(e.contains("shiplog.toml") && e.contains(place), "{e}");
+            assert!(e.contains("TOML syntax error"), "{e}");
+            for i in 0..=SECRET.len() - 6 {
+                assert!(!e.contains(&SECRET[i..i + 6]), "a secret in {e:?}");
+            }
+            assert!(!e.contains("SECRET_TAIL"), "{e}");
+            assert!(!e.contains(" | "), "a quoted line in {e:?}");
+        }
     }
 
     #[test]
