@@ -400,12 +400,17 @@ fn validate(config: &Config) -> Result<()> {
                 t.name
             ),
             (None, None) => bail!("tokens[{i}] ({}): secret or secret_env is required", t.name),
-            (Some(s), None) if s.len() < 16 => {
+            (Some(s), None) if s.chars().count() < MIN_SECRET_CHARS => {
                 bail!(
-                    "tokens[{i}] ({}): secret must be at least 16 characters",
+                    "tokens[{i}] ({}): secret must be at least {MIN_SECRET_CHARS} characters",
                     t.name
                 )
             }
+            (None, Some(var)) if !is_env_name(var) => bail!(
+                "tokens[{i}] ({}): secret_env must be the name of an environment variable \
+                 (letters, digits and _), not the secret itself",
+                t.name
+            ),
             _ => {}
         }
         if t.scopes.is_empty() {
@@ -450,26 +455,66 @@ fn validate(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The shortest token secret accepted, from the file (`secret`) or the environment
+/// (`secret_env`) alike.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl Config {
-    /// The configured tokens with their secrets resolved.
+    /// The configured tokens with their secrets resolved from the process environment.
     pub fn tokens(&self) -> Result<Vec<shiplog_web::auth::Token>> {
+        self.tokens_from(|var| std::env::var_os(var))
+    }
+
+    /// The configured tokens, `secret_env` looked up with `env`. Errors name the token and
+    /// the variable, never the secret.
+    fn tokens_from(
+        &self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Vec<shiplog_web::auth::Token>> {
         self.tokens
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 let secret = match (&t.secret, &t.secret_env) {
                     (Some(s), _) => s.clone(),
-                    (None, Some(var)) => std::env::var(var).with_context(|| {
-                        format!(
-                            "tokens[{i}] ({}): environment variable {var} is not set",
-                            t.name
-                        )
-                    })?,
+                    (None, Some(var)) => {
+                        let value = env(var).with_context(|| {
+                            format!(
+                                "tokens[{i}] ({}): environment variable {var} is not set",
+                                t.name
+                            )
+                        })?;
+                        let Ok(value) = value.into_string() else {
+                            bail!(
+                                "tokens[{i}] ({}): environment variable {var} is not valid UTF-8",
+                                t.name
+                            );
+                        };
+                        if value.chars().count() < MIN_SECRET_CHARS {
+                            bail!(
+                                "tokens[{i}] ({}): the secret in environment variable {var} \
+                                 must be at least {MIN_SECRET_CHARS} characters{}",
+                                t.name,
+                                if value.is_empty() {
+                                    " (it is empty)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                        value
+                    }
                     (None, None) => unreachable!("validated"),
                 };
-                if secret.is_empty() {
-                    bail!("tokens[{i}] ({}): the secret is empty", t.name);
-                }
                 Ok(shiplog_web::auth::Token::new(
                     t.name.clone(),
                     &secret,
@@ -618,6 +663,56 @@ mod tests {
             assert!(!e.contains("SECRET_TAIL"), "{e}");
             assert!(!e.contains(" | "), "a quoted line in {e:?}");
         }
+    }
+
+    /// `secret_env` is held to the same minimum as `secret`; the error names the token
+    /// and the variable, not the value.
+    #[test]
+    fn secrets_from_the_environment_need_16_characters() {
+        let (_d, p) = write(
+            "[[tokens]]\nname = \"ci\"\nsecret_env = \"SHIPLOG_TEST_CI_TOKEN\"\nscopes = [\"ingest\"]\n",
+        );
+        let c = load(Some(&p), &[]).unwrap();
+        let with = |value: Option<&'static str>| {
+            c.tokens_from(move |var| {
+                assert_eq!(var, "SHIPLOG_TEST_CI_TOKEN");
+                value.map(Into::into)
+            })
+        };
+        for short in ["", "short-s3cr3t", "0123456789abcde"] {
+            let e = format!("{:#}", with(Some(short)).unwrap_err());
+            assert!(
+                e.contains("tokens[0] (ci)")
+                    && e.contains("SHIPLOG_TEST_CI_TOKEN")
+                    && e.contains("at least 16 characters"),
+                "{e}"
+            );
+            if !short.is_empty() {
+                assert!(!e.contains(short), "{e}");
+            }
+        }
+        let e = format!("{:#}", with(None).unwrap_err());
+        assert!(
+            e.contains("SHIPLOG_TEST_CI_TOKEN") && e.contains("not set"),
+            "{e}"
+        );
+        assert_eq!(with(Some("0123456789abcdef")).unwrap().len(), 1);
+        // the file's secret: the same minimum, in characters
+        let (_d, p) = write(
+            "[[tokens]]\nname = \"ci\"\nsecret = \"0123456789abcde\"\nscopes = [\"ingest\"]\n",
+        );
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains("at least 16 characters"), "{e}");
+        // a secret pasted into secret_env is not echoed as a variable name
+        let (_d, p) = write(
+            "[[tokens]]\nname = \"ci\"\nsecret_env = \"s3cr3t-0123-4567-89ab\"\nscopes = [\"ingest\"]\n",
+        );
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(
+            e.contains("secret_env must be the name of an environment variable")
+                && !e.contains("s3cr3t"),
+            "{e}"
+        );
     }
 
     #[test]
