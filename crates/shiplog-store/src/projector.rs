@@ -573,6 +573,13 @@ impl ParquetProjector {
                     let fin = day_dir.join(file_name(p, first, last));
                     let tmp = day_dir.join(format!("{}.compact.tmp", file_name(p, first, last)));
                     let inputs: Vec<PathBuf> = files.iter().map(|f| f.2.clone()).collect();
+                    tracing::info!(
+                        kind = kind.as_str(),
+                        %date,
+                        partition = p,
+                        files = inputs.len(),
+                        "compaction: merging the files of a closed day"
+                    );
                     let batches = inputs.iter().flat_map(|path| read_batches(path, kind));
                     let (rows, _) =
                         write_parquet(&tmp, kind, batches, self.config.compaction_zstd_level)?;

@@ -281,7 +281,31 @@ impl QueryEngine {
         }
     }
 
+    /// Runs a query; when a file it globbed vanished before it was read (a compaction or
+    /// retention replaced it meanwhile), runs it again over the new set of files.
     fn run(
+        &self,
+        sql: &str,
+        params: &[Value],
+        timeout: Duration,
+    ) -> Result<QueryResult, QueryError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.run_once(sql, params, timeout) {
+                Err(QueryError::Invalid(m))
+                    if attempts < 4
+                        && m.contains("Cannot open file")
+                        && m.contains("No such file") =>
+                {
+                    tracing::debug!(error = %m, "a Parquet file vanished under a query; running it again");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn run_once(
         &self,
         sql: &str,
         params: &[Value],

@@ -311,7 +311,8 @@ pub fn verify(config: &Config) -> Result<ExitCode> {
         );
     }
     let _lock = DataDirLock::acquire(data_dir, "shiplog verify")?;
-    let mut sound = verify_log(config)? == ExitCode::SUCCESS;
+    let log_sound = verify_log(config)? == ExitCode::SUCCESS;
+    let mut sound = true;
     let pconfig = projector_config(config)?;
     let projector = shiplog_store::ParquetProjector::open(data_dir, pconfig.clone())
         .context("cannot open the projection")?;
@@ -398,13 +399,17 @@ pub fn verify(config: &Config) -> Result<ExitCode> {
         println!(
             "projection: every committed event is in exactly one Parquet row or a dead letter"
         );
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        println!(
+            "to repair the projection, run `shiplog replay` (server stopped): it rebuilds \
+             every Parquet file from the log"
+        );
     }
-    println!(
-        "to repair the projection, run `shiplog replay` (server stopped): it rebuilds every \
-         Parquet file from the log"
-    );
-    Ok(ExitCode::from(1))
+    Ok(if sound && log_sound {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `shiplog log verify`: scans every segment of the data dir's log and reports damage.
