@@ -278,6 +278,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             Ok(Header::Valid) => {}
         }
         let scan = scan_sealed(&file, base, len, upper)?;
+        if let (None, Some(d)) = (upper, scan.damage.first()) {
+            // The last segment: the next open recovers it as a torn tail, truncating it at
+            // the first bad frame, so every record from there on goes.
+            report.records += d.first - base;
+            report.damage.push(damage(
+                d.start,
+                len,
+                Some(d.first..scan.next_offset),
+                format!(
+                    "{}; in the last segment, which the next start truncates here as a torn \
+                     tail (with the records after it)",
+                    d.reason
+                ),
+            ));
+            continue;
+        }
         report.records += scan.records;
         for d in &scan.damage {
             report.damage.push(damage(

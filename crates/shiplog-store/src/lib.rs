@@ -45,6 +45,18 @@
 //! before (2) loses only temp files (the events are re-read); a kill after (2) is completed
 //! on restart. So no row is ever duplicated or lost.
 //!
+//! # Accounting for every offset
+//!
+//! `_state.json` also counts, per partition, the offsets committed without a row (dead
+//! letters, damaged log records the reader skipped, dropped duplicates, gaps in the log's
+//! offsets, rows deleted by retention), so rows on disk + that count = the committed
+//! offset. [`ParquetProjector::coverage`] checks it from the files' footers (the projection
+//! does at start; a Parquet file deleted by hand shows as missing events),
+//! [`ParquetProjector::audit_offsets`] finds the exact offsets and [`describe_gaps`] names
+//! their kinds, days and files from the log. Log records lost to damage in the log
+//! ([`shiplog_log::LogReader::take_skipped`]) are committed as dead-letter lines with
+//! `offset`, `end`, `count`, `error` and `location`.
+//!
 //! # Columns
 //!
 //! Every kind's files (and DuckDB view) start with the envelope:

@@ -914,3 +914,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn verify_says_what_recovery_drops_for_damage_in_the_last_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let (log, _) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+        for i in 0..10 {
+            log.append(vec![numbered(i, 100)]).await.unwrap();
+        }
+    });
+    let (base, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+    flip(&seg, frame_position(&seg, base, 4) + 30, 0x08);
+    let report = verify(dir.path()).unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert_eq!(report.damage[0].lost, Some(4..10));
+    assert!(report.damage[0].reason.contains("truncates"), "{report:?}");
+    assert_eq!(report.records, 4);
+    // As said: recovery keeps the records before the damage.
+    let (_, recovery) = SegmentedLog::open(dir.path(), FileLogConfig::default()).unwrap();
+    assert_eq!(recovery.records, 4);
+}
