@@ -859,3 +859,130 @@ schedule = "* * * * * *"
     );
     drop(server);
 }
+
+/// Rule commands run without shiplog's own secrets: a command that prints its environment
+/// sees PATH, HOME and the operator's variables, but no `SHIPLOG_*` variable and none that
+/// a `secret_env` names (a token's, a webhook's). What it prints lands in the decision's
+/// `output_tail`, which any read token can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_commands_do_not_inherit_shiplogs_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("env.out");
+    let script = tmp.path().join("print-env.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > '{0}.tmp' && mv '{0}.tmp' '{0}'\nenv\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    const ADMIN: &str = "admin-secret-e2e-0123456789";
+    const HOOK: &str = "hook-secret-e2e-0123456789";
+    const EXTRA: &str = "shiplog-extra-e2e-0123456789";
+    let config = format!(
+        r#"
+[[tokens]]
+name = "admin"
+secret_env = "E2E_ADMIN_TOKEN"
+scopes = ["admin"]
+
+[[rules]]
+name = "hook"
+kind = "migration_failed"
+project = "other"
+action = {{ webhook = "http://127.0.0.1:9/hook", secret_env = "E2E_HOOK_SECRET" }}
+{}"#,
+        rollback_rule("envp", "envp", "30s", &script, "")
+    );
+    let s = setup(&config);
+    let server = spawn(
+        &s,
+        &[
+            ("E2E_ADMIN_TOKEN", ADMIN),
+            ("E2E_HOOK_SECRET", HOOK),
+            ("SHIPLOG_E2E_EXTRA", EXTRA),
+            ("E2E_KEEP", "kept-value"),
+        ],
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN}").parse().unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let url = server.url.clone();
+    post(
+        &client,
+        &url,
+        vec![deploy(
+            "envp",
+            "env-a",
+            "succeeded",
+            "https://a.vercel.app",
+            None,
+        )],
+    )
+    .await;
+    post(
+        &client,
+        &url,
+        vec![deploy(
+            "envp",
+            "env-b",
+            "succeeded",
+            "https://b.vercel.app",
+            Some("env-a"),
+        )],
+    )
+    .await;
+    post(
+        &client,
+        &url,
+        vec![check("envp", "env-b", "smoke", None, Some(false))],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !out.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let printed = std::fs::read_to_string(&out).expect("the action ran");
+    let names: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert!(names.contains(&"PATH"), "{printed}");
+    if std::env::var_os("HOME").is_some() {
+        assert!(names.contains(&"HOME"), "{printed}");
+    }
+    assert!(printed.contains("E2E_KEEP=kept-value\n"), "{printed}");
+    for name in &names {
+        assert!(!name.starts_with("SHIPLOG_"), "{name} in {printed}");
+    }
+    for hidden in ["E2E_ADMIN_TOKEN", "E2E_HOOK_SECRET"] {
+        assert!(!names.contains(&hidden), "{hidden} in {printed}");
+    }
+    for secret in [ADMIN, HOOK, EXTRA] {
+        assert!(!printed.contains(secret), "{secret} in {printed}");
+    }
+    // the decision's output_tail (what read tokens see) holds none of them either
+    let rows = query_until(
+        &client,
+        &url,
+        "SELECT json_extract_string(extra, '$.data.output_tail') FROM decisions WHERE project = 'envp' AND outcome = 'succeeded'",
+        1,
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let tail = rows[0][0].as_str().unwrap();
+    assert!(tail.contains("PATH="), "{tail}");
+    for secret in [ADMIN, HOOK, EXTRA] {
+        assert!(!tail.contains(secret), "{secret} in {tail}");
+    }
+}

@@ -3,12 +3,18 @@
 //! A command argument is a [`Template`]: literal text and placeholders. Rendering replaces
 //! each placeholder by its value *inside that one argument*: a value with spaces, quotes,
 //! `;` or a leading `--` stays one argument, and no value can add or remove arguments.
+//!
+//! A command runs with the server's environment less shiplog's own secrets
+//! ([`ActionEnv`]): every `SHIPLOG_*` variable and every variable a `*_env` setting names
+//! (token and webhook secrets) is removed; `PATH`, `HOME`, `LANG` and the credentials the
+//! command itself needs (`VERCEL_TOKEN`, …) are kept.
 
 use crate::config::Action;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
@@ -147,6 +153,48 @@ pub fn display_argv(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// The environment a command action runs with: the server's, without the variables that
+/// hold shiplog's own secrets. A command is code the operator chose, but whatever it
+/// prints lands in its decision's `output_tail`, which every `read` token can see; and it
+/// has no business with the tokens that write events or sign webhooks.
+#[derive(Debug, Clone, Default)]
+pub struct ActionEnv {
+    hidden: BTreeSet<String>,
+}
+
+impl ActionEnv {
+    /// Prefix of the variables that configure shiplog itself; never passed to a command.
+    pub const SHIPLOG_PREFIX: &'static str = "SHIPLOG_";
+
+    /// An environment without `SHIPLOG_*` and without the variables named in `hidden`
+    /// (the config's `secret_env` settings).
+    pub fn new(hidden: impl IntoIterator<Item = String>) -> ActionEnv {
+        ActionEnv {
+            hidden: hidden.into_iter().collect(),
+        }
+    }
+
+    /// Whether the variable `name` is kept from commands.
+    pub fn hides(&self, name: &OsStr) -> bool {
+        name.as_encoded_bytes()
+            .starts_with(Self::SHIPLOG_PREFIX.as_bytes())
+            || name.to_str().is_some_and(|n| self.hidden.contains(n))
+    }
+
+    /// `vars` (the server's environment) without the hidden variables.
+    pub fn filter(
+        &self,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Vec<(OsString, OsString)> {
+        vars.into_iter().filter(|(k, _)| !self.hides(k)).collect()
+    }
+
+    /// The environment of a command started now.
+    pub fn vars(&self) -> Vec<(OsString, OsString)> {
+        self.filter(std::env::vars_os())
+    }
+}
+
 /// The result of running an action (all attempts).
 #[derive(Debug, Clone)]
 pub struct ActionReport {
@@ -167,8 +215,15 @@ struct Attempt {
     exit_code: Option<i32>,
 }
 
-/// Runs an action with its retries: `argv` (commands) or `body` (webhooks).
-pub async fn run(action: &Action, argv: &[String], body: &Value, event_id: &str) -> ActionReport {
+/// Runs an action with its retries: `argv` (commands, with the environment `env`) or `body`
+/// (webhooks).
+pub async fn run(
+    action: &Action,
+    argv: &[String],
+    body: &Value,
+    event_id: &str,
+    env: &ActionEnv,
+) -> ActionReport {
     let started = Instant::now();
     let (tries, backoff) = match action {
         Action::Command { tries, backoff, .. } | Action::Webhook { tries, backoff, .. } => {
@@ -183,7 +238,7 @@ pub async fn run(action: &Action, argv: &[String], body: &Value, event_id: &str)
         }
         attempts += 1;
         let a = match action {
-            Action::Command { timeout, .. } => run_command(argv, *timeout).await,
+            Action::Command { timeout, .. } => run_command(argv, env.vars(), *timeout).await,
             Action::Webhook {
                 url,
                 secret_env,
@@ -225,12 +280,19 @@ fn push_tail(buf: &mut Vec<u8>, data: &[u8]) {
     }
 }
 
-/// Runs `argv` directly (no shell) in its own process group; on timeout the whole group is
-/// killed. Stdout and stderr are interleaved into one tail of [`OUTPUT_TAIL_BYTES`].
-async fn run_command(argv: &[String], timeout: Duration) -> Attempt {
+/// Runs `argv` directly (no shell) in its own process group with exactly the environment
+/// `env`; on timeout the whole group is killed. Stdout and stderr are interleaved into one
+/// tail of [`OUTPUT_TAIL_BYTES`].
+async fn run_command(
+    argv: &[String],
+    env: Vec<(OsString, OsString)>,
+    timeout: Duration,
+) -> Attempt {
     use std::process::Stdio;
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -463,19 +525,103 @@ mod tests {
             &["echo".into(), "a; echo b".into()],
             &Value::Null,
             "x",
+            &ActionEnv::default(),
         )
         .await;
         assert!(r.ok, "{r:?}");
         assert_eq!(r.output_tail, "a; echo b\n");
-        let r = run(&action, &["sleep".into(), "5".into()], &Value::Null, "x").await;
+        let r = run(
+            &action,
+            &["sleep".into(), "5".into()],
+            &Value::Null,
+            "x",
+            &ActionEnv::default(),
+        )
+        .await;
         assert!(!r.ok);
         assert_eq!(r.attempts, 2);
         assert!(r.outcome.starts_with("failed: timed out"), "{}", r.outcome);
         assert!(r.duration < Duration::from_secs(2));
-        let r = run(&action, &["false".into()], &Value::Null, "x").await;
+        let r = run(
+            &action,
+            &["false".into()],
+            &Value::Null,
+            "x",
+            &ActionEnv::default(),
+        )
+        .await;
         assert_eq!(r.outcome, "failed: exit 1 after 2 tries");
-        let r = run(&action, &["/nonexistent/prog".into()], &Value::Null, "x").await;
+        let r = run(
+            &action,
+            &["/nonexistent/prog".into()],
+            &Value::Null,
+            "x",
+            &ActionEnv::default(),
+        )
+        .await;
         assert!(r.outcome.contains("cannot run"), "{}", r.outcome);
+    }
+
+    /// A command that prints its environment sees PATH, HOME, LANG and the variables it may
+    /// need, but no SHIPLOG_* variable and none that a `secret_env` names.
+    #[tokio::test]
+    async fn commands_do_not_inherit_shiplogs_secrets() {
+        let server_env: Vec<(OsString, OsString)> = [
+            (
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            ),
+            ("HOME", "/home/shiplog".into()),
+            ("LANG", "C.UTF-8".into()),
+            ("VERCEL_TOKEN", "provider-credential".into()),
+            ("SHIPLOG_LOG", "debug".into()),
+            ("SHIPLOG_ADMIN_TOKEN", "admin-secret-0123456789".into()),
+            ("CI_TOKEN", "ci-secret-0123456789".into()),
+            ("HOOK_SECRET", "hook-secret-0123456789".into()),
+            ("CI_TOKEN_OLD", "kept: only exact names are hidden".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+        let env = ActionEnv::new(["CI_TOKEN".to_string(), "HOOK_SECRET".to_string()]);
+        let action = Action::Command {
+            argv: vec![],
+            timeout: Duration::from_secs(10),
+            tries: 1,
+            backoff: Duration::from_millis(10),
+        };
+        let a = run_command(
+            &["env".into()],
+            env.filter(server_env),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(a.ok, "{}", a.what);
+        let printed = String::from_utf8(a.output).unwrap();
+        let mut names: Vec<&str> = printed
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["CI_TOKEN_OLD", "HOME", "LANG", "PATH", "VERCEL_TOKEN"],
+            "{printed}"
+        );
+        assert!(
+            printed.contains("VERCEL_TOKEN=provider-credential\n"),
+            "{printed}"
+        );
+        assert!(!printed.contains("secret-0123456789"), "{printed}");
+        // `run` uses the server's own environment, filtered the same way
+        let r = run(&action, &["env".into()], &Value::Null, "x", &env).await;
+        assert!(r.ok, "{r:?}");
+        for line in r.output_tail.lines() {
+            let name = line.split_once('=').map_or(line, |(k, _)| k);
+            assert!(!name.starts_with("SHIPLOG_"), "{}", r.output_tail);
+        }
+        assert!(env.hides(OsStr::new("SHIPLOG_X")) && env.hides(OsStr::new("CI_TOKEN")));
+        assert!(!env.hides(OsStr::new("PATH")) && !env.hides(OsStr::new("shiplog_x")));
     }
 
     #[test]

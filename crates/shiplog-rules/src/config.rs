@@ -140,6 +140,12 @@ pub struct RulesSettings {
     /// How often open windows and schedules are checked.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
+    /// Not a config key: the environment variables that hold shiplog's own secrets (the
+    /// tokens' `secret_env`), set by the program from its config. Command actions run
+    /// without them, without every `SHIPLOG_*` variable and without the webhooks'
+    /// `secret_env` (see [`crate::action::ActionEnv`]).
+    #[serde(skip)]
+    pub hide_env: Vec<String>,
 }
 
 impl Default for RulesSettings {
@@ -149,6 +155,7 @@ impl Default for RulesSettings {
             cooldown: Duration::from_secs(30 * 60),
             catch_up: Duration::from_secs(3600),
             tick: Duration::from_millis(200),
+            hide_env: Vec::new(),
         }
     }
 }

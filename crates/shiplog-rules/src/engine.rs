@@ -25,6 +25,9 @@ struct Inner {
     query: Option<Arc<QueryEngine>>,
     started_at: DateTime<Utc>,
     ready: AtomicBool,
+    /// The environment of command actions: without `SHIPLOG_*`, the webhooks' `secret_env`
+    /// and `settings.hide_env`.
+    action_env: action::ActionEnv,
 }
 
 /// A running rules engine: its state answers the gate.
@@ -135,8 +138,21 @@ impl RulesEngine {
                 }
             }
         }
+        let webhook_secrets = rules.iter().filter_map(|r| match &r.action {
+            Some(Action::Webhook { secret_env, .. }) => secret_env.clone(),
+            _ => None,
+        });
+        let action_env = action::ActionEnv::new(
+            settings
+                .hide_env
+                .iter()
+                .cloned()
+                .chain(webhook_secrets)
+                .collect::<Vec<_>>(),
+        );
         let engine = RulesEngine {
             inner: Arc::new(Inner {
+                action_env,
                 rules,
                 settings,
                 state: Mutex::new(State::default()),
@@ -346,7 +362,7 @@ impl RulesEngine {
         let r = &self.inner.rules[rule];
         let Some(action) = &r.action else { return };
         let id = outcome["id"].as_str().unwrap_or("").to_string();
-        let report = action::run(action, &argv, &body, &id).await;
+        let report = action::run(action, &argv, &body, &id, &self.inner.action_env).await;
         info!(rule = %r.name(), outcome = %report.outcome, attempts = report.attempts, "action finished");
         let d = outcome["data"].as_object_mut().unwrap();
         d.insert("outcome".into(), json!(report.outcome));

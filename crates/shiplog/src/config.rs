@@ -238,11 +238,29 @@ pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config> {
     } else {
         format!("{origin} (with {})", from_env.join(", "))
     };
-    let config: Config = toml::Value::Table(table)
+    let mut config: Config = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.to_string().trim()))?;
     validate(&config).with_context(|| format!("invalid configuration in {source}"))?;
+    // Rule commands run without the variables that hold shiplog's own secrets.
+    config.rules_settings.hide_env = config.secret_env_names();
     Ok(config)
+}
+
+impl Config {
+    /// Every environment variable a `*_env` setting names: the tokens' and the webhooks'
+    /// `secret_env`.
+    pub fn secret_env_names(&self) -> Vec<String> {
+        let tokens = self.tokens.iter().filter_map(|t| t.secret_env.clone());
+        let hooks = self
+            .rules
+            .iter()
+            .filter_map(|r| r.action.as_ref()?.secret_env.clone());
+        let mut names: Vec<String> = tokens.chain(hooks).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// A TOML syntax error of the config file: the file, line, column, the key (or table) where
@@ -713,6 +731,18 @@ mod tests {
                 && !e.contains("s3cr3t"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rule_commands_are_told_which_variables_hold_secrets() {
+        let (_d, p) = write(
+            "[[tokens]]\nname = \"ci\"\nsecret_env = \"CI_TOKEN\"\nscopes = [\"ingest\"]\n\
+             [[tokens]]\nname = \"pm\"\nsecret = \"0123456789abcdef\"\nscopes = [\"read\"]\n\
+             [[rules]]\nname = \"hook\"\nkind = \"migration_failed\"\nproject = \"web\"\n\
+             action = { webhook = \"https://example.com/h\", secret_env = \"HOOK_SECRET\" }\n",
+        );
+        let c = load(Some(&p), &[]).unwrap();
+        assert_eq!(c.rules_settings.hide_env, ["CI_TOKEN", "HOOK_SECRET"]);
     }
 
     #[test]
