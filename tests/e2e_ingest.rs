@@ -407,3 +407,98 @@ async fn log_verify_names_a_corrupt_byte_in_a_sealed_segment() {
     assert!(text.contains("DAMAGED") && text.contains(name), "{text}");
     eprintln!("{text}");
 }
+
+/// A flood beyond the in-flight budget: the server answers 503 with Retry-After at once
+/// instead of taking more memory, every 202 is durable exactly once, and ingest works
+/// normally when the flood stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_is_shed_with_503_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 3 MB budget; each request below reserves about 2 x 450 KB.
+    let mut server = TestServer::spawn_env(
+        &data,
+        &[],
+        &[("SHIPLOG_SERVER__MAX_INFLIGHT_BYTES", "3000000")],
+    );
+    let url = format!("{}/v1/events", server.url);
+    let client = http();
+    let accepted = Arc::new(Mutex::new(0u64));
+    let shed = Arc::new(Mutex::new(0u64));
+    let mut tasks = Vec::new();
+    for c in 0..24 {
+        let (client, url, accepted, shed) =
+            (client.clone(), url.clone(), accepted.clone(), shed.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..12 {
+                let batch: Vec<Value> = (0..1000)
+                    .map(|i| event(KINDS[i % 5], "flood", &format!("c{c}-{n}-{i}"), "web"))
+                    .collect();
+                let r = client.post(&url).json(&batch).send().await.unwrap();
+                match r.status().as_u16() {
+                    202 => {
+                        let body: Value = r.json().await.unwrap();
+                        assert_eq!(body["accepted"], 1000, "{body}");
+                        *accepted.lock().unwrap() += 1000;
+                    }
+                    503 => {
+                        let retry = r
+                            .headers()
+                            .get("retry-after")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        assert_eq!(retry.as_deref(), Some("1"));
+                        let body: Value = r.json().await.unwrap();
+                        assert!(
+                            body["error"].as_str().unwrap().contains("at capacity"),
+                            "{body}"
+                        );
+                        *shed.lock().unwrap() += 1;
+                    }
+                    s => panic!("unexpected status {s}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (accepted, shed) = (*accepted.lock().unwrap(), *shed.lock().unwrap());
+    assert!(shed > 0, "no request was shed ({accepted} events accepted)");
+    assert!(accepted > 0, "nothing was accepted");
+    let metrics = get_text(&client, &format!("{}/metrics", server.url)).await;
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(series("shiplog_ingest_shed_total"), shed as f64);
+    assert_eq!(series("shiplog_ingest_inflight_bytes"), 0.0);
+    assert_eq!(series("shiplog_events_accepted_total"), accepted as f64);
+    // After the flood, an ordinary request goes through.
+    let r = client
+        .post(&url)
+        .json(&event("check", "flood", "after", "web"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    server.stop();
+    // Every acknowledged event is in the log, once.
+    let out = std::process::Command::new(BIN)
+        .args(["log", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut server = TestServer::spawn(&data, &[]);
+    let health: Value = get_json(&client, &format!("{}/healthz", server.url)).await;
+    assert_eq!(health["log_records"], accepted + 1, "{health}");
+    server.stop();
+}

@@ -9,88 +9,20 @@
 //! so a retry can store it. A concurrent request that meets a pending key waits for that
 //! append's outcome before it answers "duplicate", so a `duplicates` count is never a lie.
 //! Committed keys are kept for the dedup window (default 7 days, by receive time) and are
-//! rebuilt from the log on start, so dedup holds across restarts.
+//! rebuilt from the log on start, so dedup holds across restarts. The index itself
+//! ([`crate::dedup`]) holds about 8 bytes per key.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use shiplog_events::{Event, Stamp, ValidEvent};
 use shiplog_log::{Log, LogError, LogRecord, Offset};
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::dedup::{dedup_key, DedupIndex, Lookup};
 use crate::metrics::Metrics;
-
-/// A dedup key: 128-bit hash of `source`, a separator and `id`.
-type Key = u128;
-
-/// The keys are already uniformly distributed hashes: hashing them again (SipHash) would
-/// only cost time on the ingest path.
-#[derive(Default, Clone, Copy)]
-struct PreHashed(u64);
-
-impl std::hash::Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64 ^ (v >> 64) as u64;
-    }
-}
-
-type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<PreHashed>>;
-
-fn dedup_key(source: &str, id: &str) -> Key {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(source.as_bytes());
-    h.update(&[0xff]);
-    h.update(id.as_bytes());
-    h.digest128()
-}
-
-enum Slot {
-    /// Durable in the log; the value is the receive time in unix seconds.
-    Committed(i64),
-    /// Being appended by another request; resolves to `true` when durable.
-    Pending(watch::Receiver<Option<bool>>),
-}
-
-#[derive(Default)]
-struct DedupIndex {
-    slots: KeyMap<Slot>,
-    /// Committed keys in receive order, for expiry.
-    expiry: VecDeque<(i64, Key)>,
-}
-
-impl DedupIndex {
-    fn commit(&mut self, key: Key, at: i64) {
-        self.slots.insert(key, Slot::Committed(at));
-        self.expiry.push_back((at, key));
-    }
-
-    fn expire(&mut self, cutoff: i64) {
-        while let Some(&(at, key)) = self.expiry.front() {
-            if at >= cutoff {
-                break;
-            }
-            self.expiry.pop_front();
-            if let Some(Slot::Committed(t)) = self.slots.get(&key) {
-                if *t == at {
-                    self.slots.remove(&key);
-                }
-            }
-        }
-    }
-}
 
 /// What happened to the events of one request (the valid ones).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,7 +62,7 @@ impl Ingestor {
     pub fn new(log: Arc<dyn Log>, window: Duration, metrics: Arc<Metrics>) -> Self {
         Ingestor {
             log,
-            dedup: Mutex::new(DedupIndex::default()),
+            dedup: Mutex::new(DedupIndex::new(window)),
             window,
             metrics,
         }
@@ -223,12 +155,12 @@ impl Ingestor {
             index.expire(now_secs - self.window.as_secs() as i64);
             for event in events {
                 let key = dedup_key(event.source(), event.id());
-                match index.slots.get(&key) {
-                    Some(Slot::Committed(_)) => outcome.duplicates += 1,
-                    Some(Slot::Pending(rx)) if rx.same_channel(&done_rx) => outcome.duplicates += 1,
-                    Some(Slot::Pending(rx)) => waits.push(rx.clone()),
-                    None => {
-                        index.slots.insert(key, Slot::Pending(done_rx.clone()));
+                match index.lookup(key) {
+                    Lookup::Committed => outcome.duplicates += 1,
+                    Lookup::Pending(rx) if rx.same_channel(&done_rx) => outcome.duplicates += 1,
+                    Lookup::Pending(rx) => waits.push(rx.clone()),
+                    Lookup::Absent => {
+                        index.reserve(key, done_rx.clone());
                         keys.push(key);
                         fresh.push(event);
                     }
@@ -258,7 +190,7 @@ impl Ingestor {
                 if result.is_ok() {
                     index.commit(key, now_secs);
                 } else {
-                    index.slots.remove(&key);
+                    index.release(key);
                 }
             }
         }
@@ -280,6 +212,11 @@ impl Ingestor {
 
     /// Number of keys currently held for dedup.
     pub fn dedup_len(&self) -> usize {
-        self.dedup.lock().unwrap().slots.len()
+        self.dedup.lock().unwrap().len()
+    }
+
+    /// Approximate bytes held by the dedup index.
+    pub fn dedup_bytes(&self) -> usize {
+        self.dedup.lock().unwrap().bytes()
     }
 }

@@ -12,9 +12,11 @@
 //! - every rejected event is reported with its index in the body and the JSON pointer of
 //!   the offending field.
 
+pub mod admission;
 pub mod auth;
 pub mod dashboards;
 pub mod decode;
+pub mod dedup;
 pub mod ingest;
 pub mod login;
 pub mod metrics;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub series: Vec<SeriesFn>,
     /// DuckDB over the projections (absent on nodes that do not serve queries).
     pub query: Option<Arc<shiplog_store::QueryEngine>>,
+    /// The budget of ingest request bytes in flight (503 when spent).
+    pub admission: admission::Admission,
 }
 
 /// One rejected event of a request.
@@ -157,6 +161,17 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
     if let Err(e) = decode::body_format(content_type.as_deref()) {
         return refuse(&state, status(e.status), e.message);
     }
+    // Reserve the memory this request may hold before reading its body; refuse at once
+    // when the budget is spent (the client retries after Retry-After).
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let cost = admission::Admission::cost(content_length, state.body_limit);
+    let Some(_reservation) = state.admission.try_admit(cost) else {
+        return at_capacity(&state);
+    };
     let bytes = match read_body(body, state.body_limit).await {
         Ok(b) => b,
         Err(r) => return refuse(&state, r.0, r.1),
@@ -165,10 +180,17 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         Ok(f) => f,
         Err(e) => return refuse(&state, status(e.status), e.message),
     };
-    let body = match decode::decode_content(content_encoding.as_deref(), &bytes, state.body_limit)
-    {
+    let body = match decode::decode_content(content_encoding.as_deref(), &bytes, state.body_limit) {
         Ok(b) => b,
         Err(e) => return refuse(&state, status(e.status), e.message),
+    };
+    // A decompressed body holds memory beyond the reservation made for the wire bytes.
+    let _decompressed = match &body {
+        std::borrow::Cow::Owned(b) => match state.admission.try_admit(b.len()) {
+            Some(r) => Some(r),
+            None => return at_capacity(&state),
+        },
+        std::borrow::Cow::Borrowed(_) => None,
     };
     let decoded = match decode::decode_body(format, &body) {
         Ok(d) => d,
@@ -227,6 +249,17 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         error: None,
     };
     (code, Json(body)).into_response()
+}
+
+fn at_capacity(state: &AppState) -> Response {
+    refuse(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "ingest is at capacity ({} MiB of requests in flight); retry after the Retry-After delay",
+            state.admission.capacity() >> 20
+        ),
+    )
 }
 
 fn status(code: u16) -> StatusCode {
@@ -308,10 +341,28 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             value: damage.iter().map(|r| r.end - r.first).sum::<u64>() as f64,
         },
         ExternalSeries {
+            name: "shiplog_ingest_inflight_bytes",
+            help: "Bytes reserved by ingest requests being served.",
+            kind: "gauge",
+            value: state.admission.in_flight() as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_ingest_shed_total",
+            help: "Ingest requests answered 503 because the in-flight budget was spent.",
+            kind: "counter",
+            value: state.admission.shed.load(Relaxed) as f64,
+        },
+        ExternalSeries {
             name: "shiplog_dedup_keys",
             help: "Keys held for deduplication.",
             kind: "gauge",
             value: state.ingestor.dedup_len() as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_dedup_bytes",
+            help: "Approximate memory held by the dedup index.",
+            kind: "gauge",
+            value: state.ingestor.dedup_bytes() as f64,
         },
     ];
     let mut text = state.metrics.render(&series);

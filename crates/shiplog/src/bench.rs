@@ -278,6 +278,7 @@ pub async fn ingest(args: IngestBenchArgs) -> Result<()> {
         started: Instant::now(),
         series: Vec::new(),
         query: None,
+        admission: Default::default(),
     });
     let shiplog_url = spawn(router(state)).await?;
     let noop = Router::new().route(

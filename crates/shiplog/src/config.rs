@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// Whole-request timeout (slow clients get 408).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Budget of ingest request bytes in flight; beyond it ingest answers 503 with
+    /// Retry-After instead of taking more memory. Each request reserves twice its body.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
+            max_inflight_bytes: shiplog_web::admission::DEFAULT_MAX_INFLIGHT_BYTES,
         }
     }
 }

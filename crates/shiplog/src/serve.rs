@@ -345,6 +345,7 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         started: Instant::now(),
         series: projection_series.into_iter().collect(),
         query,
+        admission: shiplog_web::admission::Admission::new(config.server.max_inflight_bytes),
     });
     let dashboards = Arc::new(shiplog_web::dashboards::DashboardState::new(
         state.auth.clone(),
