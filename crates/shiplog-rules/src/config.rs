@@ -140,6 +140,12 @@ pub struct RulesSettings {
     /// How often open windows and schedules are checked.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
+    /// How long the rules state remembers a deployment (and a decision) after the last
+    /// record about it was received; the last successful deployments of each watched
+    /// project/env are kept longer (they are baselines and rollback targets). Taken as at
+    /// least the longest cooldown. See docs/rules.md, "State and memory".
+    #[serde(with = "humantime_serde")]
+    pub history: Duration,
     /// Not a config key: the environment variables that hold shiplog's own secrets (the
     /// tokens' `secret_env`), set by the program from its config. Command actions run
     /// without them, without every `SHIPLOG_*` variable and without the webhooks'
@@ -155,6 +161,7 @@ impl Default for RulesSettings {
             cooldown: Duration::from_secs(30 * 60),
             catch_up: Duration::from_secs(3600),
             tick: Duration::from_millis(200),
+            history: Duration::from_secs(7 * 86_400),
             hide_env: Vec::new(),
         }
     }

@@ -3,13 +3,16 @@
 
 use crate::action::{self, display_argv, render_argv};
 use crate::config::{Action, Rule, RuleKind, RulesSettings};
-use crate::state::{judge, GateReport, MigrationRec, State, Verdict, SOURCE};
+use crate::state::{
+    judge, Deployment, GateReport, MigrationRec, Retention, State, StateStats, Verdict, SOURCE,
+};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
-use shiplog_events::{format_rfc3339, Event, Origin};
+use shiplog_events::{format_rfc3339, Event, Kind, Origin};
 use shiplog_log::{Log, LogError};
 use shiplog_store::QueryEngine;
 use shiplog_web::ingest::Ingestor;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,15 +153,17 @@ impl RulesEngine {
                 .chain(webhook_secrets)
                 .collect::<Vec<_>>(),
         );
+        let started_at = Utc::now();
+        let retention = Retention::for_rules(&rules, &settings, started_at);
         let engine = RulesEngine {
             inner: Arc::new(Inner {
                 action_env,
                 rules,
                 settings,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State::new(retention.clone())),
                 ingestor,
                 query,
-                started_at: Utc::now(),
+                started_at,
                 ready: AtomicBool::new(false),
             }),
         };
@@ -166,7 +171,13 @@ impl RulesEngine {
         let log = engine.inner.ingestor.log().clone();
         let partitions = log.partitions();
         for p in &partitions {
-            tokio::spawn(forward(log.clone(), *p, tx.clone(), shutdown.clone()));
+            tokio::spawn(forward(
+                log.clone(),
+                *p,
+                retention.clone(),
+                tx.clone(),
+                shutdown.clone(),
+            ));
         }
         tokio::spawn(
             engine
@@ -185,6 +196,11 @@ impl RulesEngine {
     /// Whether the state was rebuilt from the log (the gate answers 503 before).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// How much the state holds (for `/metrics`).
+    pub fn stats(&self) -> StateStats {
+        self.inner.state.lock().unwrap().stats()
     }
 
     pub fn gate(&self, project: &str, env: &str) -> GateReport {
@@ -225,8 +241,18 @@ impl RulesEngine {
                     Some(Msg::CaughtUp) => {
                         caught_up += 1;
                         if caught_up == partitions {
+                            let stats = {
+                                let mut st = self.inner.state.lock().unwrap();
+                                st.tick(Utc::now());
+                                st.sweep();
+                                st.stats()
+                            };
                             self.inner.ready.store(true, Ordering::Release);
-                            info!("rules state rebuilt from the log");
+                            info!(
+                                deployments = stats.deployments,
+                                samples = stats.samples,
+                                "rules state rebuilt from the log"
+                            );
                             self.close_interrupted().await;
                             self.evaluate().await;
                         }
@@ -234,6 +260,8 @@ impl RulesEngine {
                 },
                 _ = tick.tick() => {
                     if self.is_ready() {
+                        // Once live, the state expires on the wall clock.
+                        self.inner.state.lock().unwrap().tick(Utc::now());
                         self.evaluate().await;
                     }
                 }
@@ -393,7 +421,7 @@ impl RulesEngine {
         let oldest = self.inner.started_at - chrono_dur(settings.catch_up);
         let mut starting: HashSet<(String, String)> = HashSet::new();
         // Failed migrations.
-        let failed: Vec<MigrationRec> = std::mem::take(&mut st.pending_failed_migrations);
+        let failed: Vec<MigrationRec> = st.take_failed_migrations();
         for (i, rule) in self.inner.rules.iter().enumerate() {
             if rule.cfg.kind != RuleKind::MigrationFailed {
                 continue;
@@ -403,7 +431,7 @@ impl RulesEngine {
                     continue;
                 }
                 let id = format!("rule/{}/{}/{}/alert", rule.name(), m.source, m.id);
-                if st.written.contains(&id) {
+                if st.alerted.contains_key(&id) {
                     continue;
                 }
                 let mut data = Map::new();
@@ -432,38 +460,43 @@ impl RulesEngine {
             }
         }
         // Rollback windows.
-        let mut candidates: Vec<_> = st
-            .deployments
-            .values()
-            .filter(|d| d.succeeded_at.is_some())
-            .cloned()
-            .collect();
-        candidates.sort_by_key(|d| d.seq);
         for (i, rule) in self.inner.rules.iter().enumerate() {
             if rule.cfg.kind != RuleKind::Rollback {
                 continue;
             }
             let window = chrono_dur(rule.window());
+            // The deployments this rule may still judge, oldest first (their facts: the
+            // samples stay in the state).
+            let mut candidates: Vec<Deployment> = st
+                .deployments
+                .values()
+                .filter(|d| {
+                    d.succeeded_at.is_some()
+                        && rule.matches(&d.project, d.env.as_deref())
+                        && !d.is_concluded(rule.name())
+                })
+                .map(Deployment::header)
+                .collect();
+            candidates.sort_by_key(|d| d.seq);
             for d in &candidates {
-                if !rule.matches(&d.project, d.env.as_deref()) {
-                    continue;
-                }
-                let ckey = (rule.name().to_string(), d.project.clone(), d.id.clone());
-                if st.concluded.contains(&ckey) {
-                    continue;
-                }
-                let end = d.succeeded_at.unwrap() + window;
+                let end = d
+                    .succeeded_at
+                    .and_then(|s| s.checked_add_signed(window))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 if end < oldest || d.rolled_back || d.failed || st.superseded(d) {
                     // Too old to judge, already rolled back, or no longer live: never act.
-                    st.concluded.insert(ckey);
+                    st.conclude(&d.project, &d.id, rule.name());
                     continue;
                 }
                 let rkey = (d.project.clone(), d.id.clone());
-                if st.rollbacks.contains_key(&rkey) || starting.contains(&rkey) {
-                    st.concluded.insert(ckey);
+                if d.rollback_started
+                    || st.rollbacks.contains_key(&rkey)
+                    || starting.contains(&rkey)
+                {
+                    st.conclude(&d.project, &d.id, rule.name());
                     continue;
                 }
-                let prev = st.previous_of(d).cloned();
+                let prev = st.previous_of(d).map(Deployment::header);
                 let values = st.window_values(d, rule.metric(), window);
                 let baseline_values: Option<Vec<f64>> = prev.as_ref().map(|p| {
                     st.window_values(p, rule.metric(), window)
@@ -474,7 +507,7 @@ impl RulesEngine {
                 let verdict = judge(
                     rule,
                     &values,
-                    st.failed_smoke(d, window),
+                    st.failed_smoke(d, window).as_ref(),
                     baseline_values.as_deref(),
                     now >= end,
                 );
@@ -521,7 +554,7 @@ impl RulesEngine {
                 if name != "degraded" {
                     data.insert("phase".into(), json!("final"));
                     out.push(Intent::Write(vec![ev(data)]));
-                    st.concluded.insert(ckey);
+                    st.conclude(&d.project, &d.id, rule.name());
                     continue;
                 }
                 // Degraded: decide whether and how to act.
@@ -582,7 +615,7 @@ impl RulesEngine {
                     data.insert("outcome".into(), json!(o));
                     info!(rule = %rule.name(), deployment = %d.id, outcome = %o, "degraded; no action");
                     out.push(Intent::Write(vec![ev(data)]));
-                    st.concluded.insert(ckey);
+                    st.conclude(&d.project, &d.id, rule.name());
                     continue;
                 }
                 let (_, argv) = rendered.unwrap();
@@ -630,7 +663,7 @@ impl RulesEngine {
                 }
                 info!(rule = %rule.name(), deployment = %d.id, target = %prev.id, "degraded; rolling back");
                 starting.insert(rkey);
-                st.concluded.insert(ckey);
+                st.conclude(&d.project, &d.id, rule.name());
                 out.push(Intent::Act {
                     rule: i,
                     start,
@@ -977,11 +1010,46 @@ pub fn threshold_sql(metric: &str) -> &'static str {
     }
 }
 
-/// Reads one partition from offset 0 and forwards decoded events; says when it reached
-/// the end the log had at start.
+/// The envelope fields (and a check's name) that say whether the state can use a record.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    project: Cow<'a, str>,
+    #[serde(borrow, default)]
+    env: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<PeekData<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekData<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// Decodes a record the state can use; `None` for one it would ignore (a build, a cost,
+/// a check no rule reads: most of the log), found without decoding it fully. A record the
+/// quick look cannot read is decoded fully.
+fn decode_relevant(retention: &Retention, bytes: &[u8]) -> Option<Event> {
+    if let Ok(p) = serde_json::from_slice::<Peek>(bytes) {
+        if let Some(kind) = Kind::from_name(&p.kind) {
+            let name = p.data.as_ref().and_then(|d| d.name.as_deref());
+            if !retention.may_apply(kind, &p.project, p.env.as_deref(), name) {
+                return None;
+            }
+        }
+    }
+    Event::from_json_bytes(bytes).ok()
+}
+
+/// Reads one partition from offset 0 and forwards decoded events (those the state can
+/// use); says when it reached the end the log had at start.
 async fn forward(
     log: Arc<dyn Log>,
     partition: u32,
+    retention: Retention,
     tx: mpsc::Sender<Msg>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -1025,7 +1093,7 @@ async fn forward(
         if !batch.is_empty() {
             let events: Vec<Event> = batch
                 .iter()
-                .filter_map(|e| Event::from_json_bytes(&e.value).ok())
+                .filter_map(|e| decode_relevant(&retention, &e.value))
                 .collect();
             if tx.send(Msg::Events(events)).await.is_err() {
                 return;
