@@ -1193,13 +1193,30 @@ action = {{ command = ["{}", "rollback", "{{previous_url}}", "--id={{deployment_
     let url = s.server.url.clone();
     let c = client();
 
-    // Values that a shell, a naive split or getopt would act on.
-    let prev_id = "-rf\n--no-preserve-root";
+    // Values that a shell, a naive split or getopt would act on. Deployment ids may not hold
+    // control characters (refused at ingest, below); a URL may.
+    let prev_id = "-rf --no-preserve-root";
     let prev_url = format!(
-        "--force\n--token=x; $(touch {p}) `touch {p}` | touch {p} > {p} *",
+        "--force\n--token=x; $(touch {p}) `touch {p}` | touch {p} > {p} *\r\u{7f}\u{1b}[31m",
         p = pwned.display()
     );
-    let new_id = "--yes\r\n-- $HOME ${IFS} 'quoted' \"dq\" \\ \u{7f}\u{1b}[31m";
+    let new_id = "--yes -- $HOME ${IFS} 'quoted' \"dq\" \\ [31m";
+    for bad in [
+        "-rf\n--no-preserve-root",
+        "--yes\r\n",
+        "x\u{7f}",
+        "x\u{1b}[31m",
+    ] {
+        let (status, body) = post_events(
+            &c,
+            &url,
+            Who::Admin,
+            &json!([deploy_ev("steer", bad, "https://x.example", None)]),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["rejected"][0]["field"], "/deployment_id", "{body}");
+    }
     for batch in [
         json!([deploy_ev("steer", prev_id, &prev_url, None)]),
         json!([deploy_ev(

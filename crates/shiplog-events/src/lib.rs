@@ -124,7 +124,8 @@ impl Event {
     /// of at most [`MAX_KEY_LEN`] bytes); `kind` (a plain kind name, see [`Kind::from_name`];
     /// `decision` only from [`Origin::Internal`]); `time`, `received_at` (RFC 3339, see
     /// [`is_rfc3339`]); `env`, `commit`, `branch`, `deployment_id` (strings of at most
-    /// [`MAX_KEY_LEN`] bytes); `data` (an object, checked by [`validate_data`]).
+    /// [`MAX_KEY_LEN`] bytes); `data` (an object, checked by [`validate_data`]). None of the
+    /// seven key strings may hold an ASCII control character ([`key_control_char`]).
     /// `null` counts as absent for every field. Other fields go to `extra`.
     pub fn from_json(value: Value, origin: Origin) -> Result<Event, FieldError> {
         let Value::Object(obj) = value else {
@@ -220,6 +221,16 @@ impl Event {
     }
 }
 
+/// The first ASCII control character (U+0000 to U+001F, U+007F) of an envelope key, with
+/// its byte offset. Keys end up in file names, command arguments (a NUL cannot be passed
+/// at all) and log lines, so none may hold one. UTF-8 encodes every other character with
+/// bytes of 0x20 or more other than 0x7F, so looking at bytes is exact.
+pub fn key_control_char(s: &str) -> Option<(usize, char)> {
+    s.bytes()
+        .position(|b| b < 0x20 || b == 0x7f)
+        .map(|i| (i, char::from(s.as_bytes()[i])))
+}
+
 fn take_key(
     value: Option<Value>,
     field: &'static str,
@@ -237,6 +248,15 @@ fn take_key(
                 Err(FieldError::new(
                     format!("/{field}"),
                     format!("is longer than {MAX_KEY_LEN} bytes"),
+                ))
+            } else if let Some((at, c)) = key_control_char(&s) {
+                Err(FieldError::new(
+                    format!("/{field}"),
+                    format!(
+                        "must not contain control characters (U+0000 to U+001F, U+007F): \
+                         U+{:04X} at byte {at}",
+                        c as u32
+                    ),
                 ))
             } else {
                 Ok(Some(s))

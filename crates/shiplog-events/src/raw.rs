@@ -364,8 +364,9 @@ impl<'de> Visitor<'de> for StrVisitor {
     }
 }
 
-/// An envelope key field: a string of at most [`MAX_KEY_LEN`] bytes, non-empty when
-/// required; `null` is absent (`Ok(None)`), which is a doubt when required.
+/// An envelope key field: a string of at most [`MAX_KEY_LEN`] bytes without an ASCII
+/// control character ([`crate::key_control_char`]), non-empty when required; `null` is
+/// absent (`Ok(None)`), which is a doubt when required.
 struct KeyString {
     required: bool,
 }
@@ -399,7 +400,10 @@ impl<'de> Visitor<'de> for KeyString {
 
 impl KeyString {
     fn check<'de, E: de::Error>(&self, v: Cow<'de, str>) -> Result<Option<Cow<'de, str>>, E> {
-        if (self.required && v.is_empty()) || v.len() > MAX_KEY_LEN {
+        if (self.required && v.is_empty())
+            || v.len() > MAX_KEY_LEN
+            || crate::key_control_char(&v).is_some()
+        {
             Err(doubt())
         } else {
             Ok(Some(v))
@@ -692,6 +696,68 @@ mod tests {
         }
     }
 
+    /// ASCII control characters (U+0000 to U+001F, U+007F) in any envelope key: the slow
+    /// path refuses the event naming the field, the fast path never vouches for it.
+    /// Other characters, C1 controls (U+0080 to U+009F) included, are kept.
+    #[test]
+    fn control_characters_in_keys_are_refused_by_both_paths() {
+        let fields = [
+            "id",
+            "source",
+            "project",
+            "env",
+            "commit",
+            "branch",
+            "deployment_id",
+        ];
+        let event = |field: &str, value: &str| {
+            let mut v = serde_json::json!({"id": "a", "kind": "check", "source": "s",
+                "project": "p", "data": {"name": "smoke", "passed": true}});
+            v[field] = Value::String(value.to_string());
+            v
+        };
+        for field in fields {
+            for c in (0u8..0x20).chain([0x7f]).map(char::from) {
+                let value = format!("dep{c}x");
+                let v = event(field, &value);
+                // escaped as \u00XX (and a raw DEL, which JSON allows unescaped)
+                let mut texts = vec![serde_json::to_string(&v).unwrap()];
+                if c == '\u{7f}' {
+                    texts.push(texts[0].replace("\\u007f", "\u{7f}"));
+                    assert!(texts[1].as_bytes().contains(&0x7f), "{}", texts[1]);
+                }
+                for json in &texts {
+                    assert!(RawEvent::parse(json).is_none(), "vouched for {json:?}");
+                    assert!(
+                        split_array(&format!("[{json}]")).unwrap()[0].1.is_none(),
+                        "{json:?}"
+                    );
+                }
+                let e = Event::from_json(v, Origin::Collector).unwrap_err();
+                assert_eq!(e.field, format!("/{field}"), "{e}");
+                assert_eq!(
+                    e.error,
+                    format!(
+                        "must not contain control characters (U+0000 to U+001F, U+007F): \
+                         U+{:04X} at byte 3",
+                        c as u32
+                    )
+                );
+            }
+            for ok in [
+                "dep\u{80}x",
+                "dep\u{9f}x",
+                "déploiement",
+                "dep 1",
+                "🚀",
+                "a\\b\"c",
+            ] {
+                let json = serde_json::to_string(&event(field, ok)).unwrap();
+                assert!(agree(&json), "not vouched for: {json}");
+            }
+        }
+    }
+
     #[test]
     fn record_splices_received_at_first() {
         let json = " {\"id\":\"a\",\"kind\":\"check\",\"source\":\"s\",\"project\":\"p\",\"data\":{\"name\":\"n\",\"passed\":true}} ";
@@ -849,8 +915,10 @@ mod tests {
                 fields in proptest::collection::vec((field_name(), value()), 0..10),
                 time in prop_oneof![Just(None), Just(Some("\"2026-11-21T10:00:00Z\"")), Just(Some("\"2026-11-21T10:00:00.5Z\"")),
                                     Just(Some("\"2026-11-21T10:00:00+02:00\"")), Just(Some("null")), Just(Some("3"))],
-                id in prop_oneof![Just("\"e1\""), Just("\"\""), Just("null"), Just("7"), Just("\"e\\\"1\"")],
-                env in prop_oneof![Just(None), Just(Some("\"prod\"")), Just(Some("null")), Just(Some("1"))],
+                id in prop_oneof![Just("\"e1\""), Just("\"\""), Just("null"), Just("7"), Just("\"e\\\"1\""),
+                                  Just("\"e\\u00001\""), Just("\"e\\n\""), Just("\"e\\u001f\""), Just("\"e\u{7f}\""), Just("\"e\u{80}\"")],
+                env in prop_oneof![Just(None), Just(Some("\"prod\"")), Just(Some("null")), Just(Some("1")),
+                                   Just(Some("\"pr\\u0000od\"")), Just(Some("\"prod\\r\\n\"")), Just(Some("\"\\u007f\""))],
                 drop_required in proptest::bool::weighted(0.1),
             ) {
                 let mut data: Vec<String> = match (Kind::from_name(kind), drop_required) {

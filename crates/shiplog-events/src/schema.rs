@@ -27,6 +27,11 @@ const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 /// the calendar and the leap-second rule, like the `date-time` format).
 pub const RFC3339_PATTERN: &str = "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
 
+/// Envelope keys (`id`, `source`, `project`, `env`, `commit`, `branch`, `deployment_id`)
+/// hold no ASCII control character (U+0000 to U+001F, U+007F), as
+/// [`crate::key_control_char`] checks.
+pub const KEY_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F]*$";
+
 /// Every v1 schema as `(file name, schema)`: `envelope.json`, `event.json`, then one per kind.
 pub fn v1_schemas() -> Vec<(String, Value)> {
     let mut out = vec![
@@ -68,7 +73,7 @@ pub fn kind_schema(kind: Kind) -> Value {
 /// The envelope schema (`envelope.json`).
 pub fn envelope_schema() -> Value {
     let key_comment = format!(
-        "shiplog limits this string to {MAX_KEY_LEN} UTF-8 bytes; maxLength counts characters, so the two agree on ASCII."
+        "shiplog limits this string to {MAX_KEY_LEN} UTF-8 bytes; maxLength counts characters, so the two agree on ASCII. The pattern refuses ASCII control characters (U+0000 to U+001F, U+007F)."
     );
     let required_key = |doc: &str| {
         json!({
@@ -76,6 +81,7 @@ pub fn envelope_schema() -> Value {
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_KEY_LEN,
+            "pattern": KEY_PATTERN,
             "$comment": key_comment,
         })
     };
@@ -84,6 +90,7 @@ pub fn envelope_schema() -> Value {
             "description": doc,
             "type": ["string", "null"],
             "maxLength": MAX_KEY_LEN,
+            "pattern": KEY_PATTERN,
             "$comment": key_comment,
         })
     };
