@@ -1785,6 +1785,33 @@ async fn browser_sign_in_with_a_cookie() {
         B_MARKERS.iter().any(|m| text.contains(m)),
         "an unrestricted read token"
     );
+    // Its header has a sign-out form (a bearer header, which scripts send, gets none).
+    assert!(
+        text.contains(r#"<form class="signout" method="post" action="/logout">"#)
+            && text.contains("read-all"),
+        "no sign-out button"
+    );
+    let r = c
+        .get(format!("{url}/deploys"))
+        .bearer_auth(read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.text().await.unwrap().contains("/logout"));
+    // A bad bearer header gets the 401 page, which points to the sign-in form.
+    let r = c
+        .get(format!("{url}/deploys"))
+        .bearer_auth("nope-nope-nope-nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#"<a href="/login">Sign in</a>"#) && !text.contains("cookie"),
+        "{text}"
+    );
     let r = c
         .get(format!("{url}/v1/dashboards/deploys"))
         .header("cookie", &jar)

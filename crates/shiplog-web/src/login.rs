@@ -3,6 +3,7 @@
 //! | route | |
 //! |---|---|
 //! | `GET /login` | the form (one token field); says who is signed in, with a sign-out button |
+//! | (dashboard pages) | a "Sign out" button in the header while signed in with the cookie ([`cookie_session`]) |
 //! | `POST /login` | checks the token (scope `read`; `admin` implies it), sets the `shiplog_token` cookie, `303` to `next` (default `/`) |
 //! | `POST /logout` | clears the cookie, `303` to `/login` |
 //!
@@ -222,6 +223,21 @@ fn cross_site() -> Response {
     )
 }
 
+/// The token name of a page request authenticated by the sign-in cookie (no
+/// `Authorization` header, the cookie present, a token principal): the page then shows a
+/// "Sign out" button. `None` for a bearer header (a script: nothing to sign out of) and in
+/// open mode (no tokens, no sign-in).
+pub fn cookie_session(headers: &HeaderMap, principal: &Principal) -> Option<String> {
+    match principal {
+        Principal::Token(t)
+            if !headers.contains_key(header::AUTHORIZATION) && cookie_token(headers).is_some() =>
+        {
+            Some(t.name.clone())
+        }
+        _ => None,
+    }
+}
+
 /// The principal of the request's cookie, when it is valid.
 fn cookie_principal(auth: &Auth, headers: &HeaderMap) -> Option<Principal> {
     let secret = cookie_token(headers)?;
@@ -405,6 +421,24 @@ mod tests {
         ] {
             assert_eq!(safe_next(bad), "/", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cookie_session_is_a_cookie_sign_in_only() {
+        use crate::auth::Token;
+        let t = Principal::Token(Token::new(
+            "pm".into(),
+            "pm-secret-0123456789",
+            vec![Scope::Read],
+            vec![],
+        ));
+        let cookie = ("cookie", "shiplog_token=pm-secret-0123456789");
+        assert_eq!(cookie_session(&h(&[cookie]), &t).as_deref(), Some("pm"));
+        // a script with a bearer header, no cookie, or no tokens at all: nothing to sign out of
+        let bearer = ("authorization", "Bearer pm-secret-0123456789");
+        assert_eq!(cookie_session(&h(&[cookie, bearer]), &t), None);
+        assert_eq!(cookie_session(&h(&[]), &t), None);
+        assert_eq!(cookie_session(&h(&[cookie]), &Principal::Open), None);
     }
 
     #[test]

@@ -347,8 +347,14 @@ async fn render_page(
         Ok(p) => p,
         Err(r) => return pages::auth_page(r),
     };
+    let session = crate::login::cookie_session(headers, &principal);
+    let session = session.as_deref();
     let Some(d) = state.dashboards.get(name) else {
-        return (StatusCode::NOT_FOUND, Html(pages::not_found(state, name))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::not_found(state, session, name)),
+        )
+            .into_response();
     };
     let (mut ctx, filter_error) = match parse_ctx(q, Utc::now()) {
         Ok(c) => (c, None),
@@ -369,6 +375,7 @@ async fn render_page(
                 StatusCode::FORBIDDEN,
                 Html(pages::message_page(
                     state,
+                    session,
                     "Forbidden",
                     &format!("this token may not read project {p:?}"),
                 )),
@@ -377,7 +384,15 @@ async fn render_page(
         }
     }
     let (facts, outcomes) = tokio::join!(facts(state, &ctx), run_dashboard(state, d, &ctx));
-    let html = pages::dashboard_page(state, d, &ctx, &facts, &outcomes, filter_error.as_deref());
+    let html = pages::dashboard_page(
+        state,
+        session,
+        d,
+        &ctx,
+        &facts,
+        &outcomes,
+        filter_error.as_deref(),
+    );
     let status = if filter_error.is_some() {
         StatusCode::BAD_REQUEST
     } else {
@@ -406,6 +421,7 @@ async fn named_page(
             StatusCode::BAD_REQUEST,
             Html(pages::message_page(
                 &state,
+                None,
                 "Invalid dashboard name",
                 "names are a-z, 0-9, _ and -",
             )),
@@ -426,6 +442,7 @@ async fn deployment_page(
             StatusCode::BAD_REQUEST,
             Html(pages::message_page(
                 &state,
+                None,
                 "Invalid deployment id",
                 "1 to 200 characters",
             )),

@@ -85,6 +85,9 @@ td.err{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;
 .welcome{max-width:900px}.welcome pre{background:#14202e;color:#e6edf3;padding:14px 16px;border-radius:10px;overflow-x:auto;font-size:13px}
 .welcome h2{font-size:18px;margin:18px 0 6px}
 footer{color:var(--muted);font-size:12px;margin-top:28px;text-align:center}
+form.signout{margin-left:auto;display:flex;align-items:center;gap:10px;font-size:13px;color:#c9d3de}
+form.signout button{font:inherit;font-size:13px;padding:5px 12px;border-radius:7px;border:1px solid #3a4f69;background:transparent;color:#fff;cursor:pointer}
+form.signout button:hover{background:#223247}
 "#;
 
 fn nav(state: &DashboardState, current: &str, qs: &str) -> String {
@@ -112,14 +115,34 @@ fn nav(state: &DashboardState, current: &str, qs: &str) -> String {
     o
 }
 
-fn layout(state: &DashboardState, current: &str, qs: &str, title: &str, body: &str) -> String {
+/// The header's sign-out form, for a browser signed in with the cookie (`session` is the
+/// token's name, see [`crate::login::cookie_session`]). A same-origin `POST /logout`.
+fn sign_out(session: Option<&str>) -> String {
+    match session {
+        Some(name) => format!(
+            r#"<form class="signout" method="post" action="/logout"><span title="signed in with this token">{}</span><button type="submit">Sign out</button></form>"#,
+            esc(name)
+        ),
+        None => String::new(),
+    }
+}
+
+fn layout(
+    state: &DashboardState,
+    session: Option<&str>,
+    current: &str,
+    qs: &str,
+    title: &str,
+    body: &str,
+) -> String {
     format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{t} · shiplog</title><style>{CSS}</style></head><body>
-<div class="top"><a class="brand" href="/{qs}">ship<span>log</span></a><nav>{nav}</nav></div>
+<div class="top"><a class="brand" href="/{qs}">ship<span>log</span></a><nav>{nav}</nav>{out}</div>
 <main>{body}<footer>shiplog · charts rendered on the server · <a href="/v1/dashboards">JSON API</a></footer></main></body></html>"#,
         t = esc(title),
         nav = nav(state, current, qs),
+        out = sign_out(session),
     )
 }
 
@@ -543,8 +566,11 @@ fn welcome() -> String {
     )
 }
 
+/// A dashboard's page; `session` is the token name of a cookie sign-in (a "Sign out"
+/// button in the header), `None` otherwise.
 pub fn dashboard_page(
     state: &DashboardState,
+    session: Option<&str>,
     d: &Dashboard,
     ctx: &Ctx,
     facts: &(Vec<String>, Vec<String>, i64),
@@ -595,12 +621,18 @@ pub fn dashboard_page(
         }
     }
     body.push_str("</div>");
-    layout(state, &d.name, &qs, &title, &body)
+    layout(state, session, &d.name, &qs, &title, &body)
 }
 
-pub fn message_page(state: &DashboardState, title: &str, message: &str) -> String {
+pub fn message_page(
+    state: &DashboardState,
+    session: Option<&str>,
+    title: &str,
+    message: &str,
+) -> String {
     layout(
         state,
+        session,
         "",
         "",
         title,
@@ -612,9 +644,10 @@ pub fn message_page(state: &DashboardState, title: &str, message: &str) -> Strin
     )
 }
 
-pub fn not_found(state: &DashboardState, name: &str) -> String {
+pub fn not_found(state: &DashboardState, session: Option<&str>, name: &str) -> String {
     message_page(
         state,
+        session,
         "Dashboard not found",
         &format!("There is no dashboard named {name:?}."),
     )
@@ -628,10 +661,11 @@ pub fn auth_page(r: Response) -> Response {
         .get(axum::http::header::WWW_AUTHENTICATE)
         .cloned();
     let msg = if status == StatusCode::FORBIDDEN {
-        "This token lacks the read scope."
+        "This token lacks the read scope. <a href=\"/login\">Sign in</a> with a token \
+         that has it."
     } else {
-        "shiplog has tokens configured: send a token with the read scope as \
-         <code>Authorization: Bearer …</code>, or set it as the <code>shiplog_token</code> cookie."
+        "shiplog has tokens configured. <a href=\"/login\">Sign in</a> with a token that \
+         has the read scope; scripts send it as <code>Authorization: Bearer …</code>."
     };
     let html = format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>Sign-in needed · shiplog</title><style>{CSS}</style></head><body><main><h1>Sign-in needed</h1><p>{msg}</p></main></body></html>"#
@@ -642,4 +676,63 @@ pub fn auth_page(r: Response) -> Response {
             .insert(axum::http::header::WWW_AUTHENTICATE, w);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Auth;
+    use crate::dashboards::{default_budgets, default_thresholds, Thresholds};
+
+    fn state() -> DashboardState {
+        DashboardState::new(
+            Auth::new(Vec::new()),
+            None,
+            None,
+            Thresholds::new(default_thresholds(), &default_budgets()),
+        )
+    }
+
+    /// Signed in with the cookie, every page's header has a "Sign out" form posting to
+    /// /logout, with the token's name escaped; otherwise there is none.
+    #[test]
+    fn sign_out_button_only_with_a_cookie_session() {
+        let s = state();
+        let page = message_page(&s, Some("pm <team>"), "Forbidden", "no");
+        assert!(
+            page.contains(r#"<form class="signout" method="post" action="/logout">"#),
+            "{page}"
+        );
+        assert!(page.contains("pm &lt;team&gt;") && page.contains(">Sign out</button>"));
+        let top = &page[page.find(r#"<div class="top">"#).unwrap()..page.find("<main>").unwrap()];
+        assert!(
+            top.contains("/logout"),
+            "the form is in the page header: {top}"
+        );
+        let page = not_found(&s, None, "nope");
+        assert!(
+            !page.contains("/logout") && !page.contains("Sign out"),
+            "{page}"
+        );
+    }
+
+    /// The 401 page sends people to the sign-in form, not to setting a cookie by hand.
+    #[test]
+    fn the_401_page_points_to_the_sign_in_form() {
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN] {
+            let mut r = status.into_response();
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            let r = auth_page(r);
+            assert_eq!(r.status(), status);
+            assert_eq!(r.headers()[axum::http::header::WWW_AUTHENTICATE], "Bearer");
+            let body =
+                futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 20)).unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert!(body.contains(r#"<a href="/login">Sign in</a>"#), "{body}");
+            assert!(!body.contains("cookie"), "{body}");
+        }
+    }
 }
