@@ -382,10 +382,13 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     info!(%addr, data_dir = %data_dir.display(), %role, "serving");
 
     let grace = config.server.shutdown_grace;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+    serve_http(
+        listener,
+        app,
+        config.server.request_timeout,
+        shutdown_signal(),
+    )
+    .await;
     info!("stopping the projection");
     let _ = shutdown_tx.send(true);
     if let Some(projection) = projection {
@@ -403,6 +406,59 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Serves `app` over HTTP/1.1 until `shutdown` resolves, then waits for the open
+/// connections to finish (idle ones are closed at once).
+///
+/// This is `axum::serve` plus a timer: axum's connections have none, so a client that sent
+/// its request head slowly, or nothing at all, held its connection (and a file descriptor)
+/// forever, since the `TimeoutLayer` only starts once the head is in. Here the head must
+/// arrive within `head_timeout` (`server.request_timeout`) or the connection is closed;
+/// the body is bounded by the `TimeoutLayer` (408). Idle keep-alive connections are closed
+/// after the same time.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    head_timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::io::ErrorKind;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // A client that gave up during the handshake: nothing to do.
+                Err(e) if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors, typically: wait for some to be released, as
+                // axum::serve does.
+                Err(e) => {
+                    tracing::error!(error = %e, "accept error");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Resolves on SIGTERM or SIGINT.
