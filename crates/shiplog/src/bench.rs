@@ -51,7 +51,7 @@ pub fn sample_event(run: u64, n: u64) -> String {
 
 /// A request body built once, whose event ids are patched in place per request, so the
 /// load generator spends almost no CPU (it shares the machine with the servers).
-struct BodyTemplate {
+pub(crate) struct BodyTemplate {
     bytes: Vec<u8>,
     /// Byte positions of each event's 12-digit sequence number.
     id_digits: Vec<usize>,
@@ -60,7 +60,7 @@ struct BodyTemplate {
 const ID_WIDTH: usize = 12;
 
 impl BodyTemplate {
-    fn new(run: u64, batch: usize) -> Self {
+    pub(crate) fn new(run: u64, batch: usize) -> Self {
         let mut bytes = Vec::new();
         let mut id_digits = Vec::new();
         if batch > 1 {
@@ -82,7 +82,7 @@ impl BodyTemplate {
         BodyTemplate { bytes, id_digits }
     }
 
-    fn render(&self, first: u64) -> Vec<u8> {
+    pub(crate) fn render(&self, first: u64) -> Vec<u8> {
         let mut out = self.bytes.clone();
         for (i, &at) in self.id_digits.iter().enumerate() {
             let mut n = first + i as u64;

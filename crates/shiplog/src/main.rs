@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_dashboards;
+mod bench_soak;
 mod collect;
 mod config;
 mod datadir;
@@ -158,6 +159,33 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// The real server under a steady load for a long time: rate, latency percentiles and
+    /// RSS per interval. Without --rate, first measures the maximum and soaks at 80% of it.
+    Soak {
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Events/s to hold (default: 80% of the measured maximum).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Events per request.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds per report line.
+        #[arg(long, default_value_t = 60.0)]
+        interval: f64,
+    },
+    /// The real server's RSS with many stored events: after ingest, after the projection,
+    /// after rendering every dashboard, and after a restart.
+    Rss {
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
     /// Time from durable ack to visible in a DuckDB query (p50/p95).
     Freshness {
         #[arg(long, default_value_t = 60)]
@@ -259,6 +287,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     kafka_mock,
                 }))?,
                 BenchCommand::Decode { batch, seconds } => bench::decode(batch, seconds)?,
+                BenchCommand::Soak {
+                    minutes,
+                    rate,
+                    batch,
+                    connections,
+                    interval,
+                } => runtime()?.block_on(bench_soak::soak(bench_soak::SoakArgs {
+                    minutes,
+                    rate,
+                    batch,
+                    connections,
+                    interval,
+                    data_dir: cli.data_dir.clone(),
+                }))?,
+                BenchCommand::Rss {
+                    events,
+                    batch,
+                    connections,
+                } => runtime()?.block_on(bench_soak::rss(bench_soak::RssArgs {
+                    events,
+                    batch,
+                    connections,
+                    data_dir: cli.data_dir.clone(),
+                }))?,
                 BenchCommand::Freshness {
                     samples,
                     background_rate,

@@ -1,0 +1,523 @@
+//! `shiplog bench soak` and `shiplog bench rss`: the real server (a child `shiplog serve`,
+//! with its projection and rules engine) under a long steady load, and its memory with
+//! many stored events. Both print figures; nothing here asserts.
+//!
+//! - soak: measures the server's maximum rate (closed loop), then holds a fixed rate (80%
+//!   of it by default, open loop: requests are sent on schedule whether or not earlier ones
+//!   were answered) and prints, per interval, the rate achieved, latency percentiles,
+//!   refusals and the server's RSS.
+//! - rss: stores N events through the API, waits for the projection, then reads the
+//!   server's RSS after ingest, after the projection caught up, after every dashboard page
+//!   was rendered, and again after a restart (which rebuilds the dedup index and the rules
+//!   state from the log).
+
+use crate::bench::BodyTemplate;
+use anyhow::{bail, ensure, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `shiplog serve` child process on a free loopback port.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Result<Server> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("SHIPLOG_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting shiplog serve")?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("shiplog listening on ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(600))
+            .context("shiplog serve did not start")?;
+        Ok(Server { child, url })
+    }
+
+    /// Resident set size in MiB (from /proc).
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// One series of the server's /metrics.
+async fn metric(client: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn data_dir_or_temp(
+    given: Option<PathBuf>,
+    name: &str,
+) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match given {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix(name).tempdir_in(".")?;
+            (t.path().join("data"), Some(t))
+        }
+    })
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let probe = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: a valid C string and a zeroed out-struct.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) == 0 {
+            s.f_bavail as u64 * s.f_frsize as u64
+        } else {
+            u64::MAX
+        }
+    }
+}
+
+pub struct SoakArgs {
+    pub minutes: f64,
+    pub rate: Option<u64>,
+    pub batch: usize,
+    pub connections: usize,
+    pub interval: f64,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Posts bodies from `template` as fast as answered, on `connections` connections, for
+/// `seconds`; returns events/s.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    template: &Arc<BodyTemplate>,
+    next: &Arc<AtomicU64>,
+    batch: usize,
+    connections: usize,
+    seconds: f64,
+) -> Result<f64> {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, url, template, next, accepted) = (
+            client.clone(),
+            format!("{url}/v1/events"),
+            template.clone(),
+            next.clone(),
+            accepted.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed().as_secs_f64() < seconds {
+                let first = next.fetch_add(batch as u64, Relaxed);
+                let body = template.render(first);
+                if let Ok(r) = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    if r.status().as_u16() == 202 {
+                        accepted.fetch_add(batch as u64, Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(accepted.load(Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+#[derive(Default)]
+struct Interval {
+    latencies_us: Vec<u32>,
+    accepted: u64,
+    refused: u64,
+    failed: u64,
+}
+
+pub async fn soak(args: SoakArgs) -> Result<()> {
+    ensure!(
+        args.batch > 0 && args.connections > 0,
+        "--batch and --connections must be > 0"
+    );
+    let (data, _tmp) = data_dir_or_temp(args.data_dir.clone(), "shiplog-soak-")?;
+    let server = Server::start(&data)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections * 4)
+        .build()?;
+    let template = Arc::new(BodyTemplate::new(7, args.batch));
+    let next = Arc::new(AtomicU64::new(0));
+    let rate = match args.rate {
+        Some(r) => r,
+        None => {
+            println!(
+                "measuring the maximum: {} connections, {} events per request, 20 s",
+                args.connections, args.batch
+            );
+            let max = closed_loop(
+                &client,
+                &server.url,
+                &template,
+                &next,
+                args.batch,
+                args.connections,
+                20.0,
+            )
+            .await?;
+            println!("maximum: {max:.0} events/s; soaking at 80%");
+            (max * 0.8) as u64
+        }
+    };
+    ensure!(rate > 0, "the rate must be above 0 events/s");
+    let event_bytes = template.render(0).len() as u64 / args.batch as u64;
+    let need = rate * event_bytes * (args.minutes * 60.0) as u64 * 11 / 10;
+    let free = free_bytes(&data);
+    if need > free {
+        bail!(
+            "a {} min soak at {rate} events/s writes about {} GiB to the log; {} GiB are free under {}",
+            args.minutes,
+            need >> 30,
+            free >> 30,
+            data.display()
+        );
+    }
+    let requests_per_s = rate as f64 / args.batch as f64;
+    println!(
+        "soak: {rate} events/s ({requests_per_s:.0} requests/s of {} events), {} min, report every {} s, data in {}",
+        args.batch,
+        args.minutes,
+        args.interval,
+        data.display()
+    );
+    println!(
+        "{:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10}",
+        "min",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "refused",
+        "failed",
+        "RSS MiB",
+        "lag",
+        "log GiB"
+    );
+    let current = Arc::new(Mutex::new(Interval::default()));
+    // Open loop: request i is due at start + i / requests_per_s. At most 16 requests per
+    // connection wait for an answer; beyond that the generator counts the request as failed.
+    let inflight = Arc::new(tokio::sync::Semaphore::new(args.connections * 16));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.minutes * 60.0);
+    let mut rss_series = Vec::new();
+    let mut p99_series = Vec::new();
+    let url = format!("{}/v1/events", server.url);
+    let mut report_at = start + Duration::from_secs_f64(args.interval);
+    let mut i: u64 = 0;
+    loop {
+        let due = start + Duration::from_secs_f64(i as f64 / requests_per_s);
+        let now = Instant::now();
+        if now >= report_at || now >= end {
+            let iv = std::mem::take(&mut *current.lock().unwrap());
+            let mut l = iv.latencies_us;
+            l.sort_unstable();
+            let pct = |p: f64| -> f64 {
+                if l.is_empty() {
+                    f64::NAN
+                } else {
+                    l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+                }
+            };
+            let rss = server.rss_mib();
+            let lag = metric(&client, &server.url, "shiplog_projection_lag_events")
+                .await
+                .unwrap_or(f64::NAN);
+            let log_bytes = metric(&client, &server.url, "shiplog_log_bytes")
+                .await
+                .unwrap_or(f64::NAN);
+            println!(
+                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2}",
+                start.elapsed().as_secs_f64() / 60.0,
+                iv.accepted as f64 / args.interval,
+                pct(0.5),
+                pct(0.99),
+                pct(1.0),
+                iv.refused,
+                iv.failed,
+                rss,
+                lag,
+                log_bytes / (1u64 << 30) as f64
+            );
+            rss_series.push(rss);
+            p99_series.push(pct(0.99));
+            report_at += Duration::from_secs_f64(args.interval);
+            if now >= end {
+                break;
+            }
+        }
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let Ok(permit) = inflight.clone().try_acquire_owned() else {
+            current.lock().unwrap().failed += 1;
+            i += 1;
+            continue;
+        };
+        let first = next.fetch_add(args.batch as u64, Relaxed);
+        let body = template.render(first);
+        let (client, url, current, batch) =
+            (client.clone(), url.clone(), current.clone(), args.batch);
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            let mut iv = current.lock().unwrap();
+            match r.map(|r| r.status().as_u16()) {
+                Ok(202) => {
+                    iv.accepted += batch as u64;
+                    iv.latencies_us.push(us);
+                }
+                Ok(503 | 429) => iv.refused += 1,
+                _ => iv.failed += 1,
+            }
+            drop(permit);
+        });
+        i += 1;
+    }
+    let _ = inflight.acquire_many(args.connections as u32 * 16).await;
+    if rss_series.len() >= 2 {
+        let (first, last) = (rss_series[0], rss_series[rss_series.len() - 1]);
+        let peak = rss_series.iter().cloned().fold(f64::MIN, f64::max);
+        let p99_first = p99_series[0];
+        let p99_last = p99_series[p99_series.len() - 1];
+        let p99_worst = p99_series.iter().cloned().fold(f64::MIN, f64::max);
+        println!(
+            "RSS: first interval {first:.0} MiB, last {last:.0} MiB, peak {peak:.0} MiB; \
+             p99: first {p99_first:.1} ms, last {p99_last:.1} ms, worst {p99_worst:.1} ms"
+        );
+    }
+    server.stop()?;
+    Ok(())
+}
+
+pub struct RssArgs {
+    pub events: u64,
+    pub batch: usize,
+    pub connections: usize,
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn rss(args: RssArgs) -> Result<()> {
+    ensure!(
+        args.batch > 0 && args.connections > 0,
+        "--batch and --connections must be > 0"
+    );
+    let (data, _tmp) = data_dir_or_temp(args.data_dir.clone(), "shiplog-rss-")?;
+    let template = Arc::new(BodyTemplate::new(11, args.batch));
+    let need = template.render(0).len() as u64 / args.batch as u64 * args.events * 13 / 10;
+    ensure!(
+        need < free_bytes(&data),
+        "storing {} events needs about {} GiB under {}",
+        args.events,
+        need >> 30,
+        data.display()
+    );
+    let server = Server::start(&data)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    println!(
+        "rss: storing {} events ({} per request, {} connections) in {}",
+        args.events,
+        args.batch,
+        args.connections,
+        data.display()
+    );
+    let mut rows: Vec<(String, f64)> = vec![("started, empty".into(), server.rss_mib())];
+    let bar = indicatif::ProgressBar::new(args.events);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(Mutex::new(0f64));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let (client, url, template, next, bar, batch, total) = (
+            client.clone(),
+            format!("{}/v1/events", server.url),
+            template.clone(),
+            next.clone(),
+            bar.clone(),
+            args.batch as u64,
+            args.events,
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let first = next.fetch_add(batch, Relaxed);
+                if first >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let body = template.render(first);
+                loop {
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    match r.status().as_u16() {
+                        202 => break,
+                        503 => tokio::time::sleep(Duration::from_millis(200)).await,
+                        s => bail!(
+                            "ingest answered {s}: {}",
+                            r.text().await.unwrap_or_default()
+                        ),
+                    }
+                }
+                bar.inc(batch);
+            }
+        }));
+    }
+    while !tasks.iter().all(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = server.rss_mib();
+        let mut p = peak.lock().unwrap();
+        *p = p.max(r);
+    }
+    for t in tasks {
+        t.await??;
+    }
+    bar.finish_and_clear();
+    let stored = next.load(Relaxed).min(args.events);
+    println!(
+        "stored {stored} events in {:.0} s ({:.0} events/s)",
+        started.elapsed().as_secs_f64(),
+        stored as f64 / started.elapsed().as_secs_f64()
+    );
+    rows.push(("peak while ingesting".into(), *peak.lock().unwrap()));
+    rows.push((format!("after storing {stored} events"), server.rss_mib()));
+    loop {
+        let lag = metric(&client, &server.url, "shiplog_projection_lag_events").await;
+        if lag == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = server.rss_mib();
+        let mut p = peak.lock().unwrap();
+        *p = p.max(r);
+    }
+    rows.push(("peak until projected".into(), *peak.lock().unwrap()));
+    rows.push(("projection caught up".into(), server.rss_mib()));
+    let pages = async |url: &str| -> Result<()> {
+        for page in [
+            "/",
+            "/builds",
+            "/deploys",
+            "/migrations",
+            "/costs",
+            "/decisions",
+        ] {
+            for range in ["24h", "7d", "30d", "90d"] {
+                let r = client
+                    .get(format!("{url}{page}?range={range}"))
+                    .send()
+                    .await?;
+                ensure!(
+                    r.status().is_success(),
+                    "{page}?range={range}: {}",
+                    r.status()
+                );
+                r.bytes().await?;
+            }
+        }
+        Ok(())
+    };
+    pages(&server.url).await?;
+    rows.push((
+        "after every dashboard page x 4 ranges".into(),
+        server.rss_mib(),
+    ));
+    let keys = metric(&client, &server.url, "shiplog_dedup_keys")
+        .await
+        .unwrap_or(f64::NAN);
+    let dedup = metric(&client, &server.url, "shiplog_dedup_bytes")
+        .await
+        .unwrap_or(f64::NAN);
+    server.stop()?;
+    let restart = Instant::now();
+    let server = Server::start(&data)?;
+    let restart_s = restart.elapsed().as_secs_f64();
+    rows.push((
+        format!("restarted ({restart_s:.1} s to listen)"),
+        server.rss_mib(),
+    ));
+    pages(&server.url).await?;
+    rows.push(("after every dashboard page again".into(), server.rss_mib()));
+    let log_bytes = metric(&client, &server.url, "shiplog_log_bytes")
+        .await
+        .unwrap_or(f64::NAN);
+    server.stop()?;
+    println!("{:<44} {:>9}", "server", "RSS MiB");
+    for (what, mib) in rows {
+        println!("{what:<44} {mib:>9.0}");
+    }
+    println!(
+        "dedup index: {keys:.0} keys, {:.0} MiB; log {:.2} GiB",
+        dedup / (1u64 << 20) as f64,
+        log_bytes / (1u64 << 30) as f64
+    );
+    Ok(())
+}
