@@ -670,7 +670,6 @@ impl State {
         if let (Some(s), Some(w)) = (d.succeeded_at, window) {
             if s.checked_add_signed(w).is_some_and(|end| time > end) {
                 // After every window of it: no rule reads it.
-                self.stats.samples_dropped += 1;
                 return;
             }
         }

@@ -343,7 +343,14 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         metrics,
         body_limit: config.server.body_limit,
         started: Instant::now(),
-        series: projection_series.into_iter().collect(),
+        series: projection_series
+            .into_iter()
+            .chain(
+                rules
+                    .clone()
+                    .map(|r| Arc::new(move || r.render_metrics()) as shiplog_web::SeriesFn),
+            )
+            .collect(),
         query,
         admission: shiplog_web::admission::Admission::new(config.server.max_inflight_bytes),
     });
