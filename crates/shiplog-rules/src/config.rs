@@ -152,6 +152,10 @@ pub struct RulesSettings {
     /// `secret_env` (see [`crate::action::ActionEnv`]).
     #[serde(skip)]
     pub hide_env: Vec<String>,
+    /// Not a config key: the directory of the state's snapshot (`<data_dir>/rules`), set by
+    /// `serve`. None: no snapshot, every start reads the whole log.
+    #[serde(skip)]
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RulesSettings {
@@ -163,6 +167,7 @@ impl Default for RulesSettings {
             tick: Duration::from_millis(200),
             history: Duration::from_secs(7 * 86_400),
             hide_env: Vec::new(),
+            state_dir: None,
         }
     }
 }

@@ -3,17 +3,19 @@
 
 use crate::action::{self, display_argv, render_argv};
 use crate::config::{Action, Rule, RuleKind, RulesSettings};
+use crate::snapshot::{self, Position};
 use crate::state::{
     judge, Deployment, GateReport, MigrationRec, Retention, State, StateStats, Verdict, SOURCE,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use shiplog_events::{format_rfc3339, Event, Kind, Origin};
-use shiplog_log::{Log, LogError};
+use shiplog_log::{Log, LogError, Offset, Partition};
 use shiplog_store::QueryEngine;
 use shiplog_web::ingest::Ingestor;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +33,12 @@ struct Inner {
     /// The environment of command actions: without `SHIPLOG_*`, the webhooks' `secret_env`
     /// and `settings.hide_env`.
     action_env: action::ActionEnv,
+    /// The state's snapshot: its directory and fingerprint.
+    snapshot: Option<(PathBuf, String)>,
+    /// Where the start resumed reading from a snapshot (None: from the log's start).
+    resumed: Mutex<Option<Vec<(Partition, Offset)>>>,
+    /// A snapshot is being written.
+    saving: Arc<AtomicBool>,
 }
 
 /// A running rules engine: its state answers the gate.
@@ -40,9 +48,17 @@ pub struct RulesEngine {
 }
 
 enum Msg {
-    Events(Vec<Event>),
+    /// Events of a partition (those the state can use), and where reading stands after
+    /// them.
+    Events {
+        events: Vec<Event>,
+        position: Position,
+    },
     CaughtUp,
 }
+
+/// How often the state's snapshot is replaced (when it changed).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 
 /// What one evaluation decided to do.
 #[allow(clippy::large_enum_variant)]
@@ -118,7 +134,8 @@ pub fn cooldown_until(
 }
 
 impl RulesEngine {
-    /// Starts the engine: tails `log` from offset 0 (rebuilding state), then follows it.
+    /// Starts the engine: rebuilds its state from the log (from its snapshot and the log
+    /// after it when there is a usable one, else from the log's start), then follows it.
     /// Fails when a webhook's secret variable is not set.
     pub fn start(
         rules: Vec<Rule>,
@@ -155,9 +172,16 @@ impl RulesEngine {
         );
         let started_at = Utc::now();
         let retention = Retention::for_rules(&rules, &settings, started_at);
+        let snapshot = settings
+            .state_dir
+            .clone()
+            .map(|dir| (dir, snapshot::fingerprint(&retention, settings.catch_up)));
         let engine = RulesEngine {
             inner: Arc::new(Inner {
                 action_env,
+                snapshot,
+                resumed: Mutex::new(None),
+                saving: Arc::new(AtomicBool::new(false)),
                 rules,
                 settings,
                 state: Mutex::new(State::new(retention.clone())),
@@ -167,23 +191,8 @@ impl RulesEngine {
                 ready: AtomicBool::new(false),
             }),
         };
-        let (tx, rx) = mpsc::channel(64);
         let log = engine.inner.ingestor.log().clone();
-        let partitions = log.partitions();
-        for p in &partitions {
-            tokio::spawn(forward(
-                log.clone(),
-                *p,
-                retention.clone(),
-                tx.clone(),
-                shutdown.clone(),
-            ));
-        }
-        tokio::spawn(
-            engine
-                .clone()
-                .main_loop(rx, partitions.len(), shutdown.clone()),
-        );
+        tokio::spawn(engine.clone().run(log, retention, shutdown.clone()));
         for (i, r) in engine.inner.rules.iter().enumerate() {
             if r.schedule.is_some() {
                 tokio::spawn(engine.clone().cron_loop(i, shutdown.clone()));
@@ -191,6 +200,78 @@ impl RulesEngine {
         }
         info!(rules = engine.inner.rules.len(), "rules engine started");
         Ok(engine)
+    }
+
+    /// Resumes from the snapshot when it may be used (else starts from an empty state),
+    /// reads every partition from where the state stands, and runs the main loop.
+    async fn run(self, log: Arc<dyn Log>, retention: Retention, shutdown: watch::Receiver<bool>) {
+        let mut positions: BTreeMap<Partition, Position> = BTreeMap::new();
+        if let Some((dir, fingerprint)) = &self.inner.snapshot {
+            match snapshot::load(dir, fingerprint, &retention, log.as_ref()).await {
+                Ok((state, saved)) => {
+                    info!(
+                        deployments = state.stats().deployments,
+                        positions = ?saved.iter().map(|p| (p.partition, p.offset)).collect::<Vec<_>>(),
+                        "rules state resumed from its snapshot; reading the log from there"
+                    );
+                    *self.inner.state.lock().unwrap() = state;
+                    *self.inner.resumed.lock().unwrap() =
+                        Some(saved.iter().map(|p| (p.partition, p.offset)).collect());
+                    positions = saved.into_iter().map(|p| (p.partition, p)).collect();
+                }
+                Err(why) => info!(
+                    reason = %why,
+                    "rules state snapshot not used: rebuilding the state from the whole log"
+                ),
+            }
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let partitions = log.partitions();
+        for p in &partitions {
+            let from = positions.get(p).map_or(0, |x| x.offset);
+            tokio::spawn(forward(
+                log.clone(),
+                *p,
+                from,
+                retention.clone(),
+                tx.clone(),
+                shutdown.clone(),
+            ));
+        }
+        drop(tx);
+        self.main_loop(rx, partitions.len(), positions, shutdown)
+            .await;
+    }
+
+    /// Where this start resumed reading the log from the snapshot, per partition (None: it
+    /// read the whole log).
+    pub fn resumed_from(&self) -> Option<Vec<(Partition, Offset)>> {
+        self.inner.resumed.lock().unwrap().clone()
+    }
+
+    /// Replaces the snapshot with the state and `positions` (encoded and written on a
+    /// blocking thread; skipped while the previous one is still being written).
+    async fn save_snapshot(&self, positions: &BTreeMap<Partition, Position>, wait: bool) {
+        let Some((dir, fingerprint)) = self.inner.snapshot.clone() else {
+            return;
+        };
+        if self.inner.saving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let image = self.inner.state.lock().unwrap().image();
+        let positions: Vec<Position> = positions.values().cloned().collect();
+        let saving = self.inner.saving.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = snapshot::encode(&fingerprint, &positions, image)
+                .and_then(|bytes| snapshot::write(&dir, &bytes).map_err(|e| e.to_string()));
+            saving.store(false, Ordering::Release);
+            if let Err(e) = r {
+                warn!(error = %e, dir = %dir.display(), "cannot write the rules state snapshot (the next start reads the whole log)");
+            }
+        });
+        if wait {
+            let _ = task.await;
+        }
     }
 
     /// Whether the state was rebuilt from the log (the gate answers 503 before).
@@ -231,6 +312,7 @@ impl RulesEngine {
         self,
         mut rx: mpsc::Receiver<Msg>,
         partitions: usize,
+        mut positions: BTreeMap<Partition, Position>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut caught_up = 0;
@@ -239,17 +321,22 @@ impl RulesEngine {
         }
         let mut tick = tokio::time::interval(self.inner.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot_tick = tokio::time::interval(SNAPSHOT_EVERY);
+        snapshot_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // (state seq, positions) of the last snapshot written.
+        let mut saved: Option<(u64, BTreeMap<Partition, Position>)> = None;
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     None => break,
-                    Some(Msg::Events(events)) => {
+                    Some(Msg::Events { events, position }) => {
                         {
                             let mut st = self.inner.state.lock().unwrap();
                             for e in &events {
                                 st.apply(e);
                             }
                         }
+                        positions.insert(position.partition, position);
                         if self.is_ready() {
                             self.evaluate().await;
                         }
@@ -267,13 +354,24 @@ impl RulesEngine {
                             info!(
                                 deployments = stats.deployments,
                                 samples = stats.samples,
-                                "rules state rebuilt from the log"
+                                "rules state caught up with the log"
                             );
                             self.close_interrupted().await;
                             self.evaluate().await;
+                            let seq = self.inner.state.lock().unwrap().seq();
+                            self.save_snapshot(&positions, false).await;
+                            saved = Some((seq, positions.clone()));
                         }
                     }
                 },
+                _ = snapshot_tick.tick() => {
+                    let seq = self.inner.state.lock().unwrap().seq();
+                    let changed = saved.as_ref().is_none_or(|(s, p)| *s != seq || *p != positions);
+                    if self.is_ready() && changed {
+                        self.save_snapshot(&positions, false).await;
+                        saved = Some((seq, positions.clone()));
+                    }
+                }
                 _ = tick.tick() => {
                     if self.is_ready() {
                         // Once live, the state expires on the wall clock.
@@ -281,7 +379,12 @@ impl RulesEngine {
                         self.evaluate().await;
                     }
                 }
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    if self.is_ready() {
+                        self.save_snapshot(&positions, true).await;
+                    }
+                    break;
+                }
             }
         }
     }
@@ -1060,17 +1163,19 @@ fn decode_relevant(retention: &Retention, bytes: &[u8]) -> Option<Event> {
     Event::from_json_bytes(bytes).ok()
 }
 
-/// Reads one partition from offset 0 and forwards decoded events (those the state can
-/// use); says when it reached the end the log had at start.
+/// Reads one partition from `from` (0, or where the snapshot stands) and forwards decoded
+/// events (those the state can use) with the position after them; says when it reached the
+/// end the log had at start.
 async fn forward(
     log: Arc<dyn Log>,
     partition: u32,
+    from: Offset,
     retention: Retention,
     tx: mpsc::Sender<Msg>,
     shutdown: watch::Receiver<bool>,
 ) {
     let end_at_start = log.end_offset(partition);
-    let mut reader = match log.reader(partition, 0) {
+    let mut reader = match log.reader(partition, from) {
         Ok(r) => r,
         Err(LogError::OutOfRange { start, .. }) => match log.reader(partition, start) {
             Ok(r) => r,
@@ -1106,12 +1211,17 @@ async fn forward(
                 continue;
             }
         };
-        if !batch.is_empty() {
+        if let Some(last) = batch.last() {
             let events: Vec<Event> = batch
                 .iter()
                 .filter_map(|e| decode_relevant(&retention, &e.value))
                 .collect();
-            if tx.send(Msg::Events(events)).await.is_err() {
+            let position = Position {
+                partition,
+                offset: reader.position(),
+                last: Some((last.offset, snapshot::record_hash(&last.value))),
+            };
+            if tx.send(Msg::Events { events, position }).await.is_err() {
                 return;
             }
         }

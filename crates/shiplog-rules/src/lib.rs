@@ -2,9 +2,11 @@
 //! deploy gate. See `docs/rules.md`.
 //!
 //! The engine ([`RulesEngine`]) tails the log itself (not the Parquet projection, which
-//! lags by its flush interval): on start it reads the log from offset 0 to rebuild its
-//! [`State`] (deployments, check samples, migrations and the decisions it already wrote),
-//! then follows new records and a timer. Rollback rules are judged on every relevant
+//! lags by its flush interval): on start it rebuilds its [`State`] (deployments, check
+//! samples, migrations and the decisions it already wrote) from the log — from its
+//! [`snapshot`] and the log after it when it has a usable one, else from the log's start —
+//! then follows new records and a timer. The state is bounded whatever the log holds
+//! ([`state::Retention`]). Rollback rules are judged on every relevant
 //! record, so a decision comes within milliseconds of the sample that decides it.
 //! Threshold and budget rules run on cron schedules over DuckDB.
 //!
@@ -22,6 +24,7 @@
 pub mod action;
 pub mod config;
 pub mod engine;
+pub mod snapshot;
 pub mod state;
 
 pub use config::{validate, Rule, RuleConfig, RuleKind, RulesSettings};

@@ -25,11 +25,11 @@
 
 use crate::config::{Aggregate, Baseline, Rule, RuleKind, RulesSettings};
 use chrono::{DateTime, Datelike, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shiplog_events::{Event, Kind};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 
 /// The source of every event the rules write.
 pub const SOURCE: &str = "shiplog-rules";
@@ -46,7 +46,7 @@ const SWEEP_EVERY_EVENTS: u64 = 50_000;
 const SWEEP_EVERY: chrono::Duration = chrono::Duration::seconds(10);
 
 /// One check sample of a deployment (the check name is its series').
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub value: Option<f64>,
     pub passed: Option<bool>,
@@ -54,13 +54,13 @@ pub struct Sample {
 }
 
 /// The samples of one check name of one deployment, in arrival order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Series {
     pub name: String,
     pub samples: Vec<Sample>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: String,
     pub project: String,
@@ -167,7 +167,7 @@ impl Deployment {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MigrationRec {
     pub id: String,
     pub source: String,
@@ -187,7 +187,7 @@ pub struct MigrationRec {
     pub received: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RollbackRec {
     pub rule: String,
     pub project: String,
@@ -201,7 +201,7 @@ pub struct RollbackRec {
     pub last_seen: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThresholdRec {
     pub rule: String,
     pub project: String,
@@ -296,6 +296,34 @@ impl Retention {
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
             ..Retention::default()
         }
+    }
+
+    /// What the state keeps, for a snapshot's fingerprint (a snapshot taken for other
+    /// rules holds other samples).
+    pub(crate) fn describe(&self) -> String {
+        let mut w: Vec<String> = self
+            .watch
+            .iter()
+            .flatten()
+            .map(|w| {
+                format!(
+                    "{:?}",
+                    (
+                        &w.rule,
+                        &w.project,
+                        &w.env,
+                        &w.metric,
+                        w.window.num_milliseconds()
+                    )
+                )
+            })
+            .collect();
+        w.sort();
+        format!(
+            "all={} watch={w:?} history={}",
+            self.watch.is_none(),
+            self.history.num_milliseconds()
+        )
     }
 
     fn watched<'a>(&'a self, project: &'a str) -> impl Iterator<Item = &'a Watched> + 'a {
@@ -434,7 +462,61 @@ pub struct State {
     pub pending_failed_migrations: Vec<MigrationRec>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// The state as saved in a snapshot (maps with composite keys as lists).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StateImage {
+    seq: u64,
+    clock: DateTime<Utc>,
+    deployments: Vec<Deployment>,
+    tombstones: Vec<(u64, DateTime<Utc>, Tomb)>,
+    alerted: Vec<(String, DateTime<Utc>)>,
+    rollbacks: Vec<RollbackImage>,
+    last_rollback: Vec<(String, String, DateTime<Utc>)>,
+    live: HashMap<String, HashMap<String, u64>>,
+    last_ok_seq: Vec<(String, String, u64, DateTime<Utc>, String)>,
+    thresholds: HashMap<String, ThresholdRec>,
+    budget_fired: Vec<(String, String, f64)>,
+    migrations: Vec<MigrationImage>,
+    pending_failed_migrations: Vec<MigrationImage>,
+}
+
+/// A migration with the fields the gate's JSON leaves out.
+#[derive(Serialize, Deserialize)]
+struct MigrationImage {
+    #[serde(flatten)]
+    rec: MigrationRec,
+    seq: u64,
+    received: DateTime<Utc>,
+}
+
+impl From<&MigrationRec> for MigrationImage {
+    fn from(m: &MigrationRec) -> Self {
+        MigrationImage {
+            rec: m.clone(),
+            seq: m.seq,
+            received: m.received,
+        }
+    }
+}
+
+impl From<MigrationImage> for MigrationRec {
+    fn from(m: MigrationImage) -> Self {
+        MigrationRec {
+            seq: m.seq,
+            received: m.received,
+            ..m.rec
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RollbackImage {
+    #[serde(flatten)]
+    rec: RollbackRec,
+    last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Tomb {
     failed: bool,
     rolled_back: bool,
@@ -455,11 +537,15 @@ fn num(v: Option<&Value>) -> Option<f64> {
     v.and_then(Value::as_f64)
 }
 
+/// FNV-1a of project, a separator and deployment: stable across builds (tombstones are
+/// kept in the snapshot).
 fn tomb_key(project: &str, deployment: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    project.hash(&mut h);
-    deployment.hash(&mut h);
-    h.finish()
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in project.bytes().chain([0xff]).chain(deployment.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -499,6 +585,113 @@ impl State {
 
     pub fn retention(&self) -> &Retention {
         &self.retention
+    }
+
+    /// Number of events applied (a change counter).
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// A copy of everything the state holds, for a snapshot.
+    pub(crate) fn image(&self) -> StateImage {
+        StateImage {
+            seq: self.seq,
+            clock: self.clock,
+            deployments: self.deployments.values().cloned().collect(),
+            tombstones: self
+                .tombstones
+                .iter()
+                .map(|(k, (t, v))| (*k, *t, *v))
+                .collect(),
+            alerted: self.alerted.iter().map(|(k, t)| (k.clone(), *t)).collect(),
+            rollbacks: self
+                .rollbacks
+                .values()
+                .map(|r| RollbackImage {
+                    rec: r.clone(),
+                    last_seen: r.last_seen,
+                })
+                .collect(),
+            last_rollback: self
+                .last_rollback
+                .iter()
+                .map(|((p, e), t)| (p.clone(), e.clone(), *t))
+                .collect(),
+            live: self.live.clone(),
+            last_ok_seq: self
+                .last_ok_seq
+                .iter()
+                .map(|((p, e), (s, t, d))| (p.clone(), e.clone(), *s, *t, d.clone()))
+                .collect(),
+            thresholds: self.thresholds.clone(),
+            budget_fired: self
+                .budget_fired
+                .iter()
+                .map(|((r, m), l)| (r.clone(), m.clone(), *l))
+                .collect(),
+            migrations: self.migrations.iter().map(MigrationImage::from).collect(),
+            pending_failed_migrations: self
+                .pending_failed_migrations
+                .iter()
+                .map(MigrationImage::from)
+                .collect(),
+        }
+    }
+
+    /// The state a snapshot saved, under `retention` (the current rules').
+    pub(crate) fn from_image(img: StateImage, retention: Retention) -> State {
+        let mut st = State::new(retention);
+        st.seq = img.seq;
+        st.clock = img.clock;
+        st.last_sweep = img.clock;
+        for d in img.deployments {
+            st.samples += d.sample_count();
+            st.deployments.insert((d.project.clone(), d.id.clone()), d);
+        }
+        st.tombstones = img
+            .tombstones
+            .into_iter()
+            .map(|(k, t, v)| (k, (t, v)))
+            .collect();
+        st.alerted = img.alerted.into_iter().collect();
+        st.rollbacks = img
+            .rollbacks
+            .into_iter()
+            .map(|r| {
+                let key = (r.rec.project.clone(), r.rec.deployment_id.clone());
+                (
+                    key,
+                    RollbackRec {
+                        last_seen: r.last_seen,
+                        ..r.rec
+                    },
+                )
+            })
+            .collect();
+        st.last_rollback = img
+            .last_rollback
+            .into_iter()
+            .map(|(p, e, t)| ((p, e), t))
+            .collect();
+        st.live = img.live;
+        st.last_ok_seq = img
+            .last_ok_seq
+            .into_iter()
+            .map(|(p, e, s, t, d)| ((p, e), (s, t, d)))
+            .collect();
+        st.thresholds = img.thresholds;
+        st.budget_fired = img
+            .budget_fired
+            .into_iter()
+            .map(|(r, m, l)| ((r, m), l))
+            .collect();
+        st.migrations = img.migrations.into_iter().map(MigrationRec::from).collect();
+        st.pending_failed_migrations = img
+            .pending_failed_migrations
+            .into_iter()
+            .map(MigrationRec::from)
+            .collect();
+        st
     }
 
     pub fn stats(&self) -> StateStats {
@@ -1806,6 +1999,87 @@ mod memory_tests {
         // The open window kept its samples: the pending ones went first.
         let a = &st.deployments[&("p".into(), "a".into())];
         assert_eq!(a.sample_count(), 100);
+    }
+
+    #[test]
+    fn a_snapshot_image_restores_the_same_state() {
+        let now = Utc::now();
+        let mut st = state(now);
+        st.retention.max_deployments = 50;
+        for i in 0..80 {
+            feed(&mut st, i, now, now - D::milliseconds(100 - i as i64));
+        }
+        st.apply(&deploy("x", Some("d79"), "succeeded", now, now));
+        st.apply(&event(
+            "x/smoke".into(),
+            Kind::Check,
+            "production",
+            "x",
+            now,
+            now,
+            json!({"name": "smoke", "passed": false}),
+        ));
+        let start = ev(
+            json!({"id": "rule/r/x/degraded", "kind": "decision", "source": SOURCE,
+            "project": "p", "env": "production", "deployment_id": "x", "time": format_rfc3339(&now),
+            "data": {"rule": "r", "rule_kind": "rollback", "verdict": "degraded", "phase": "start",
+                     "dry_run": false}}),
+        );
+        st.apply(&start);
+        let migration = ev(
+            json!({"id": "m1", "kind": "migration", "source": "ci", "project": "p",
+            "env": "production", "time": format_rfc3339(&now),
+            "data": {"status": "failed", "database": "main", "version": "7", "error": "boom"}}),
+        );
+        st.apply(&migration);
+        let alert = ev(
+            json!({"id": "rule/mf/ci/m1/alert", "kind": "decision", "source": SOURCE,
+            "project": "p", "time": format_rfc3339(&now),
+            "data": {"rule": "mf", "rule_kind": "migration_failed", "verdict": "alert", "phase": "final"}}),
+        );
+        st.apply(&alert);
+        let budget = ev(
+            json!({"id": "rule/b/2026-11/80", "kind": "decision", "source": SOURCE,
+            "project": "p", "time": format_rfc3339(&now),
+            "data": {"rule": "b", "rule_kind": "budget", "verdict": "alert", "level": 80,
+                     "month": now.format("%Y-%m").to_string()}}),
+        );
+        st.apply(&budget);
+        assert!(!st.tombstones.is_empty(), "the cap left tombstones");
+
+        let bytes = serde_json::to_vec(&st.image()).unwrap();
+        let back = State::from_image(
+            serde_json::from_slice(&bytes).unwrap(),
+            st.retention.clone(),
+        );
+        assert_eq!(back.stats(), st.stats());
+        assert_eq!(back.seq, st.seq);
+        let json = |s: &State| {
+            let mut v: Vec<Value> = s
+                .deployments
+                .values()
+                .map(|d| serde_json::to_value(d).unwrap())
+                .collect();
+            v.sort_by_key(|d| d.to_string());
+            v
+        };
+        assert_eq!(json(&back), json(&st));
+        let gate = |s: &State| serde_json::to_value(s.gate("p", "production", &rules())).unwrap();
+        assert_eq!(gate(&back), gate(&st));
+        assert_eq!(gate(&back)["safe"], json!(false)); // the failed migration, the rollback
+        assert_eq!(back.alerted.len(), 1);
+        assert_eq!(back.budget_fired, st.budget_fired);
+        assert_eq!(back.tombstones.len(), st.tombstones.len());
+        assert_eq!(back.last_rollback, st.last_rollback);
+        assert_eq!(back.live, st.live);
+        assert_eq!(back.pending_failed_migrations.len(), 1);
+        assert_eq!(
+            back.pending_failed_migrations[0].received,
+            st.pending_failed_migrations[0].received
+        );
+        let x = &back.deployments[&("p".into(), "x".into())];
+        assert!(x.rollback_started && x.is_concluded("r"));
+        assert!(back.failed_smoke(x, D::minutes(10)).is_some());
     }
 
     #[test]

@@ -96,12 +96,20 @@ async fn decisions(log: &Arc<dyn Log>) -> Vec<(String, String)> {
 }
 
 fn start(log: &Arc<dyn Log>, shutdown: watch::Receiver<bool>) -> RulesEngine {
+    start_with(log, RULES, RulesSettings::default(), shutdown)
+}
+
+fn start_with(
+    log: &Arc<dyn Log>,
+    rules: &str,
+    settings: RulesSettings,
+    shutdown: watch::Receiver<bool>,
+) -> RulesEngine {
     #[derive(serde::Deserialize)]
     struct F {
         rules: Vec<RuleConfig>,
     }
-    let f: F = toml::from_str(RULES).unwrap();
-    let settings = RulesSettings::default();
+    let f: F = toml::from_str(rules).unwrap();
     let rules = validate(&f.rules, &settings).unwrap();
     // A fresh ingestor with an empty dedup index: a repeated decision would be stored.
     let ingestor = Arc::new(Ingestor::new(
@@ -206,6 +214,123 @@ async fn a_long_log_rebuilds_bounded_and_a_restart_repeats_nothing() {
     );
     assert!(again.samples <= 3 * 5 + 3, "{again:?}");
     tx2.send(true).unwrap();
+}
+
+/// A log with history, `base` live and `bad` degrading now (as in the test above).
+async fn history_log(dir: &std::path::Path, n: i64) -> Arc<dyn Log> {
+    let (log, _) = SegmentedLog::open(dir, FileLogConfig::default()).unwrap();
+    let log: Arc<dyn Log> = Arc::new(log);
+    let now = Utc::now();
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let t = now - D::days(100) + D::milliseconds(i * 432_000);
+        let dep = format!("old{i}");
+        let prev = (i > 0).then(|| format!("old{}", i - 1));
+        batch.push(deploy("p", &dep, prev.as_deref(), t));
+        batch.push(check("p", &dep, 0.02, t + D::seconds(5), 0));
+    }
+    let t = now - D::minutes(3);
+    batch.push(deploy("p", "base", Some(&format!("old{}", n - 1)), t));
+    batch.extend((0..5).map(|k| check("p", "base", 0.02, t + D::seconds(10), k)));
+    let t = now - D::minutes(2);
+    batch.push(deploy("p", "bad", Some("base"), t));
+    batch.extend((0..5).map(|k| check("p", "bad", 0.5, t + D::seconds(10), k)));
+    log.append(batch).await.unwrap();
+    log
+}
+
+async fn until_decided(log: &Arc<dyn Log>, dep: &str) -> Vec<(String, String)> {
+    for _ in 0..200 {
+        let found = decisions(log).await;
+        if found.iter().any(|(d, _)| d == dep) {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no decision for {dep}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_resumes_from_the_snapshot_only_when_it_is_this_logs_and_these_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = history_log(&dir.path().join("log"), 2000).await;
+    let settings = RulesSettings {
+        state_dir: Some(dir.path().join("rules")),
+        ..RulesSettings::default()
+    };
+    let snapshot = dir.path().join("rules").join(shiplog_rules::snapshot::FILE);
+
+    // First start: no snapshot, the whole log is read; `bad` is judged; the snapshot is
+    // written once the state is rebuilt, and again at shutdown.
+    let history_end = log.end_offset(0);
+    let (tx, rx) = watch::channel(false);
+    let engine = start_with(&log, RULES, settings.clone(), rx);
+    until("the rebuild", || engine.is_ready()).await;
+    assert_eq!(engine.resumed_from(), None);
+    let first = until_decided(&log, "bad").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    until("the snapshot", || snapshot.exists()).await;
+    let stats = engine.stats();
+    tx.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let end = log.end_offset(0);
+
+    // Meanwhile: `next` replaces `bad` and degrades too.
+    let t = Utc::now() - D::seconds(30);
+    let mut batch = vec![deploy("p", "next", Some("base"), t)];
+    batch.extend((0..5).map(|k| check("p", "next", 0.4, t + D::seconds(1), k)));
+    log.append(batch).await.unwrap();
+
+    // Second start: resumes where the snapshot stands (the end of the log when it
+    // stopped), judges `next` against `base` (kept in the snapshot) and nothing twice.
+    let (tx, rx) = watch::channel(false);
+    let engine = start_with(&log, RULES, settings.clone(), rx);
+    until("the resumed rebuild", || engine.is_ready()).await;
+    let from = engine.resumed_from().expect("resumed from the snapshot");
+    assert_eq!(from.len(), 1);
+    assert!(
+        from[0].0 == 0 && from[0].1 >= history_end && from[0].1 <= end,
+        "{from:?}"
+    );
+    let second = until_decided(&log, "next").await;
+    assert_eq!(
+        second
+            .iter()
+            .map(|(d, id)| (d.as_str(), id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("bad", "rule/r/bad/degraded"),
+            ("next", "rule/r/next/degraded")
+        ]
+    );
+    let resumed = engine.stats();
+    assert!(
+        resumed.deployments.abs_diff(stats.deployments + 1) <= 1,
+        "{resumed:?} vs {stats:?}"
+    );
+    tx.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Other rules: the snapshot kept what the old ones needed, so the whole log is read.
+    let other_rules = RULES.replace("window = \"10m\"", "window = \"11m\"");
+    let (tx, rx) = watch::channel(false);
+    let engine = start_with(&log, &other_rules, settings.clone(), rx);
+    until("the rebuild with other rules", || engine.is_ready()).await;
+    assert_eq!(engine.resumed_from(), None);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(decisions(&log).await, second, "nothing decided twice");
+    tx.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another log under the same state directory (and the rules of its snapshot): not
+    // mistaken for this one.
+    let other = history_log(&dir.path().join("other-log"), 2100).await;
+    let (tx, rx) = watch::channel(false);
+    let engine = start_with(&other, &other_rules, settings.clone(), rx);
+    until("the rebuild of another log", || engine.is_ready()).await;
+    assert_eq!(engine.resumed_from(), None);
+    until_decided(&other, "bad").await;
+    tx.send(true).unwrap();
 }
 
 /// How fast the state is rebuilt from a log shaped like the 10M-event benchmark's (55 %

@@ -309,7 +309,11 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
             shiplog_rules::RulesEngine::start(
                 shiplog_rules::validate(&config.rules, &config.rules_settings)
                     .map_err(anyhow::Error::msg)?,
-                config.rules_settings.clone(),
+                shiplog_rules::RulesSettings {
+                    // The rules state's snapshot: a start reads only the log after it.
+                    state_dir: Some(data_dir.join("rules")),
+                    ..config.rules_settings.clone()
+                },
                 ingestor.clone(),
                 Some(query.clone()),
                 shutdown_tx.subscribe(),
