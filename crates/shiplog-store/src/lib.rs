@@ -129,7 +129,9 @@ pub use projector::{
     apply_retention, compact, file_name, parquet_dir, parse_file_name, CompactionReport,
     CrashPoint, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport, SCHEMA_VERSION,
 };
-pub use query::{QueryEngine, QueryError, QueryResult};
+pub use query::{
+    QueryEngine, QueryError, QueryResult, DEFAULT_MEMORY_MB as DEFAULT_QUERY_MEMORY_MB,
+};
 pub use run::{
     replay, run_projection, ProjectedOffsets, ProjectionHandle, ProjectionMetrics, ReplayProgress,
     ReplayReport,

@@ -30,7 +30,8 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub struct ProjectorConfig {
     /// Flush when this many events are buffered (default 100,000).
     pub flush_rows: usize,
-    /// Flush when this many bytes of event JSON are buffered (default 64 MiB).
+    /// Flush when this many bytes of event JSON are buffered (default 16 MiB: the buffer
+    /// and its Arrow columns are the projection's memory).
     pub flush_bytes: usize,
     /// Flush buffered events at the latest this long after the first one arrived
     /// (default 1 s, so an acknowledged event is queryable within 2 s).
@@ -65,7 +66,7 @@ impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
             flush_rows: 100_000,
-            flush_bytes: 64 << 20,
+            flush_bytes: 16 << 20,
             flush_interval: Duration::from_secs(1),
             read_batch_records: 10_000,
             compaction_schedule: "0 15 3 * * *".to_string(),

@@ -119,12 +119,24 @@ fn view_sql(root: &Path) -> Vec<String> {
     out
 }
 
+/// DuckDB's default memory limit here (it would otherwise take 80% of the machine's RAM).
+pub const DEFAULT_MEMORY_MB: u64 = 128;
+
 impl QueryEngine {
     /// Opens DuckDB over `<data_dir>/parquet/` (creating it and the schema-only files so
     /// every view exists from the start), creates the views, then confines the database:
     /// only the parquet directory is readable, no other file or network access, and the
     /// configuration is locked.
     pub fn open(data_dir: &Path) -> Result<QueryEngine, crate::StoreError> {
+        Self::open_with_memory(data_dir, DEFAULT_MEMORY_MB)
+    }
+
+    /// [`Self::open`] with DuckDB's memory limit in MiB (its buffer manager: query
+    /// intermediates and cached Parquet data; beyond it DuckDB spills or fails the query).
+    pub fn open_with_memory(
+        data_dir: &Path,
+        memory_mb: u64,
+    ) -> Result<QueryEngine, crate::StoreError> {
         let root = parquet_dir(data_dir);
         crate::fsutil::create_dir_durable(&root)?;
         write_schema_files(&root)?;
@@ -143,7 +155,8 @@ impl QueryEngine {
             allowed.push('/');
         }
         conn.execute_batch(&format!(
-            "SET allowed_directories = [{}]; SET enable_external_access = false; SET autoinstall_known_extensions = false; SET autoload_known_extensions = false; SET lock_configuration = true;",
+            "SET memory_limit = '{}MiB'; SET allocator_flush_threshold = '16MiB'; SET allowed_directories = [{}]; SET enable_external_access = false; SET autoinstall_known_extensions = false; SET autoload_known_extensions = false; SET lock_configuration = true;",
+            memory_mb.max(16),
             sql_str(&allowed)
         ))?;
         Ok(QueryEngine {

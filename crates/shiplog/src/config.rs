@@ -90,6 +90,8 @@ pub struct ServerConfig {
     /// Budget of ingest request bytes in flight; beyond it ingest answers 503 with
     /// Retry-After instead of taking more memory. Each request reserves twice its body.
     pub max_inflight_bytes: usize,
+    /// DuckDB's memory limit for queries and dashboards, in MiB.
+    pub query_memory_mb: u64,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +104,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
             max_inflight_bytes: shiplog_web::admission::DEFAULT_MAX_INFLIGHT_BYTES,
+            query_memory_mb: shiplog_store::DEFAULT_QUERY_MEMORY_MB,
         }
     }
 }
@@ -202,7 +205,7 @@ impl Default for ProjectionConfig {
     fn default() -> Self {
         ProjectionConfig {
             flush_interval: Duration::from_secs(1),
-            flush_rows: 200_000,
+            flush_rows: 100_000,
             compaction_schedule: "0 15 3 * * *".into(),
             retention_days: BTreeMap::new(),
         }

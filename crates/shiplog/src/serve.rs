@@ -298,7 +298,8 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
             crate::group::ensure_partitions_dir(&data_dir)?;
         }
         Some(Arc::new(
-            QueryEngine::open(&data_dir).context("cannot open DuckDB")?,
+            QueryEngine::open_with_memory(&data_dir, config.server.query_memory_mb)
+                .context("cannot open DuckDB")?,
         ))
     } else {
         None
