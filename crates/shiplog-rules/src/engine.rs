@@ -225,7 +225,8 @@ impl RulesEngine {
                 ),
             }
         }
-        let (tx, rx) = mpsc::channel(64);
+        // Few batches in flight: decoded events waiting here are memory too.
+        let (tx, rx) = mpsc::channel(8);
         let partitions = log.partitions();
         for p in &partitions {
             let from = positions.get(p).map_or(0, |x| x.offset);
