@@ -22,8 +22,7 @@
 use crate::validate::{FieldSpec, FieldType, MAX_COUNT};
 use crate::{data_fields, format_rfc3339, Kind, MAX_KEY_LEN};
 use chrono::{DateTime, Utc};
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -43,7 +42,7 @@ impl<'a> RawEvent<'a> {
     /// "not vouched for": the event may be valid or not, [`crate::Event::from_json`] decides.
     pub fn parse(json: &'a str) -> Option<RawEvent<'a>> {
         let mut de = serde_json::Deserializer::from_str(json);
-        let env = de.deserialize_map(EnvelopeVisitor).ok()?;
+        let env = de.deserialize_map(EnvelopeVisitor(None)).ok()?;
         de.end().ok()?;
         Self::finish(json, env)
     }
@@ -54,9 +53,15 @@ impl<'a> RawEvent<'a> {
         let kind = env.kind?;
         match env.data? {
             Data::Checked => {}
-            Data::Later(raw) => {
-                let mut dd = serde_json::Deserializer::from_str(raw.get());
-                dd.deserialize_map(ObjectCheck(data_fields(kind))).ok()?;
+            Data::Later => {
+                // `data` came before `kind`: read the whole event again with the kind known,
+                // so `data` is checked at its real depth (nesting limits count from the
+                // event, as when the stored record is read back).
+                let mut de = serde_json::Deserializer::from_str(json);
+                let again = de.deserialize_map(EnvelopeVisitor(Some(kind))).ok()?;
+                if !matches!(again.data, Some(Data::Checked)) {
+                    return None;
+                }
             }
         }
         Some(RawEvent {
@@ -190,8 +195,7 @@ pub fn split_array(json: &str) -> Option<Vec<Element<'_>>> {
                 }
                 _ => {
                     // Not vouched for: find the element's end without judging it.
-                    let mut stream =
-                        serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
+                    let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Any>();
                     match stream.next() {
                         Some(Ok(_)) => (stream.byte_offset(), None),
                         _ => return None,
@@ -219,7 +223,7 @@ pub fn split_array(json: &str) -> Option<Vec<Element<'_>>> {
 
 impl<'de> serde::Deserialize<'de> for Envelope<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(EnvelopeVisitor)
+        d.deserialize_map(EnvelopeVisitor(None))
     }
 }
 
@@ -234,17 +238,19 @@ struct Envelope<'a> {
     source: Option<Cow<'a, str>>,
     project: Option<Cow<'a, str>>,
     kind: Option<Kind>,
-    data: Option<Data<'a>>,
+    data: Option<Data>,
 }
 
 /// `data` is checked as it is read when `kind` came first (the usual order), else kept
 /// as text and checked once the kind is known.
-enum Data<'a> {
+enum Data {
     Checked,
-    Later(&'a RawValue),
+    Later,
 }
 
-struct EnvelopeVisitor;
+/// Reads the envelope; `data` is checked inline when the kind is known by then (from an
+/// earlier `kind` member, or given).
+struct EnvelopeVisitor(Option<Kind>);
 
 /// Bits of the envelope fields seen, to refuse duplicates.
 const ID: u16 = 1;
@@ -280,7 +286,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 "data" => DATA,
                 "received_at" => return Err(doubt()),
                 _ => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Any>()?;
                     continue;
                 }
             };
@@ -320,23 +326,71 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 TIME => map.next_value_seed(TimeCheck)?,
                 _ => {
                     // DATA
-                    env.data = Some(match env.kind {
+                    env.data = Some(match env.kind.or(self.0) {
                         Some(kind) => {
                             map.next_value_seed(ObjectCheck(data_fields(kind)))?;
                             Data::Checked
                         }
                         None => {
-                            let raw: &'de RawValue = map.next_value()?;
-                            if !raw.get().starts_with('{') {
-                                return Err(doubt());
-                            }
-                            Data::Later(raw)
+                            // Checked once the kind is known (see `RawEvent::finish`).
+                            map.next_value::<Any>()?;
+                            Data::Later
                         }
                     });
                 }
             }
         }
         Ok(env)
+    }
+}
+
+/// Any JSON value, read as fully as a `serde_json::Value` would be but kept nowhere:
+/// strings are unescaped (a lone surrogate is an error), numbers are range-checked
+/// (`1e400` is an error) and nesting counts against serde_json's depth limit. `IgnoredAny`
+/// and `RawValue` skip values without these checks, so text they pass could be stored and
+/// then fail to read back (found by the fuzzer: tests/fuzz-corpus/).
+struct Any;
+
+impl<'de> serde::Deserialize<'de> for Any {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyVisitor).map(|()| Any)
+    }
+}
+
+struct AnyVisitor;
+
+impl<'de> Visitor<'de> for AnyVisitor {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Any>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<Any>()?.is_some() {
+            map.next_value::<Any>()?;
+        }
+        Ok(())
     }
 }
 
@@ -475,7 +529,7 @@ impl<'de> Visitor<'de> for ObjectCheck {
         let (mut seen, mut present) = (0u64, 0u64);
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let Some(i) = fields.iter().position(|f| f.name == key.0) else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Any>()?;
                 continue;
             };
             if seen & (1 << i) != 0 {
@@ -554,7 +608,7 @@ impl<'de> Visitor<'de> for ValueCheck {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<bool, A::Error> {
         match self.0 {
             FieldType::Object => {
-                IgnoredAny.visit_map(map)?;
+                AnyVisitor.visit_map(map)?;
                 Ok(true)
             }
             FieldType::Struct(fields) => {
@@ -766,6 +820,47 @@ mod tests {
         let rec = String::from_utf8(ev.record(&Stamp::new(at))).unwrap();
         assert!(rec.starts_with("{\"received_at\":\"2026-11-21T10:00:00.000000Z\",\"id\":\"a\""));
         assert!(rec.ends_with("}}"));
+    }
+
+    /// Whatever the fast path vouches for reads back: deep nesting in unknown fields (with
+    /// `data` before or after `kind`), lone surrogates, numbers out of range.
+    #[test]
+    fn vouched_records_always_read_back() {
+        let at = Stamp::new("2026-11-21T10:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        let data = |extra: &str| format!(r#"{{"name":"n","passed":true,"x":{extra}}}"#);
+        let mut vouched_deep = 0;
+        for depth in 100..140 {
+            let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            for json in [
+                format!(
+                    r#"{{"id":"a","kind":"check","source":"s","project":"p","data":{}}}"#,
+                    data(&deep)
+                ),
+                format!(
+                    r#"{{"data":{},"id":"a","kind":"check","source":"s","project":"p"}}"#,
+                    data(&deep)
+                ),
+                format!(
+                    r#"{{"id":"a","kind":"check","source":"s","project":"p","y":{deep},"data":{}}}"#,
+                    data("1")
+                ),
+            ] {
+                if let Some(ev) = RawEvent::parse(&json) {
+                    vouched_deep += 1;
+                    let rec = ev.record(&at);
+                    serde_json::from_slice::<Value>(&rec).expect("vouched record reads back");
+                    Event::from_json_bytes(&rec).expect("vouched record decodes");
+                }
+            }
+        }
+        assert!(vouched_deep > 0, "shallow enough nesting is vouched for");
+        for bad in [r#""\ud800""#, "1e400", "-1e999", r#"{"\udfff":1}"#] {
+            let json = format!(
+                r#"{{"id":"a","kind":"check","source":"s","project":"p","data":{}}}"#,
+                data(bad)
+            );
+            assert!(RawEvent::parse(&json).is_none(), "vouched for {json}");
+        }
     }
 
     #[test]
