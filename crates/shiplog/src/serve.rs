@@ -420,27 +420,31 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     Ok(())
 }
 
-/// Serves `app` over HTTP/1.1 until `shutdown` resolves, then waits for the open
-/// connections to finish (idle ones are closed at once).
+/// Serves `app` until `shutdown` resolves, then waits for the open connections to finish
+/// (idle ones are closed at once).
 ///
-/// This is `axum::serve` plus a timer: axum's connections have none, so a client that sent
-/// its request head slowly, or nothing at all, held its connection (and a file descriptor)
-/// forever, since the `TimeoutLayer` only starts once the head is in. Here the head must
-/// arrive within `head_timeout` (`server.request_timeout`) or the connection is closed;
-/// the body is bounded by the `TimeoutLayer` (408). Idle keep-alive connections are closed
-/// after the same time.
+/// This is `axum::serve` (the same hyper-util connection, upgrades included) plus two
+/// deadlines it lacks. axum sets no hyper timer, so a client that sent its request head
+/// slowly, or nothing at all, held its connection (and a file descriptor) forever: the
+/// `TimeoutLayer` only starts once the head is in. Here the first bytes must arrive within
+/// `head_timeout` (`server.request_timeout`), and each request head as well (hyper's
+/// header read timeout, which also closes idle keep-alive connections after that time);
+/// the body is bounded by the `TimeoutLayer` (408).
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     head_timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use std::io::ErrorKind;
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections watch `stop` to shut down gracefully; `done` is closed when all have.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (done_tx, done_rx) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -461,16 +465,130 @@ async fn serve_http(
             },
             () = &mut shutdown => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (http, app, mut stop, done) =
+            (http.clone(), app.clone(), stop_rx.clone(), done_rx.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let io = TokioIo::new(FirstBytesDeadline::new(stream, head_timeout));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let connection = http.serve_connection_with_upgrades(io, service);
+            let mut connection = std::pin::pin!(connection);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.changed(), if !stopping => {
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
             }
+            drop(done);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stop_tx.send(());
+    drop(done_rx);
+    done_tx.closed().await;
+}
+
+/// A new connection whose first bytes must come within a deadline: until they tell an
+/// HTTP/1 request from an HTTP/2 preface (what hyper-util's protocol detection reads, with
+/// no deadline of its own), a read that would wait past it fails with `TimedOut`. Then it
+/// is the plain stream.
+struct FirstBytesDeadline {
+    stream: tokio::net::TcpStream,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read so far, all matching the HTTP/2 preface.
+    matched: usize,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl FirstBytesDeadline {
+    fn new(stream: tokio::net::TcpStream, timeout: std::time::Duration) -> Self {
+        FirstBytesDeadline {
+            stream,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            matched: 0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for FirstBytesDeadline {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = std::pin::Pin::new(&mut this.stream).poll_read(cx, buf);
+        let Some(deadline) = this.deadline.as_mut() else {
+            return result;
+        };
+        match result {
+            Poll::Pending if std::future::Future::poll(deadline.as_mut(), cx).is_ready() => {
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within server.request_timeout",
+                )))
+            }
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                let n = new.len().min(H2_PREFACE.len() - this.matched);
+                let rest = &H2_PREFACE[this.matched..this.matched + n];
+                if new[..n] != *rest || this.matched + n == H2_PREFACE.len() {
+                    this.deadline = None;
+                } else {
+                    this.matched += n;
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for FirstBytesDeadline {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
