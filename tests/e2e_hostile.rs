@@ -356,15 +356,13 @@ async fn deep_nesting_is_refused_without_a_stack_overflow() {
     assert_alive(&client, &server, "a deep /v1/query body").await;
 }
 
-/// Deep nesting where the ingest fast path (`RawEvent::parse`, shiplog-events raw.rs)
-/// skips values unchecked: unknown fields, in the envelope or in `data`, and `Object`
-/// fields such as `api_cost.usage`. The event is acknowledged (202) and stored as sent,
-/// and the log reader (`Event::from_json_bytes`, 128 levels) cannot read it back: the
-/// rules engine drops it, a Kafka processor dead-letters it. Expected: refused with 400,
-/// as the slow path does. Found by the `event_from_json` fuzz target (docs/fuzzing.md).
+/// Deep nesting where the ingest fast path (`RawEvent::parse`, shiplog-events raw.rs) used
+/// to skip values unchecked: unknown fields, in the envelope or in `data`, and `Object`
+/// fields such as `api_cost.usage`. Such an event was acknowledged (202) and stored as
+/// sent, and the log reader (`Event::from_json_bytes`, 128 levels) could not read it back:
+/// the rules engine dropped it, a Kafka processor dead-lettered it. Found by the
+/// `event_from_json` fuzz target (docs/fuzzing.md), fixed in cf85436: refused with 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in shiplog-events raw.rs: the fast path accepts unknown values nested past \
-            the 128 levels the log reader allows (IgnoredAny has no depth limit)"]
 async fn deep_nesting_in_unchecked_fields_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::spawn(&dir.path().join("data"), &[]);
@@ -591,14 +589,12 @@ async fn bad_gzip_and_zip_bombs() {
     );
 }
 
-/// Values the ingest fast path skips unchecked (shiplog-events raw.rs): a lone surrogate
-/// escape or an out-of-range number in an unknown field. The slow path refuses such a body
-/// (serde_json: not JSON); the fast path acknowledges it and stores text the log reader
-/// cannot read back. Expected: 400, as for the same text in a known field. Found by the
-/// `event_from_json` fuzz target (docs/fuzzing.md).
+/// Values the ingest fast path (shiplog-events raw.rs) used to skip unchecked: a lone
+/// surrogate escape or an out-of-range number in an unknown field. The slow path refuses
+/// such a body (serde_json: not JSON); the fast path acknowledged it and stored text the
+/// log reader could not read back. Found by the `event_from_json` fuzz target
+/// (docs/fuzzing.md), fixed in cf85436: 400, as for the same text in a known field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug in shiplog-events raw.rs: IgnoredAny checks neither \\u surrogates nor number \
-            range, so these events are acknowledged with records the log reader refuses"]
 async fn unchecked_values_that_do_not_read_back_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::spawn(&dir.path().join("data"), &[]);

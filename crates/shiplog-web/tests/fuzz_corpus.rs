@@ -1,8 +1,8 @@
 //! The fuzz corpus as a stable regression test (docs/fuzzing.md).
 //!
 //! Every file of `tests/fuzz-corpus/decode_request/` and `tests/fuzz-corpus/event_from_json/`
-//! (the minimized corpus of the cargo-fuzz targets in `fuzz/`, plus every input that ever
-//! crashed them) goes through exactly the code the fuzz targets run: `fuzz/src/harness.rs`,
+//! (the minimized corpus of the cargo-fuzz targets in `fuzz/`) and of
+//! `tests/fuzz-corpus/findings/` (every input that ever crashed them) goes through exactly the code the fuzz targets run: `fuzz/src/harness.rs`,
 //! included here by path. The harness asserts the decoder's contract: no panic; a
 //! whole-request refusal is a 400, 413 or 415 with a reason that fits its cause; one result
 //! per event; a rejected event has a message and a JSON pointer into the event as sent
@@ -75,12 +75,10 @@ fn event_from_json_corpus_keeps_the_contract() {
     run_corpus("event_from_json", harness::check_event_json, 50);
 }
 
-/// Inputs the fuzzers found that still break the contract, in code this test does not own
-/// (`tests/fuzz-corpus/known-bugs/`, named `<target>-<what>`; docs/fuzzing.md, "Findings").
-/// Each has a test below, ignored while it fails. The five found in the ingest fast path
-/// (unknown values skipped without the checks a `Value` parse makes) are fixed in
-/// shiplog-events `raw.rs` (`Any`) and their tests now run as regression tests.
-const KNOWN_BUGS: &[&str] = &[
+/// Every input that ever broke a fuzz target (`tests/fuzz-corpus/findings/`, named
+/// `<target>-<what>`; docs/fuzzing.md, "Findings"), each with a test of its own. A new
+/// finding in code this test does not own gets `#[ignore = "<the bug>"]` until it is fixed.
+const FINDINGS: &[&str] = &[
     "decode_request-crash-ba785bc2-lone-surrogate-in-array",
     "decode_request-deep-unknown-envelope-field",
     "event_from_json-crash-5636ae4f-deep-unknown-data-field",
@@ -88,8 +86,8 @@ const KNOWN_BUGS: &[&str] = &[
     "event_from_json-number-out-of-range-in-unknown-data-field",
 ];
 
-fn known_bug(name: &str) {
-    let path = corpus_dir("known-bugs").join(name);
+fn finding(name: &str) {
+    let path = corpus_dir("findings").join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     if name.starts_with("decode_request-") {
         harness::check_decode_request(&bytes)
@@ -99,41 +97,52 @@ fn known_bug(name: &str) {
 }
 
 #[test]
-fn every_known_bug_input_has_a_test() {
-    let mut on_disk: Vec<String> = files(&corpus_dir("known-bugs"))
+fn every_finding_has_a_test() {
+    let on_disk: Vec<String> = files(&corpus_dir("findings"))
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    on_disk.sort();
     assert_eq!(
-        on_disk, KNOWN_BUGS,
-        "tests/fuzz-corpus/known-bugs/ and KNOWN_BUGS differ"
+        on_disk, FINDINGS,
+        "tests/fuzz-corpus/findings/ and FINDINGS differ"
     );
 }
 
+// The five findings of the first campaigns, all in the ingest fast path (shiplog-events
+// raw.rs): unknown values were skipped (IgnoredAny, RawValue) without the checks a `Value`
+// parse makes, so events were acknowledged whose log records did not read back. Fixed in
+// cf85436.
+
+/// A 129-deep array in an unknown `data` field: acknowledged, record over serde_json's
+/// 128 levels.
 #[test]
-fn known_bug_deep_unknown_data_field_is_stored_unreadable() {
-    known_bug("event_from_json-crash-5636ae4f-deep-unknown-data-field");
+fn finding_deep_unknown_data_field_reads_back() {
+    finding("event_from_json-crash-5636ae4f-deep-unknown-data-field");
 }
 
+/// The same through `POST /v1/events`, in an unknown envelope field.
 #[test]
-fn known_bug_deep_unknown_envelope_field_is_acknowledged_unreadable() {
-    known_bug("decode_request-deep-unknown-envelope-field");
+fn finding_deep_unknown_envelope_field_reads_back() {
+    finding("decode_request-deep-unknown-envelope-field");
 }
 
+/// A lone surrogate escape (`\ud800`) in an unknown field.
 #[test]
-fn known_bug_lone_surrogate_in_unknown_field_is_stored_unreadable() {
-    known_bug("event_from_json-lone-surrogate-in-unknown-field");
+fn finding_lone_surrogate_in_unknown_field_is_refused() {
+    finding("event_from_json-lone-surrogate-in-unknown-field");
 }
 
+/// `1e400` (out of f64 range) in an unknown `data` field.
 #[test]
-fn known_bug_number_out_of_range_in_unknown_field_is_stored_unreadable() {
-    known_bug("event_from_json-number-out-of-range-in-unknown-data-field");
+fn finding_number_out_of_range_in_unknown_field_is_refused() {
+    finding("event_from_json-number-out-of-range-in-unknown-data-field");
 }
 
+/// A JSON array body that is not JSON (lone surrogates in its elements) was split into
+/// per-event rejections instead of a 400 for the body.
 #[test]
-fn known_bug_invalid_json_array_is_split_into_events() {
-    known_bug("decode_request-crash-ba785bc2-lone-surrogate-in-array");
+fn finding_invalid_json_array_is_refused_as_a_body() {
+    finding("decode_request-crash-ba785bc2-lone-surrogate-in-array");
 }
 
 /// The harness itself must be able to fail: a contract break is caught.
