@@ -367,20 +367,15 @@ pub fn run(args: Args) -> Result<()> {
         "QueryEngine::open: {:.1} ms",
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let state = DashboardState {
-        auth: shiplog_web::auth::Auth::new(vec![]),
-        query: Some(qe.clone()),
-        // the built-ins, or a folder's overrides (as `dashboards_dir` in the config)
-        dashboards: dashboards::spec::load_all(
-            std::env::var_os("SHIPLOG_DASHBOARDS_DIR")
-                .map(PathBuf::from)
-                .as_deref(),
-        ),
-        thresholds: engine::Thresholds::new(
-            engine::default_thresholds(),
-            &engine::default_budgets(),
-        ),
-    };
+    // the built-ins, or a folder's overrides (as `dashboards_dir` in the config)
+    let state = DashboardState::new(
+        shiplog_web::auth::Auth::new(vec![]),
+        Some(qe.clone()),
+        std::env::var_os("SHIPLOG_DASHBOARDS_DIR")
+            .map(PathBuf::from)
+            .as_deref(),
+        engine::Thresholds::new(engine::default_thresholds(), &engine::default_budgets()),
+    );
     let raw = raw_connection(qe.parquet_dir())?;
     let total: i64 = raw.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
     println!("events in the views: {total}");

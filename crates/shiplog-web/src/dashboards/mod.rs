@@ -53,6 +53,10 @@ pub struct DashboardState {
     pub query: Option<Arc<shiplog_store::QueryEngine>>,
     pub dashboards: BTreeMap<String, Dashboard>,
     pub thresholds: Thresholds,
+    /// Panel queries running at once, server-wide (one per core): DuckDB parallelizes
+    /// within a query, and each query in flight holds its own scan buffers, so this bounds
+    /// the memory a burst of page loads can take.
+    pub query_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl DashboardState {
@@ -68,6 +72,9 @@ impl DashboardState {
             query,
             dashboards: spec::load_all(dir),
             thresholds,
+            query_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 }
@@ -219,6 +226,7 @@ pub async fn run_dashboard<'a>(
     let mut futs = Vec::new();
     for (i, p) in d.panels.iter().enumerate() {
         let engine = state.query.clone();
+        let slots = state.query_slots.clone();
         let ctx = ctx.clone();
         let file = d.file.clone();
         futs.push(async move {
@@ -258,6 +266,7 @@ pub async fn run_dashboard<'a>(
                     };
                 }
             };
+            let _slot = slots.acquire_owned().await;
             let started = Instant::now();
             let r = tokio::task::spawn_blocking(move || {
                 engine.query_internal(&sql, &params, PANEL_TIMEOUT)
