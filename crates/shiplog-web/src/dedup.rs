@@ -11,6 +11,11 @@
 //! key is older than the window, so a key is remembered for at least the window and at
 //! most one bucket longer.
 //!
+//! The index is also capped at a number of keys ([`DEFAULT_MAX_KEYS`], `server.dedup_max_keys`):
+//! a sustained high rate would otherwise make the window's keys outgrow memory (9k events/s
+//! for 7 days is 5 billion keys). Past the cap the oldest sealed runs are forgotten early,
+//! so the window effectively shortens; `/metrics` shows the keys evicted that way.
+//!
 //! Fingerprints can collide: a new event whose fingerprint equals a stored one within the
 //! window would be answered as a duplicate. With N keys held the chance per new event is
 //! N / 2^64 (about 5e-13 at 10 million keys).
@@ -56,6 +61,9 @@ type Build = BuildHasherDefault<PreHashed>;
 
 /// Keys in the recent set before it is sealed into a sorted run.
 pub const SEAL_AT: usize = 1 << 20;
+
+/// Default cap on the keys held: about 130 MiB of sealed runs.
+pub const DEFAULT_MAX_KEYS: usize = 16_000_000;
 
 /// A receiver that resolves to `Some(true)` once a pending append is durable.
 pub type Pending = watch::Receiver<Option<bool>>;
@@ -128,6 +136,9 @@ pub struct DedupIndex {
     /// Oldest first.
     sealed: VecDeque<Sealed>,
     sealed_keys: usize,
+    max_keys: usize,
+    /// Keys forgotten before the end of the window because of `max_keys`.
+    pub evicted: u64,
 }
 
 impl DedupIndex {
@@ -140,7 +151,14 @@ impl DedupIndex {
             recent_newest: i64::MIN,
             sealed: VecDeque::new(),
             sealed_keys: 0,
+            max_keys: DEFAULT_MAX_KEYS,
+            evicted: 0,
         }
+    }
+
+    /// Caps the keys held (at least two sealed runs' worth are always kept).
+    pub fn set_max_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys;
     }
 
     pub fn lookup(&self, key: Key) -> Lookup<'_> {
@@ -185,6 +203,11 @@ impl DedupIndex {
         self.sealed_keys += keys.len();
         self.sealed.push_back(Sealed::new(keys, self.recent_newest));
         self.recent_newest = i64::MIN;
+        while self.sealed_keys + SEAL_AT > self.max_keys && self.sealed.len() > 1 {
+            let s = self.sealed.pop_front().expect("checked");
+            self.sealed_keys -= s.keys.len();
+            self.evicted += s.keys.len() as u64;
+        }
     }
 
     /// Forgets the keys received before `cutoff` (unix seconds), a sealed run at a time.
@@ -244,6 +267,25 @@ mod tests {
         assert_eq!(absent, 10_000);
         // 8 bytes per sealed key plus a little.
         assert!(ix.bytes() < (SEAL_AT * 2) * 9 + ix.recent.capacity() * 9 + (1 << 20));
+    }
+
+    #[test]
+    fn the_cap_forgets_the_oldest_runs_first() {
+        let mut ix = DedupIndex::new(Duration::from_secs(7 * 86400));
+        ix.set_max_keys(SEAL_AT * 3);
+        let n = SEAL_AT as u64 * 5;
+        for k in 0..n {
+            ix.commit(dedup_key("s", &k.to_string()), 1_000);
+        }
+        assert!(ix.len() <= SEAL_AT * 3, "{}", ix.len());
+        assert!(ix.evicted > 0);
+        assert_eq!(ix.evicted + ix.len() as u64, n);
+        // The newest keys are kept, the oldest forgotten.
+        assert!(matches!(
+            ix.lookup(dedup_key("s", &(n - 1).to_string())),
+            Lookup::Committed
+        ));
+        assert!(matches!(ix.lookup(dedup_key("s", "0")), Lookup::Absent));
     }
 
     #[test]

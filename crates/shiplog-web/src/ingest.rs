@@ -210,6 +210,16 @@ impl Ingestor {
         Ok(outcome)
     }
 
+    /// Caps the keys held for dedup (`server.dedup_max_keys`; see [`crate::dedup`]).
+    pub fn set_dedup_max_keys(&self, max_keys: usize) {
+        self.dedup.lock().unwrap().set_max_keys(max_keys);
+    }
+
+    /// Keys forgotten before the end of the window because of the cap.
+    pub fn dedup_evicted(&self) -> u64 {
+        self.dedup.lock().unwrap().evicted
+    }
+
     /// Number of keys currently held for dedup.
     pub fn dedup_len(&self) -> usize {
         self.dedup.lock().unwrap().len()

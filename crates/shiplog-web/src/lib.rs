@@ -359,6 +359,12 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
             value: state.ingestor.dedup_len() as f64,
         },
         ExternalSeries {
+            name: "shiplog_dedup_evicted_keys_total",
+            help: "Dedup keys forgotten before the end of the window because of server.dedup_max_keys.",
+            kind: "counter",
+            value: state.ingestor.dedup_evicted() as f64,
+        },
+        ExternalSeries {
             name: "shiplog_dedup_bytes",
             help: "Approximate memory held by the dedup index.",
             kind: "gauge",

@@ -92,6 +92,9 @@ pub struct ServerConfig {
     pub max_inflight_bytes: usize,
     /// DuckDB's memory limit for queries and dashboards, in MiB.
     pub query_memory_mb: u64,
+    /// Cap on the dedup keys held (about 8 bytes each); past it the oldest are forgotten
+    /// before the end of `dedup_window`.
+    pub dedup_max_keys: usize,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(60),
             max_inflight_bytes: shiplog_web::admission::DEFAULT_MAX_INFLIGHT_BYTES,
             query_memory_mb: shiplog_store::DEFAULT_QUERY_MEMORY_MB,
+            dedup_max_keys: shiplog_web::dedup::DEFAULT_MAX_KEYS,
         }
     }
 }

@@ -226,6 +226,7 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         config.server.dedup_window,
         metrics.clone(),
     ));
+    ingestor.set_dedup_max_keys(config.server.dedup_max_keys);
     let started = Instant::now();
     if !kafka {
         let keys = ingestor.rebuild_dedup(0).await?;
