@@ -170,6 +170,9 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         .and_then(|v| v.parse::<u64>().ok());
     let cost = admission::Admission::cost(content_length, state.body_limit);
     let Some(_reservation) = state.admission.try_admit(cost) else {
+        // Read and discard the body (a chunk at a time, up to the limit) before answering:
+        // a client still sending would otherwise see a reset instead of the 503.
+        drain(body, state.body_limit).await;
         return at_capacity(&state);
     };
     let bytes = match read_body(body, state.body_limit).await {
@@ -249,6 +252,19 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         error: None,
     };
     (code, Json(body)).into_response()
+}
+
+/// Reads a body to its end, or past `limit`, keeping nothing.
+async fn drain(mut body: Body, limit: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen > limit {
+                break;
+            }
+        }
+    }
 }
 
 fn at_capacity(state: &AppState) -> Response {
