@@ -249,6 +249,18 @@ async fn ingest_http_contract() {
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
+    // A Content-Type that is not text is no type we know either (not "absent", read as JSON).
+    let r = client
+        .post(&url)
+        .header(
+            "content-type",
+            reqwest::header::HeaderValue::from_bytes(b"application/json\xff").unwrap(),
+        )
+        .body(serde_json::to_vec(&event("check", "ct", "ct-1", "web")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
     let big = vec![b' '; 11 << 20];
     // The server closes a connection whose body it refused to read: use its own client.
     let r = http()

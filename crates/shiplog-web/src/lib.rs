@@ -148,15 +148,23 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
             return r;
         }
     };
+    // A header that is not visible ASCII names no type or encoding we know: 415, rather
+    // than reading it as absent.
     let header_str = |name: header::HeaderName| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        match parts.headers.get(&name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
+            format!("the {name} header is not readable text; use application/json, application/x-ndjson or a CloudEvents type")
+        }),
+    }
     };
-    let content_type = header_str(header::CONTENT_TYPE);
-    let content_encoding = header_str(header::CONTENT_ENCODING);
+    let (content_type, content_encoding) = match (
+        header_str(header::CONTENT_TYPE),
+        header_str(header::CONTENT_ENCODING),
+    ) {
+        (Ok(t), Ok(e)) => (t, e),
+        (Err(m), _) | (_, Err(m)) => return refuse(&state, StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
+    };
     // Refuse an unknown content type before reading the body.
     if let Err(e) = decode::body_format(content_type.as_deref()) {
         return refuse(&state, status(e.status), e.message);
