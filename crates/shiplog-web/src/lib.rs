@@ -150,13 +150,14 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
     };
     // A header that is not visible ASCII names no type or encoding we know: 415, rather
     // than reading it as absent.
-    let header_str = |name: header::HeaderName| {
-        match parts.headers.get(&name) {
+    let header_str = |name: header::HeaderName| match parts.headers.get(&name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.to_owned())).map_err(|_| {
-            format!("the {name} header is not readable text; use application/json, application/x-ndjson or a CloudEvents type")
+        Some(v) => v.to_str().map(Some).map_err(|_| {
+            format!(
+                "the {name} header is not readable text; use application/json, \
+                 application/x-ndjson or a CloudEvents type"
+            )
         }),
-    }
     };
     let (content_type, content_encoding) = match (
         header_str(header::CONTENT_TYPE),
@@ -166,9 +167,10 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         (Err(m), _) | (_, Err(m)) => return refuse(&state, StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
     };
     // Refuse an unknown content type before reading the body.
-    if let Err(e) = decode::body_format(content_type.as_deref()) {
-        return refuse(&state, status(e.status), e.message);
-    }
+    let format = match decode::body_format(content_type) {
+        Ok(f) => f,
+        Err(e) => return refuse(&state, status(e.status), e.message),
+    };
     // Reserve the memory this request may hold before reading its body; refuse at once
     // when the budget is spent (the client retries after Retry-After).
     let content_length = parts
@@ -187,11 +189,7 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         Ok(b) => b,
         Err(r) => return refuse(&state, r.0, r.1),
     };
-    let format = match decode::body_format(content_type.as_deref()) {
-        Ok(f) => f,
-        Err(e) => return refuse(&state, status(e.status), e.message),
-    };
-    let body = match decode::decode_content(content_encoding.as_deref(), &bytes, state.body_limit) {
+    let body = match decode::decode_content(content_encoding, &bytes, state.body_limit) {
         Ok(b) => b,
         Err(e) => return refuse(&state, status(e.status), e.message),
     };

@@ -168,13 +168,15 @@ pub fn decode(batch: usize, seconds: f64) -> Result<()> {
     Ok(())
 }
 
-struct Load {
-    events: u64,
-    requests: u64,
-    elapsed: Duration,
+pub(crate) struct Load {
+    pub(crate) events: u64,
+    pub(crate) requests: u64,
+    pub(crate) elapsed: Duration,
 }
 
-async fn drive(
+/// Posts bodies of `batch` events (ids of `run`) on `connections` connections, each as
+/// fast as it is answered, for `seconds`; every request must succeed.
+pub(crate) async fn drive(
     url: &str,
     connections: usize,
     batch: usize,

@@ -127,52 +127,6 @@ pub struct SoakArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Posts bodies from `template` as fast as answered, on `connections` connections, for
-/// `seconds`; returns events/s.
-async fn closed_loop(
-    client: &reqwest::Client,
-    url: &str,
-    template: &Arc<BodyTemplate>,
-    next: &Arc<AtomicU64>,
-    batch: usize,
-    connections: usize,
-    seconds: f64,
-) -> Result<f64> {
-    let accepted = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (client, url, template, next, accepted) = (
-            client.clone(),
-            format!("{url}/v1/events"),
-            template.clone(),
-            next.clone(),
-            accepted.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while start.elapsed().as_secs_f64() < seconds {
-                let first = next.fetch_add(batch as u64, Relaxed);
-                let body = template.render(first);
-                if let Ok(r) = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    if r.status().as_u16() == 202 {
-                        accepted.fetch_add(batch as u64, Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    Ok(accepted.load(Relaxed) as f64 / start.elapsed().as_secs_f64())
-}
-
 #[derive(Default)]
 struct Interval {
     latencies_us: Vec<u32>,
@@ -200,16 +154,16 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
                 "measuring the maximum: {} connections, {} events per request, 20 s",
                 args.connections, args.batch
             );
-            let max = closed_loop(
-                &client,
-                &server.url,
-                &template,
-                &next,
-                args.batch,
+            // Ids of another run than the soak's, so none repeats.
+            let load = crate::bench::drive(
+                &format!("{}/v1/events", server.url),
                 args.connections,
+                args.batch,
                 20.0,
+                8,
             )
             .await?;
+            let max = load.events as f64 / load.elapsed.as_secs_f64();
             println!("maximum: {max:.0} events/s; soaking at 80%");
             (max * 0.8) as u64
         }
