@@ -272,7 +272,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
         let mut env = Envelope::default();
         let mut seen = 0u16;
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<Str<'de>>()? {
             let bit = match key.0.as_ref() {
                 "id" => ID,
                 "kind" => KIND,
@@ -317,7 +317,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                     map.next_value_seed(KeyString { required: false })?;
                 }
                 KIND => {
-                    let name = map.next_value::<Key<'de>>()?;
+                    let name = map.next_value::<Str<'de>>()?;
                     match Kind::from_name(&name.0) {
                         Some(Kind::Decision) | None => return Err(doubt()),
                         Some(k) => env.kind = Some(k),
@@ -394,12 +394,13 @@ impl<'de> Visitor<'de> for AnyVisitor {
     }
 }
 
-/// A string borrowed from the input when it holds no escape.
-struct Key<'a>(Cow<'a, str>);
+/// A string borrowed from the input when it holds no escape (also the projection's field
+/// names and values).
+pub struct Str<'a>(pub Cow<'a, str>);
 
-impl<'de> serde::Deserialize<'de> for Key<'de> {
+impl<'de> serde::Deserialize<'de> for Str<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrVisitor).map(Key)
+        d.deserialize_str(StrVisitor).map(Str)
     }
 }
 
@@ -415,6 +416,9 @@ impl<'de> Visitor<'de> for StrVisitor {
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
@@ -527,7 +531,7 @@ impl<'de> Visitor<'de> for ObjectCheck {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let fields = self.0;
         let (mut seen, mut present) = (0u64, 0u64);
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        while let Some(key) = map.next_key::<Str<'de>>()? {
             let Some(i) = fields.iter().position(|f| f.name == key.0) else {
                 map.next_value::<Any>()?;
                 continue;

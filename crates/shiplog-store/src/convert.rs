@@ -18,35 +18,11 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::record_batch::RecordBatch;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+use shiplog_events::raw::Str;
 use shiplog_events::Kind;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-
-/// A string that borrows from the input when it has no escapes.
-pub(crate) struct Str<'a>(pub Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Str<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
 
 struct FieldsSeed<F>(F);
 
