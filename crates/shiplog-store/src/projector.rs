@@ -49,6 +49,11 @@ pub struct ProjectorConfig {
     pub compaction_zstd_level: i32,
     /// Threads used to parse and encode a large flush (default 2; 1 disables).
     pub threads: usize,
+    /// Merge this many consecutive small files of a day as soon as they exist (default
+    /// 16; below 2 disables); see [`ParquetProjector::merge_small_files`].
+    pub merge_small_files: usize,
+    /// A file under this size is small (default 32 MiB).
+    pub small_file_bytes: u64,
     /// Prices `api_cost` events sent without `cost_usd` (default: the shipped table).
     pub prices: Arc<PriceTable>,
     /// Drop events whose `(source, id)` was already projected within this window (default
@@ -74,6 +79,8 @@ impl Default for ProjectorConfig {
             zstd_level: 1,
             compaction_zstd_level: 3,
             threads: 2,
+            merge_small_files: 16,
+            small_file_bytes: 32 << 20,
             prices: PriceTable::shipped(),
             dedup_window: None,
             validate: false,
@@ -224,6 +231,8 @@ pub struct ParquetProjector {
     /// Next expected offset per partition, including buffered entries.
     buffered_next: BTreeMap<Partition, Offset>,
     crash: Option<CrashPoint>,
+    /// Day directories written since the last [`Self::merge_small_files`].
+    touched: BTreeSet<PathBuf>,
     dedup: Option<crate::dedup::ProjectionDedup>,
     _lock: DirLock,
 }
@@ -288,6 +297,7 @@ impl ParquetProjector {
             buffered_bytes: 0,
             buffered_next,
             crash: None,
+            touched: BTreeSet::new(),
             dedup,
             _lock: lock,
         })
@@ -514,7 +524,11 @@ impl ParquetProjector {
                 self.crash_point(CrashPoint::MidRenames)?;
             }
             fs::rename(&s.tmp, &s.fin).at(&s.fin)?;
-            dirs.insert(s.fin.parent().expect("file has a dir").to_path_buf());
+            let dir = s.fin.parent().expect("file has a dir").to_path_buf();
+            if s.partition.is_some() {
+                self.touched.insert(dir.clone());
+            }
+            dirs.insert(dir);
         }
         for d in dirs {
             sync_dir(&d)?;
@@ -537,10 +551,7 @@ impl ParquetProjector {
     pub fn compact(&mut self, now: DateTime<Utc>) -> Result<CompactionReport, StoreError> {
         let today = now.date_naive();
         let root = self.root.clone();
-        let mut report = CompactionReport::default();
-        let mut renames = Vec::new();
-        let mut deletes = Vec::new();
-        let mut staged_paths = Vec::new();
+        let mut plan = MergePlan::default();
         for kind in Kind::ALL {
             for day_dir in list_dir(&root.join(kind.as_str()))? {
                 let Some(date) = day_dir
@@ -553,63 +564,106 @@ impl ParquetProjector {
                 if date >= today {
                     continue;
                 }
-                let mut groups: BTreeMap<Partition, Vec<(Offset, Offset, PathBuf)>> =
-                    BTreeMap::new();
-                for f in list_dir(&day_dir)? {
-                    if let Some((p, a, b)) = f
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(parse_file_name)
-                    {
-                        groups.entry(p).or_default().push((a, b, f));
-                    }
-                }
-                for (p, mut files) in groups {
+                for (p, files) in files_by_partition(&day_dir)? {
                     if files.len() < 2 {
                         continue;
                     }
-                    files.sort();
-                    let first = files[0].0;
-                    let last = files.iter().map(|f| f.1).max().unwrap_or(first);
-                    let fin = day_dir.join(file_name(p, first, last));
-                    let tmp = day_dir.join(format!("{}.compact.tmp", file_name(p, first, last)));
-                    let inputs: Vec<PathBuf> = files.iter().map(|f| f.2.clone()).collect();
                     tracing::info!(
                         kind = kind.as_str(),
                         %date,
                         partition = p,
-                        files = inputs.len(),
+                        files = files.len(),
                         "compaction: merging the files of a closed day"
                     );
-                    let batches = inputs.iter().flat_map(|path| read_batches(path, kind));
-                    let (rows, _) =
-                        write_parquet(&tmp, kind, batches, self.config.compaction_zstd_level)?;
-                    staged_paths.push(tmp.clone());
-                    report.rows += rows;
-                    report.files_in += inputs.len() as u64;
-                    report.files_out += 1;
-                    renames.push((rel(&root, &tmp), rel(&root, &fin)));
-                    deletes.extend(inputs.iter().map(|i| rel(&root, i)));
+                    plan.merge(
+                        &root,
+                        kind,
+                        &day_dir,
+                        p,
+                        &files,
+                        self.config.compaction_zstd_level,
+                    )?;
                 }
             }
         }
-        if renames.is_empty() {
-            return Ok(report);
+        self.commit_merges(plan)
+    }
+
+    /// Merges runs of small files in the day directories written since the last call, so
+    /// that a busy day does not accumulate thousands of files before the nightly
+    /// [`Self::compact`] (every file costs each query its metadata, in time and memory).
+    ///
+    /// Per kind, day and partition, a run of at least [`ProjectorConfig::merge_small_files`]
+    /// consecutive files (by offset) each under [`ProjectorConfig::small_file_bytes`] is
+    /// merged into one; the result is merged again with later files while it is still
+    /// small, so a day holds at most about that many small files plus its large ones.
+    /// Committed through the state file, like every flush.
+    pub fn merge_small_files(&mut self) -> Result<CompactionReport, StoreError> {
+        let at = self.config.merge_small_files;
+        let touched = std::mem::take(&mut self.touched);
+        if at < 2 {
+            return Ok(CompactionReport::default());
+        }
+        let root = self.root.clone();
+        let mut plan = MergePlan::default();
+        for day_dir in touched {
+            let Some(kind) = day_dir
+                .parent()
+                .and_then(|k| k.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(Kind::from_name)
+            else {
+                continue;
+            };
+            for (p, files) in files_by_partition(&day_dir)? {
+                if files.len() < at {
+                    continue;
+                }
+                let mut run: Vec<DayFile> = Vec::new();
+                for f in files.into_iter().chain([(0, 0, PathBuf::new())]) {
+                    let small = !f.2.as_os_str().is_empty()
+                        && fs::metadata(&f.2).is_ok_and(|m| m.len() < self.config.small_file_bytes);
+                    if small {
+                        run.push(f);
+                        continue;
+                    }
+                    if run.len() >= at {
+                        tracing::debug!(
+                            kind = kind.as_str(),
+                            dir = %day_dir.display(),
+                            partition = p,
+                            files = run.len(),
+                            "merging small files"
+                        );
+                        plan.merge(&root, kind, &day_dir, p, &run, self.config.zstd_level)?;
+                    }
+                    run.clear();
+                }
+            }
+        }
+        self.commit_merges(plan)
+    }
+
+    /// Commits the merged files of `plan` through the state file, then renames them into
+    /// place and deletes their inputs.
+    fn commit_merges(&mut self, plan: MergePlan) -> Result<CompactionReport, StoreError> {
+        if plan.renames.is_empty() {
+            return Ok(plan.report);
         }
         self.crash_point(CrashPoint::AfterTempWrite)?;
         let mut next = self.state.clone();
-        next.renames = renames;
-        next.deletes = deletes;
+        next.renames = plan.renames;
+        next.deletes = plan.deletes;
         next.expire.clear();
-        next.store(&root)?;
+        next.store(&self.root)?;
         self.state = next;
         self.crash_point(CrashPoint::AfterStateCommit)?;
         apply_pending(
-            &root,
+            &self.root,
             &self.state,
             self.crash == Some(CrashPoint::MidRenames),
         )?;
-        Ok(report)
+        Ok(plan.report)
     }
 
     /// Deletes whole date partitions older than each kind's retention, committed through
@@ -641,6 +695,62 @@ impl ParquetProjector {
         }
         Ok(report)
     }
+}
+
+/// A Parquet file of a day directory: its first and last log offsets, and its path.
+type DayFile = (Offset, Offset, PathBuf);
+
+/// Merged files written to temp paths, not yet committed.
+#[derive(Default)]
+struct MergePlan {
+    renames: Vec<(String, String)>,
+    deletes: Vec<String>,
+    report: CompactionReport,
+}
+
+impl MergePlan {
+    /// Writes `files` (one kind, day and partition, sorted by offset) into one temp file
+    /// named for their whole offset range.
+    fn merge(
+        &mut self,
+        root: &Path,
+        kind: Kind,
+        day_dir: &Path,
+        p: Partition,
+        files: &[DayFile],
+        level: i32,
+    ) -> Result<(), StoreError> {
+        let first = files[0].0;
+        let last = files.iter().map(|f| f.1).max().unwrap_or(first);
+        let fin = day_dir.join(file_name(p, first, last));
+        let tmp = day_dir.join(format!("{}.compact.tmp", file_name(p, first, last)));
+        let batches = files.iter().flat_map(|f| read_batches(&f.2, kind));
+        let (rows, _) = write_parquet(&tmp, kind, batches, level)?;
+        self.report.rows += rows;
+        self.report.files_in += files.len() as u64;
+        self.report.files_out += 1;
+        self.renames.push((rel(root, &tmp), rel(root, &fin)));
+        self.deletes.extend(files.iter().map(|f| rel(root, &f.2)));
+        Ok(())
+    }
+}
+
+/// The Parquet files of a day directory per log partition, sorted by first offset.
+fn files_by_partition(day_dir: &Path) -> Result<BTreeMap<Partition, Vec<DayFile>>, StoreError> {
+    let mut groups: BTreeMap<Partition, Vec<DayFile>> = BTreeMap::new();
+    for f in list_dir(day_dir)? {
+        if let Some((p, a, b)) = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_file_name)
+        {
+            groups.entry(p).or_default().push((a, b, f));
+        }
+    }
+    for files in groups.values_mut() {
+        files.sort();
+    }
+    Ok(groups)
 }
 
 /// Reads a Parquet file's batches (for compaction), in the current columns of `kind`.

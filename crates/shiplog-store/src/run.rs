@@ -451,6 +451,7 @@ async fn run_once(
         let due = first_buffered.is_some_and(|t| t.elapsed() >= config.flush_interval);
         if p.buffered() > 0 && (p.should_flush() || due || stopping) {
             p = flush_blocking(p, tx, metrics).await?;
+            p = merge_small_blocking(p, metrics).await?;
             first_buffered = None;
         }
         if stopping {
@@ -490,6 +491,29 @@ async fn flush_blocking(
     metrics.record_flush(&report);
     tracing::debug!(parent: &span, "flushed");
     let _ = tx.send(p.committed_offsets().clone());
+    Ok(p)
+}
+
+/// [`ParquetProjector::merge_small_files`] after a flush (its offsets are already sent).
+async fn merge_small_blocking(
+    mut p: ParquetProjector,
+    metrics: &ProjectionMetrics,
+) -> Result<ParquetProjector, StoreError> {
+    let (p, r) = tokio::task::spawn_blocking(move || {
+        let r = p.merge_small_files();
+        (p, r)
+    })
+    .await
+    .expect("merge task panicked");
+    let c = r?;
+    if c.files_in > 0 {
+        metrics.files_compacted.fetch_add(c.files_in, Relaxed);
+        tracing::debug!(
+            files_in = c.files_in,
+            files_out = c.files_out,
+            "merged small files"
+        );
+    }
     Ok(p)
 }
 
@@ -607,6 +631,7 @@ pub async fn replay(
                 report.skipped += r.skipped;
                 report.lost += r.lost;
                 report.files += r.files;
+                p.merge_small_files()?;
             }
             progress(ReplayProgress {
                 done: report.events,

@@ -411,6 +411,101 @@ fn compaction_merges_closed_days_exactly_once_even_when_crashing() {
     ));
 }
 
+/// Most files in one day directory of any kind.
+fn max_files_per_day(root: &Path) -> usize {
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for f in walk(&root.join("parquet")) {
+        if f.ends_with(".parquet") && !f.contains("_schema") {
+            let dir = Path::new(&f)
+                .parent()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            *counts.entry(dir).or_default() += 1;
+        }
+    }
+    counts.into_values().max().unwrap_or(0)
+}
+
+#[test]
+fn small_files_are_merged_as_they_accumulate_exactly_once_even_when_crashing() {
+    let log = gen_log(3_000, 1);
+    let entries = all_entries(&log);
+    // The same events with no merging: the reference rows.
+    let reference = tempfile::tempdir().unwrap();
+    let unmerged_max = {
+        let cfg = ProjectorConfig {
+            merge_small_files: 0,
+            ..small_config()
+        };
+        let mut p = ParquetProjector::open(reference.path(), cfg).unwrap();
+        for chunk in entries.chunks(50) {
+            p.push(chunk.to_vec());
+            p.flush().unwrap();
+            assert_eq!(p.merge_small_files().unwrap(), CompactionReport::default());
+        }
+        drop(p);
+        max_files_per_day(reference.path())
+    };
+    assert!(unmerged_max >= 10, "{unmerged_max}");
+    let expected = dump(reference.path());
+    let cfg = || ProjectorConfig {
+        merge_small_files: 4,
+        ..small_config()
+    };
+    for point in [
+        None,
+        Some(CrashPoint::AfterTempWrite),
+        Some(CrashPoint::AfterStateCommit),
+        Some(CrashPoint::MidRenames),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = ParquetProjector::open(dir.path(), cfg()).unwrap();
+        let mut merged = 0;
+        for (i, chunk) in entries.chunks(50).enumerate() {
+            if p.next_offset(0) > chunk[0].offset {
+                continue; // committed before the crash
+            }
+            p.push(chunk.to_vec());
+            p.flush().unwrap();
+            match point {
+                Some(point) if i == 30 => {
+                    p.inject_crash(point);
+                    assert!(p.merge_small_files().is_err(), "{point:?}");
+                    drop(p);
+                    p = ParquetProjector::open(dir.path(), cfg()).unwrap();
+                }
+                _ => merged += p.merge_small_files().unwrap().files_in,
+            }
+        }
+        drop(p);
+        assert!(merged > 0, "{point:?}");
+        let max = max_files_per_day(dir.path());
+        assert!(
+            max < 4 + 2,
+            "{point:?}: {max} files in a day, {unmerged_max} unmerged"
+        );
+        assert_eq!(dump(dir.path()), expected, "{point:?}");
+    }
+    // Files over the size threshold are left alone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = ParquetProjector::open(
+        dir.path(),
+        ProjectorConfig {
+            small_file_bytes: 1,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    for chunk in entries.chunks(50) {
+        p.push(chunk.to_vec());
+        p.flush().unwrap();
+        assert_eq!(p.merge_small_files().unwrap().files_in, 0);
+    }
+    drop(p);
+    assert_eq!(max_files_per_day(dir.path()), unmerged_max);
+}
+
 #[test]
 fn retention_deletes_old_partitions_per_kind() {
     let dir = tempfile::tempdir().unwrap();

@@ -62,6 +62,8 @@ impl Shared {
                 m.events_skipped.fetch_add(r.skipped, Relaxed);
                 m.duplicates_dropped.fetch_add(r.duplicates, Relaxed);
                 m.flushes.fetch_add(1, Relaxed);
+                let c = p.merge_small_files()?;
+                m.files_compacted.fetch_add(c.files_in, Relaxed);
             }
             next.insert(part, p.committed_offsets().get(&part).copied().unwrap_or(0));
         }
