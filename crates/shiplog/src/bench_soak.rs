@@ -54,14 +54,29 @@ impl Server {
 
     /// Resident set size in MiB (from /proc).
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
+        rss_of(self.child.id())
+    }
+
+    /// Runs `work` while sampling the server's RSS every 50 ms; returns its result and the
+    /// highest RSS seen.
+    async fn peak_during<T>(&self, work: impl std::future::Future<Output = T>) -> (T, f64) {
+        let pid = self.child.id();
+        let peak = Arc::new(Mutex::new(rss_of(pid)));
+        let sampler = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let r = rss_of(pid);
+                    let mut p = peak.lock().unwrap();
+                    *p = p.max(r);
+                }
+            })
+        };
+        let out = work.await;
+        sampler.abort();
+        let p = *peak.lock().unwrap();
+        (out, p.max(rss_of(pid)))
     }
 
     fn stop(mut self) -> Result<()> {
@@ -70,6 +85,17 @@ impl Server {
         self.child.wait()?;
         Ok(())
     }
+}
+
+/// Resident set size of a process in MiB (from /proc), NaN once it is gone.
+fn rss_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
 }
 
 /// One series of the server's /metrics.
@@ -439,11 +465,18 @@ pub async fn rss(args: RssArgs) -> Result<()> {
         }
         Ok(())
     };
-    pages(&server.url).await?;
+    let (done, page_peak) = server.peak_during(pages(&server.url)).await;
+    done?;
+    rows.push((
+        "peak during every dashboard page x 4 ranges".into(),
+        page_peak,
+    ));
     rows.push((
         "after every dashboard page x 4 ranges".into(),
         server.rss_mib(),
     ));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    rows.push(("30 s later".into(), server.rss_mib()));
     let keys = metric(&client, &server.url, "shiplog_dedup_keys")
         .await
         .unwrap_or(f64::NAN);
@@ -458,7 +491,9 @@ pub async fn rss(args: RssArgs) -> Result<()> {
         format!("restarted ({restart_s:.1} s to listen)"),
         server.rss_mib(),
     ));
-    pages(&server.url).await?;
+    let (done, page_peak) = server.peak_during(pages(&server.url)).await;
+    done?;
+    rows.push(("peak during every dashboard page again".into(), page_peak));
     rows.push(("after every dashboard page again".into(), server.rss_mib()));
     let log_bytes = metric(&client, &server.url, "shiplog_log_bytes")
         .await
