@@ -1,7 +1,8 @@
-//! Faults against the real binary: a corrupt byte in a sealed log segment, a Parquet file
-//! deleted by hand, a disk that fills up, and kill -9 under sustained load while a
-//! compaction or a rollback action runs. After each: every acknowledged event is in the
-//! views exactly once (or, for records the damaged disk lost, accounted for as a dead
+//! Faults against the real binary: a corrupt byte in a sealed log segment and in the
+//! newest one, log segment files deleted by hand (the first ones, one in the middle), a
+//! Parquet file deleted by hand, a disk that fills up, and kill -9 under sustained load
+//! while a compaction or a rollback action runs. After each: every acknowledged event is in
+//! the views exactly once (or, for records the damaged disk lost, accounted for as a dead
 //! letter, never silently), and the checks (`shiplog log verify`, `shiplog verify`) say
 //! what is wrong or that all is sound.
 
@@ -1042,4 +1043,290 @@ action = {{ command = ["{}", "rollback", "{{previous_url}}"], timeout = "120s", 
         ])
     );
     eprintln!("{} events acknowledged around the kill", acked.len());
+}
+
+/// Byte positions of the frames of a segment file (24-byte header, then frames of
+/// `8 + length` bytes; `crates/shiplog-log/src/file.rs` has the format).
+fn frame_starts(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut starts = Vec::new();
+    let mut pos = 24;
+    while pos + 8 <= bytes.len() {
+        starts.push(pos);
+        pos += 8 + u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+    }
+    starts
+}
+
+/// The base offset of a segment file, from its name.
+fn base_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name().unwrap().to_str().unwrap().to_string()
+}
+
+async fn log_records(client: &reqwest::Client, url: &str) -> u64 {
+    let health: Value = client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["log_records"].as_u64().unwrap()
+}
+
+/// The `_offset` of each id among `ids`, from the events view.
+async fn offsets_of(client: &reqwest::Client, url: &str, prefix: &str) -> Vec<u64> {
+    query(
+        client,
+        url,
+        &format!("SELECT _offset FROM events WHERE id LIKE '{prefix}%' ORDER BY _offset"),
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].as_u64().unwrap())
+    .collect()
+}
+
+/// A corrupt byte in the NEWEST segment, with acknowledged records after it: damage, not a
+/// torn tail. The next start keeps every record after it (the log does not shrink), names
+/// the damaged range (warning, `/metrics`, `log verify`), appends after the last record, and
+/// a re-projection dead-letters exactly the damaged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_the_newest_segment_keeps_the_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = http();
+    let mut server = TestServer::spawn(&data, &[]);
+    // One client, batches in order: the event at index i has log offset i.
+    let mut acked: Vec<Value> = Vec::new();
+    for b in 0..10 {
+        let batch: Vec<Value> = (0..50)
+            .map(|i| event(KINDS[i % 5], "faults", &format!("n-{b}-{i}"), "web"))
+            .collect();
+        post_ok(&client, &server.url, &batch).await;
+        acked.extend(batch);
+    }
+    wait_projected(&client, &server.url).await;
+    assert_eq!(server.stop(), Some(0));
+
+    let segs = segments(&data);
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let newest = segs[0].clone();
+    let newest_name = name_of(&newest);
+    let starts = frame_starts(&newest);
+    assert_eq!(starts.len(), 500);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[starts[250] + 40] ^= 0x20;
+    std::fs::write(&newest, bytes).unwrap();
+    let range = format!("{}..{}", starts[250], starts[251]);
+
+    // log verify: damage with the record lost, not a torn tail.
+    let (code, out, _) = cli(&data, None, &["log", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    let damaged: Vec<&str> = out.lines().filter(|l| l.starts_with("DAMAGED")).collect();
+    assert_eq!(damaged.len(), 1, "{out}");
+    assert!(
+        damaged[0].contains(&newest_name)
+            && damaged[0].contains(&format!("bytes {range}"))
+            && damaged[0].contains("record at offset 250 lost")
+            && !damaged[0].contains("torn"),
+        "{out}"
+    );
+    assert!(out.contains("499 records"), "{out}");
+
+    // The start keeps the 249 records after it, says where the damage is, appends after.
+    let mut server = TestServer::spawn(&data, &[]);
+    assert_eq!(log_records(&client, &server.url).await, 500);
+    let stderr = server.stderr();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("damaged log segment"))
+        .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    assert!(
+        warning.contains(&newest_name) && warning.contains(&range),
+        "{warning}"
+    );
+    assert!(!stderr.contains("log tail repaired"), "{stderr}");
+    let m = metrics(&client, &server.url).await;
+    assert_eq!(metric(&m, "shiplog_log_damaged_ranges"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "shiplog_log_damaged_records"), Some(1.0), "{m}");
+    let fresh: Vec<Value> = (0..20)
+        .map(|i| event(KINDS[i % 5], "faults", &format!("fresh-{i}"), "web"))
+        .collect();
+    post_ok(&client, &server.url, &fresh).await;
+    wait_projected(&client, &server.url).await;
+    assert_eq!(
+        offsets_of(&client, &server.url, "fresh-").await,
+        (500..520).collect::<Vec<u64>>()
+    );
+    acked.extend(fresh);
+    // The damaged record had been projected before the disk damaged it.
+    assert_exactly_once(
+        &rows_per_key(&client, &server.url).await,
+        &acked,
+        "after the start",
+    );
+    assert_eq!(server.stop(), Some(0));
+
+    // Projected again from the log: every record but the damaged one, which is a dead
+    // letter naming the segment and bytes.
+    std::fs::remove_dir_all(data.join("parquet")).unwrap();
+    let mut server = TestServer::spawn(&data, &[]);
+    wait_projected(&client, &server.url).await;
+    let dead = dead_letters(&data);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].0, dead[0].1), (250, 251));
+    let location = dead[0].2["location"].as_str().unwrap();
+    assert!(
+        location.contains(&newest_name) && location.contains(&range),
+        "{location}"
+    );
+    let intact: Vec<Value> = acked
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 250)
+        .map(|(_, e)| e.clone())
+        .collect();
+    let rows = rows_per_key(&client, &server.url).await;
+    assert_exactly_once(&rows, &intact, "re-projected");
+    assert_eq!(rows.len(), intact.len());
+    assert_eq!(server.stop(), Some(0));
+    let (code, out, _) = cli(&data, None, &["log", "verify"]);
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().filter(|l| l.starts_with("DAMAGED")).count(), 1);
+    assert!(out.contains("519 records"), "{out}");
+}
+
+/// Segment files deleted by hand: the first two (to free disk) and one in the middle. The
+/// server starts with a warning naming the missing offsets; `log verify` names both ranges
+/// and the files; the views keep what was projected; a re-projection dead-letters exactly
+/// the missing offsets; `shiplog verify` finds the projection sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_segment_files_are_named_skipped_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("SHIPLOG_LOG__SEGMENT_BYTES", "65536")];
+    let client = http();
+    let mut server = TestServer::spawn_env(&data, &[], &env);
+    let mut acked: Vec<Value> = Vec::new();
+    for b in 0..10 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| event(KINDS[i % 5], "faults", &format!("s-{b}-{i}"), "web"))
+            .collect();
+        post_ok(&client, &server.url, &batch).await;
+        acked.extend(batch);
+    }
+    wait_projected(&client, &server.url).await;
+    assert_eq!(server.stop(), Some(0));
+
+    let segs = segments(&data);
+    assert!(segs.len() >= 5, "{segs:?}");
+    let start = base_of(&segs[2]);
+    let (m0, m1) = (base_of(&segs[3]), base_of(&segs[4]));
+    for s in [&segs[0], &segs[1], &segs[3]] {
+        std::fs::remove_file(s).unwrap();
+    }
+
+    let (code, out, _) = cli(&data, None, &["log", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    let missing: Vec<&str> = out.lines().filter(|l| l.starts_with("MISSING")).collect();
+    assert_eq!(missing.len(), 2, "{out}");
+    assert!(
+        missing[0].contains(&format!("offsets 0..={}", start - 1))
+            && missing[0].contains(&name_of(&segs[2])),
+        "{out}"
+    );
+    assert!(
+        missing[1].contains(&format!("offsets {m0}..={}", m1 - 1))
+            && missing[1].contains(&format!("{} is missing", name_of(&segs[3]))),
+        "{out}"
+    );
+
+    // The server starts, and says what is missing.
+    let mut server = TestServer::spawn_env(&data, &[], &env);
+    let stderr = server.stderr();
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("log segment files missing"))
+        .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    assert!(warning.contains(&format!("0..{start}")), "{warning}");
+    // The head range is known from the file names at open; the middle one once a reader
+    // reaches it (every one does below, when the projection is rebuilt).
+    let m = metrics(&client, &server.url).await;
+    let known = metric(&m, "shiplog_log_damaged_records").unwrap() as u64;
+    assert!(known == start || known == start + m1 - m0, "{m}");
+    // What was projected stays; new events go on at the end.
+    let fresh: Vec<Value> = (0..30)
+        .map(|i| event(KINDS[i % 5], "faults", &format!("fresh-{i}"), "web"))
+        .collect();
+    post_ok(&client, &server.url, &fresh).await;
+    wait_projected(&client, &server.url).await;
+    assert_eq!(
+        offsets_of(&client, &server.url, "fresh-").await,
+        (1000..1030).collect::<Vec<u64>>()
+    );
+    acked.extend(fresh);
+    assert_exactly_once(
+        &rows_per_key(&client, &server.url).await,
+        &acked,
+        "after the start",
+    );
+    assert_eq!(server.stop(), Some(0));
+
+    // Projected again from the log (Parquet deleted): the missing offsets are dead letters.
+    std::fs::remove_dir_all(data.join("parquet")).unwrap();
+    let mut server = TestServer::spawn_env(&data, &[], &env);
+    wait_projected(&client, &server.url).await;
+    let dead = dead_letters(&data);
+    let ranges: Vec<(u64, u64)> = dead.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(ranges, vec![(0, start), (m0, m1)], "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|d| d.2["error"].as_str().unwrap().contains("missing")),
+        "{dead:?}"
+    );
+    let lost = |i: usize| (i as u64) < start || (m0..m1).contains(&(i as u64));
+    let intact: Vec<Value> = acked
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !lost(*i))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let rows = rows_per_key(&client, &server.url).await;
+    assert_exactly_once(&rows, &intact, "re-projected");
+    assert_eq!(rows.len(), intact.len());
+    let m = metrics(&client, &server.url).await;
+    assert_eq!(
+        metric(&m, "shiplog_projection_log_records_lost_total"),
+        Some((start + m1 - m0) as f64),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "shiplog_log_damaged_ranges"), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, "shiplog_log_damaged_records"),
+        Some((start + m1 - m0) as f64),
+        "{m}"
+    );
+    let stderr = server.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("damaged log segment") && l.contains(&name_of(&segs[3]))),
+        "no warning names the missing middle file:\n{stderr}"
+    );
+    assert_eq!(server.stop(), Some(0));
+
+    let (code, out, _) = cli(&data, None, &["verify"]);
+    assert_eq!(code, 1, "the log still lacks those files: {out}");
+    assert!(
+        out.contains(
+            "projection: every committed event is in exactly one Parquet row or a dead letter"
+        ),
+        "{out}"
+    );
 }

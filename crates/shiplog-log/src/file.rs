@@ -43,6 +43,10 @@
 //! left by a crash during a roll. On a failed group commit (a write or sync error) the writer
 //! deletes the segments it created during that very group. Nothing else deletes segments:
 //! retention (dropping whole sealed segments, oldest first) is not part of this version.
+//! So a log always starts at offset 0; when the first segment file's base is above 0, the
+//! files before it were deleted by hand (to free disk, say). The log then opens at the
+//! first offset it has: a warning names the missing offsets, and readers report them like
+//! damage (see "Damage" below).
 //!
 //! # Writing: group commit and rolling
 //!
@@ -72,17 +76,38 @@
 //! # Recovery
 //!
 //! Sealed segments are not scanned at open (use [`verify`] to check them all); a reader
-//! scans each one on first use (below). The last segment
-//! is scanned frame by frame from its header. The scan stops at the first frame that is
-//! torn or wrong: fewer than 8 bytes left, a length running past the end of the file, a
-//! length below 10, a CRC mismatch, a key length past the body, or an offset other than the
-//! expected next one. The file is truncated to the end of the last good frame and synced, and
-//! the [`RecoveryReport`] says how many bytes were dropped and why. A trailing segment that is
-//! shorter than a header, has an all-zero header, or holds no valid record is deleted when
-//! an older segment exists (a crash during a roll); when it is the only segment it is
-//! rewritten as an empty segment. A complete header with the wrong magic, an unknown version,
-//! or a base offset that disagrees with the file name is not a torn write: open fails with
-//! [`LogError::Corrupt`] and leaves the files alone.
+//! scans each one on first use (below). The last (newest) segment is scanned frame by
+//! frame from its header. A frame is bad when it is torn or wrong: fewer than 8 bytes
+//! left, a length running past the end of the file, a length below 10, a CRC mismatch, a
+//! key length past the body, or an offset other than the expected next one.
+//!
+//! Recovery must tell a *torn tail* from *damage*. A crash can only spoil what was written
+//! after the last `fdatasync`, and an acknowledgement comes only after it, so a torn write
+//! is at the end: nothing acknowledged follows it. At a bad frame the scan therefore looks
+//! for a valid frame *after* the bad bytes, with the same resynchronising search readers
+//! use on damage (below), except that the frame must start past the bad position:
+//!
+//! - When none follows, the bad bytes are a torn tail. The file is truncated to the end of
+//!   the last good frame and synced, and the [`RecoveryReport`] says how many bytes were
+//!   dropped and why.
+//! - When one follows, the bad range is damage, not a torn tail: it is kept, recorded as a
+//!   damaged range of the segment (in [`RecoveryReport::damage`], logged as a warning,
+//!   skipped and reported by readers, named by [`verify`]), and the scan goes on from the
+//!   valid frame. Appends continue after the last valid frame.
+//!
+//! After a crash the page cache may have written an unsynced group out of order, so the
+//! unsynced end can also hold a hole (zeros, or a frame cut by a page that never reached
+//! the disk) followed by whole, valid frames of the same group. Those records were never
+//! acknowledged, but they are real records at their own offsets: they are kept, and the
+//! hole is reported as damage like any other (its records' clients got no answer and send
+//! them again; ingest deduplicates what was kept, the projection dead-letters the hole).
+//!
+//! A trailing segment that is shorter than a header, or holds no valid record, is deleted
+//! when an older segment exists (a crash during a roll); when it is the only segment it is
+//! rewritten as an empty segment. A header of zeros followed by valid frames is written
+//! again (the frames are kept, as after any damage). A complete header with the wrong magic,
+//! an unknown version, or a base offset that disagrees with the file name is not a torn
+//! write: open fails with [`LogError::Corrupt`] and leaves the files alone.
 //!
 //! # Reading
 //!
@@ -99,7 +124,9 @@
 //!
 //! A sealed segment holds acknowledged records only, so bytes there that do not check out
 //! (a CRC mismatch, an impossible length, a wrong offset: a flipped bit on the disk, a
-//! damaged copy) are damage, not a torn write, and recovery never truncates them. A reader
+//! damaged copy) are damage, not a torn write, and recovery never truncates them; neither
+//! does it truncate bad bytes in the newest segment that valid frames follow (see
+//! "Recovery"). A reader
 //! that meets damage neither returns the bad bytes nor stops: it *resynchronises* on the
 //! next frame that checks out — scanning forward byte by byte for a whole frame whose
 //! CRC32C matches and whose offset is plausible (at least the one expected, below the next
@@ -109,13 +136,19 @@
 //! range found so far in [`Log::damage`] (for `/metrics`), and the first reader to find a
 //! range logs a warning naming the segment, the byte range and the offsets lost. Damage
 //! that no valid frame follows loses the records up to the next segment's base; a sealed
-//! segment that ends early (cut by hand) loses the offsets it lacks. The scan that indexes
-//! a sealed segment on first use finds all of its damage at once, so `serve` (which
-//! rebuilds its dedup index from the whole log at start) reports every damaged range of
-//! the log before it answers. Damage in the last segment that no valid frame follows yet
+//! segment that ends early (cut by hand, or the segment file after it deleted) loses the
+//! offsets it lacks, up to the next file's base. Offsets below the first segment file
+//! (files deleted) are skipped the same way: a reader asked to start below the first
+//! offset the log has starts there and reports the offsets before it, and [`Log::damage`]
+//! lists them. The scan that indexes a sealed segment on first use finds all of its
+//! damage at once, so whatever reads the whole log (a rebuild of the dedup index without a
+//! snapshot, a replay) reports every damaged range of the log; damage in the newest
+//! segment is found at open. Damage in the last segment that no valid frame follows yet
 //! cannot be bounded: the reader waits there (recovery truncates such bytes at the next
-//! open, as a torn tail). [`verify`] uses the same resynchronising scan and names every
-//! damaged range, not only the first of a segment.
+//! open, as a torn tail). In the newest segment a reader resynchronises only on a frame
+//! past the bad bytes, as recovery does. [`verify`] uses the same resynchronising scans
+//! and names every damaged or missing range, not only the first of a segment, each as the
+//! next open and readers will treat it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -188,6 +221,13 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Why bytes were removed, with file and byte position; `None` for a clean open.
     pub dropped_reason: Option<String>,
+    /// Damaged ranges found in the newest segment that valid records follow. They are not
+    /// a torn tail, so they were kept: readers skip them and report them, as damage in a
+    /// sealed segment (each was also logged as a warning).
+    pub damage: Vec<SkippedRange>,
+    /// Offsets below the first segment file (`0..first base`): the segment files that held
+    /// them are missing (each open logs a warning). Readers start after them.
+    pub missing: Option<std::ops::Range<Offset>>,
 }
 
 /// Result of [`verify`]: a full scan of every segment.
@@ -220,28 +260,36 @@ impl VerifyReport {
 /// One damaged place in a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentDamage {
+    /// The segment file; for offsets below the first segment file, the name the first
+    /// missing file had.
     pub segment: PathBuf,
     /// Byte position in the segment file where the damage starts.
     pub position: u64,
     /// Byte position where readable frames resume (the end of the file when none do).
     pub end: u64,
     /// Offsets of the records lost in it (empty when only bytes between records are bad);
-    /// `None` when unknown: damage that runs to the end of the last segment, such as a
-    /// torn tail that recovery truncates at the next open.
+    /// `None` when unknown: damage that no valid frame follows at the end of the newest
+    /// segment, which the next open truncates as a torn tail.
     pub lost: Option<std::ops::Range<Offset>>,
+    /// Whether the records lost are in no bytes at all rather than in damaged bytes:
+    /// segment files missing (deleted before the first one, or between two), or a
+    /// segment cut short.
+    pub missing: bool,
     pub reason: String,
 }
 
 /// Scans every segment of the log in `dir` (header, every frame's CRC and offset, offsets
-/// contiguous across segments) and reports each damaged range with segment, byte range
-/// and the offsets lost in it. After a damaged range the scan resynchronises on the next
-/// valid frame (see [`SegmentedLog`]'s reading), so every damaged place is named, not only
-/// the first of a segment. Read only; meant for a log that is not open (on a live log the
-/// tail may show in-flight bytes).
+/// contiguous across segments from offset 0) and reports each damaged range with segment,
+/// byte range and the offsets lost in it, as readers and recovery will treat it. After a
+/// damaged range the scan resynchronises on the next valid frame (see [`SegmentedLog`]'s
+/// reading), so every damaged place is named, not only the first of a segment. Offsets in
+/// no segment file (files deleted) are named too. Read only; meant for a log that is not
+/// open (on a live log the tail may show in-flight bytes).
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let mut report = VerifyReport::default();
-    let mut expected_base: Option<Offset> = None;
     let segments = list_segments(dir)?;
+    // A file log starts at offset 0.
+    let mut expected_base: Option<Offset> = Some(0);
     for (i, (base, path)) in segments.iter().enumerate() {
         let (base, path) = (*base, path.clone());
         let upper = segments.get(i + 1).map(|s| s.0);
@@ -255,44 +303,84 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
                     segment: path.clone(),
                     position,
                     end,
+                    missing: position == end && lost.as_ref().is_some_and(|r| !r.is_empty()),
                     lost,
                     reason,
                 }
             };
-        if let Some(expected) = expected_base {
-            if expected != base {
-                report.damage.push(damage(
-                    0,
-                    0,
-                    (expected < base).then_some(expected..base),
-                    format!("segment starts at offset {base}, the previous one ends at {expected}"),
-                ));
+        match expected_base {
+            Some(0) if i == 0 && base > 0 => {
+                let missing = missing_head_range(dir, &path, 0, base);
+                report.damage.push(SegmentDamage {
+                    segment: segment_path(dir, 0),
+                    position: 0,
+                    end: 0,
+                    lost: Some(0..base),
+                    missing: true,
+                    reason: missing.reason,
+                });
             }
+            Some(expected) if expected != base => report.damage.push(damage(
+                0,
+                0,
+                (expected < base).then_some(expected..base),
+                format!("segment starts at offset {base}, the previous one ends at {expected}"),
+            )),
+            _ => {}
         }
-        match check_header(&read_header(&file, len)?, base) {
-            Err(reason) | Ok(Header::Torn(reason)) => {
+        let header = match check_header(&read_header(&file, len)?, base) {
+            Err(reason) => Err(match upper {
+                Some(_) => reason,
+                None => format!("{reason}; the next start refuses to open the log"),
+            }),
+            Ok(Header::Torn(reason)) if len <= SEGMENT_HEADER_LEN => Err(match upper {
+                Some(_) => reason,
+                None => format!(
+                    "{reason}; the newest segment, which the next start removes as a torn \
+                     write (or writes afresh when it is the only one)"
+                ),
+            }),
+            // A header of zeros: readers (and recovery, for the newest segment) read the
+            // frames after it.
+            Ok(Header::Torn(reason)) => Ok(Some(reason)),
+            Ok(Header::Valid) => Ok(None),
+        };
+        let zeroed = match header {
+            Err(reason) => {
                 report.damage.push(damage(0, len, None, reason));
                 expected_base = upper;
                 continue;
             }
-            Ok(Header::Valid) => {}
-        }
-        let scan = scan_sealed(&file, base, len, upper)?;
-        if let (None, Some(d)) = (upper, scan.damage.first()) {
-            // The last segment: the next open recovers it as a torn tail, truncating it at
-            // the first bad frame, so every record from there on goes.
-            report.records += d.first - base;
+            Ok(zeroed) => zeroed,
+        };
+        let scan = match upper {
+            Some(_) => scan_sealed(&file, base, len, upper)?,
+            None => scan_newest(&file, base, len)?,
+        };
+        if let Some(reason) = zeroed {
+            if upper.is_none() && scan.records == 0 {
+                report.damage.push(damage(
+                    0,
+                    len,
+                    None,
+                    format!(
+                        "{reason} and no valid record after it, in the newest segment: the next \
+                         start removes it as a torn write (or writes it afresh when it is the \
+                         only one)"
+                    ),
+                ));
+                continue;
+            }
+            let what = match upper {
+                Some(_) => "readers read the records after it",
+                None => "the next start writes it again and keeps the records after it",
+            };
             report.damage.push(damage(
-                d.start,
-                len,
-                Some(d.first..scan.next_offset),
-                format!(
-                    "{}; in the last segment, which the next start truncates here as a torn \
-                     tail (with the records after it)",
-                    d.reason
-                ),
+                0,
+                SEGMENT_HEADER_LEN,
+                Some(base..base),
+                format!("{reason}; {what}"),
             ));
-            continue;
         }
         report.records += scan.records;
         for d in &scan.damage {
@@ -305,8 +393,18 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         }
         expected_base = match scan.stop {
             Some((position, reason)) => {
-                report.damage.push(damage(position, len, None, reason));
-                None // where this segment really ends is unknown
+                // Only in the newest segment: nothing valid follows, so the next start
+                // takes it for a torn write and truncates the segment here.
+                report.damage.push(damage(
+                    position,
+                    len,
+                    None,
+                    format!(
+                        "{reason}; no valid record follows in the newest segment: a torn \
+                         write, which the next start truncates here"
+                    ),
+                ));
+                None
             }
             None => Some(scan.next_offset),
         };
@@ -364,21 +462,40 @@ impl SegmentedLog {
             })
             .collect::<Result<_, _>>()?;
         let (tail_base, tail_path) = segments.last().cloned().expect("recovery leaves a segment");
+        for d in &tail.damage {
+            // Damage in the newest segment that valid records follow: not a torn tail.
+            warn_damage(&tail_path, d);
+            report.damage.push(skipped_range(&tail_path, d));
+        }
         infos.push(SegmentInfo {
             base: tail_base,
             path: tail_path.clone(),
             len: tail.len,
             index: tail.index,
             indexed: true,
-            damage: Vec::new(),
+            damage: tail.damage,
         });
-        let start = infos[0].base;
-        report.segments = infos.len() as u64;
+        let table = Table { segments: infos };
+        if let Some(missing) = table.missing_head(dir) {
+            tracing::warn!(
+                missing_offsets = %format!("{}..{}", missing.first, missing.end),
+                first_segment = %table.segments[0].path.display(),
+                "log segment files missing: the log starts at offset {}; readers start there and \
+                 report offsets {}..{} as skipped, the projection records those it had not \
+                 projected as dead letters (deleted by hand? run `shiplog log verify`)",
+                missing.end,
+                missing.first,
+                missing.end,
+            );
+            report.missing = Some(missing.first..missing.end);
+        }
+        let start = table.segments[0].base;
+        report.segments = table.segments.len() as u64;
         report.records = tail.next_offset - start;
 
         let (durable, _) = watch::channel(tail.next_offset);
         let shared = Arc::new(Shared {
-            table: RwLock::new(Table { segments: infos }),
+            table: RwLock::new(table),
             durable,
             syncs: AtomicU64::new(0),
             faults: Faults::default(),
@@ -496,20 +613,29 @@ impl Log for SegmentedLog {
         }
         let durable = self.shared.durable.subscribe();
         let end = *durable.borrow();
-        let start = self.start_offset();
-        if from < start || from > end {
+        let (start, first) = {
+            let table = read_lock(&self.shared.table);
+            (table.segments[0].base, table.segments[0].path.clone())
+        };
+        if from > end {
             return Err(LogError::OutOfRange {
                 offset: from,
                 start,
                 end,
             });
         }
+        // Below the first segment file: the files holding those offsets are gone. Start at
+        // the first offset there is and report the rest as skipped, like damage.
+        let skipped = match from < start {
+            true => vec![missing_head_range(&self.dir, &first, from, start)],
+            false => Vec::new(),
+        };
         Ok(Box::new(SegmentReader {
             shared: self.shared.clone(),
             durable,
-            next: from,
+            next: from.max(start),
             cursor: None,
-            skipped: Vec::new(),
+            skipped,
         }))
     }
 
@@ -534,18 +660,15 @@ impl Log for SegmentedLog {
 
     fn damage(&self) -> Vec<SkippedRange> {
         let table = read_lock(&self.shared.table);
-        table
-            .segments
-            .iter()
-            .flat_map(|s| {
-                s.damage.iter().map(|d| SkippedRange {
-                    partition: 0,
-                    first: d.first,
-                    end: d.resume,
-                    location: format!("{} bytes {}..{}", s.path.display(), d.start, d.end),
-                    reason: d.reason.clone(),
-                })
-            })
+        let missing = table.missing_head(&self.dir);
+        missing
+            .into_iter()
+            .chain(
+                table
+                    .segments
+                    .iter()
+                    .flat_map(|s| s.damage.iter().map(|d| skipped_range(&s.path, d))),
+            )
             .collect()
     }
 
@@ -616,6 +739,41 @@ impl Table {
             .partition_point(|s| s.base <= offset)
             .checked_sub(1)
     }
+
+    /// The offsets below the first segment file, when it does not start at 0: a file log
+    /// starts at offset 0 and never deletes a sealed segment itself, so these were in
+    /// segment files deleted (by hand, to free disk, say).
+    fn missing_head(&self, dir: &Path) -> Option<SkippedRange> {
+        let first = &self.segments[0];
+        (first.base > 0).then(|| missing_head_range(dir, &first.path, 0, first.base))
+    }
+}
+
+/// Offsets `from..start` of the segment files missing before `first` (whose base is
+/// `start`), as readers report them.
+fn missing_head_range(dir: &Path, first: &Path, from: Offset, start: Offset) -> SkippedRange {
+    let name = first.file_name().unwrap_or_default().to_string_lossy();
+    SkippedRange {
+        partition: 0,
+        first: from,
+        end: start,
+        location: format!("{}: no segment file before {name}", dir.display()),
+        reason: format!(
+            "segment files missing (deleted by hand?): no segment file holds offsets 0..{start}, \
+             the log starts at {name}"
+        ),
+    }
+}
+
+/// A damaged range of segment `path` as readers report it.
+fn skipped_range(path: &Path, d: &Damage) -> SkippedRange {
+    SkippedRange {
+        partition: 0,
+        first: d.first,
+        end: d.resume,
+        location: format!("{} bytes {}..{}", path.display(), d.start, d.end),
+        reason: d.reason.clone(),
+    }
 }
 
 struct SegmentInfo {
@@ -681,7 +839,12 @@ fn map_io_error(error: &io::Error) -> LogError {
 }
 
 fn segment_path(dir: &Path, base: Offset) -> PathBuf {
-    dir.join(format!("{base:020}{SEGMENT_SUFFIX}"))
+    dir.join(segment_name(base))
+}
+
+/// The file name of the segment whose first record has offset `base`.
+fn segment_name(base: Offset) -> String {
+    format!("{base:020}{SEGMENT_SUFFIX}")
 }
 
 /// Segment files of `dir`, sorted by base offset.
@@ -944,10 +1107,29 @@ fn scan_from(
 /// records up to `upper`, and a segment that ends early loses the rest. Without it (the
 /// last segment) such damage is left in `stop`: its extent is unknown.
 fn scan_sealed(file: &File, base: Offset, len: u64, upper: Option<Offset>) -> io::Result<Scan> {
+    scan_skipping(file, base, len, upper, Resync::Sealed)
+}
+
+/// Walks every frame of the newest segment, telling damage from a torn tail: damage that
+/// a valid frame with a plausible offset follows (found *after* the damaged bytes, see
+/// [`Resync::Newest`]) is recorded in `damage` and skipped, like damage in a sealed
+/// segment; the first damage that no valid frame follows is the torn tail, left in `stop`
+/// (recovery truncates the file at `valid_len`, the end of the last valid frame).
+fn scan_newest(file: &File, base: Offset, len: u64) -> io::Result<Scan> {
+    scan_skipping(file, base, len, None, Resync::Newest)
+}
+
+fn scan_skipping(
+    file: &File,
+    base: Offset,
+    len: u64,
+    upper: Option<Offset>,
+    mode: Resync,
+) -> io::Result<Scan> {
     let mut scan = scan_segment(file, base, len)?;
     while let Some((start, reason)) = scan.stop.take() {
         let first = scan.next_offset;
-        match resync(file, start, len, first, upper)? {
+        match resync(file, start, len, first, upper, mode)? {
             Some((end, resume)) => {
                 scan.damage.push(Damage {
                     start,
@@ -963,37 +1145,59 @@ fn scan_sealed(file: &File, base: Offset, len: u64, upper: Option<Offset>) -> io
                 scan.index.extend(more.index);
                 scan.stop = more.stop;
             }
-            None => match upper {
-                Some(resume) => {
-                    scan.damage.push(Damage {
-                        start,
-                        end: len,
-                        first,
-                        resume: resume.max(first),
-                        reason,
-                    });
-                    scan.next_offset = resume.max(first);
+            None => {
+                match upper {
+                    Some(resume) => {
+                        scan.damage.push(Damage {
+                            start,
+                            end: len,
+                            first,
+                            resume: resume.max(first),
+                            reason,
+                        });
+                        scan.next_offset = resume.max(first);
+                    }
+                    // Nothing valid follows in the last segment: its extent is unknown.
+                    None => scan.stop = Some((start, reason)),
                 }
-                None => scan.stop = Some((start, reason)),
-            },
+                break;
+            }
         }
     }
     if let Some(upper) = upper {
         if scan.stop.is_none() && scan.next_offset < upper {
+            let end = scan.next_offset;
             scan.damage.push(Damage {
                 start: len,
                 end: len,
-                first: scan.next_offset,
+                first: end,
                 resume: upper,
                 reason: format!(
-                    "segment ends before offset {}, the next one starts at {upper}",
-                    scan.next_offset
+                    "offsets {end}..{upper} are in no segment file: {this} ends at offset \
+                     {end} and the next file is {next} ({missing} is missing, deleted by hand?, \
+                     or {this} was cut short)",
+                    this = segment_name(base),
+                    next = segment_name(upper),
+                    missing = segment_name(end),
                 ),
             });
             scan.next_offset = upper;
         }
     }
     Ok(scan)
+}
+
+/// Where [`resync`] may resume after damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resync {
+    /// A sealed segment: anywhere from the damaged position on, including right there (a
+    /// whole frame holding a later offset: records missing without bytes).
+    Sealed,
+    /// The newest segment: only after the damaged position. A torn write leaves
+    /// unacknowledged bytes after the last synced frame but never a whole frame holding a
+    /// later offset where the next one belongs; such a frame with nothing valid after it is
+    /// truncated with the torn tail.
+    Newest,
 }
 
 /// Finds the first position at or after `from` (the start of a damaged frame that should
@@ -1009,10 +1213,15 @@ fn resync(
     len: u64,
     expected: Offset,
     upper: Option<Offset>,
+    mode: Resync,
 ) -> io::Result<Option<(u64, Offset)>> {
     let mut window: Vec<u8> = Vec::new();
     let mut window_pos = from;
-    let mut c = from;
+    let mut c = if mode == Resync::Newest {
+        from + 1
+    } else {
+        from
+    };
     while c + FRAME_OVERHEAD as u64 <= len {
         if c + FRAME_OVERHEAD as u64 > window_pos + window.len() as u64 {
             window_pos = c;
@@ -1063,6 +1272,8 @@ struct RecoveredTail {
     len: u64,
     next_offset: Offset,
     index: Vec<(Offset, u64)>,
+    /// Damaged ranges of the segment that valid frames follow: kept, skipped by readers.
+    damage: Vec<Damage>,
 }
 
 /// Repairs the last segment (see the module doc), creating the first one for a new log.
@@ -1085,6 +1296,7 @@ fn recover_tail(
                 len: SEGMENT_HEADER_LEN,
                 next_offset: 0,
                 index: Vec::new(),
+                damage: Vec::new(),
             };
         };
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
@@ -1097,9 +1309,33 @@ fn recover_tail(
                     reason,
                 })
             }
-            Ok(Header::Torn(reason)) => (None, Some((0, reason))),
+            Ok(Header::Torn(reason)) => {
+                // A whole header of zeros with bytes after it: a page that never reached
+                // the disk (a crash during the group that created the segment) or damage.
+                // Valid frames after it are kept, as after any damage: the header is
+                // written again.
+                let scan = match file_len > SEGMENT_HEADER_LEN {
+                    true => Some(scan_newest(&file, base, file_len)?),
+                    false => None,
+                };
+                match scan {
+                    Some(scan) if scan.records > 0 => {
+                        file.write_all_at(&segment_header(base), 0)?;
+                        file.sync_all()?;
+                        tracing::warn!(
+                            segment = %path.display(),
+                            %reason,
+                            records = scan.records,
+                            "rewrote the header of the newest log segment: valid records follow it"
+                        );
+                        let stop = scan.stop.clone();
+                        (Some(scan), stop)
+                    }
+                    _ => (None, Some((0, reason))),
+                }
+            }
             Ok(Header::Valid) => {
-                let scan = scan_segment(&file, base, file_len)?;
+                let scan = scan_newest(&file, base, file_len)?;
                 let stop = scan.stop.clone();
                 (Some(scan), stop)
             }
@@ -1136,24 +1372,32 @@ fn recover_tail(
                     len: SEGMENT_HEADER_LEN,
                     next_offset: base,
                     index: Vec::new(),
+                    damage: Vec::new(),
                 };
             }
             Some(scan) => {
                 if let Some((position, why)) = stop {
                     file.set_len(scan.valid_len)?;
-                    file.sync_all()?;
                     report.truncated_bytes += file_len - scan.valid_len;
                     reasons.push(format!(
-                        "{} byte {position}: truncated {} bytes ({why})",
+                        "{} byte {position}: truncated {} bytes ({why}; no valid record \
+                         follows: a torn tail)",
                         path.display(),
                         file_len - scan.valid_len
                     ));
                 }
+                // Readers will take every record kept here for durable, but the frames
+                // after the last acknowledged one may never have been synced (a kill -9
+                // after the write, before the fdatasync): sync them, and the directory
+                // (a segment created by that group), before anything reads them.
+                file.sync_all()?;
+                dir_file.sync_all()?;
                 break RecoveredTail {
                     file,
                     len: scan.valid_len,
                     next_offset: scan.next_offset,
                     index: scan.index,
+                    damage: scan.damage,
                 };
             }
         }
@@ -1459,17 +1703,22 @@ fn register_damage(shared: &Shared, base: Offset, damage: Damage) -> Damage {
     if let Some(known) = s.damage.iter().find(|d| d.start == damage.start) {
         return known.clone();
     }
+    warn_damage(&s.path, &damage);
+    let at = s.damage.partition_point(|d| d.start < damage.start);
+    s.damage.insert(at, damage.clone());
+    damage
+}
+
+/// The warning for a damaged range, logged once per range by whoever finds it first.
+fn warn_damage(path: &Path, damage: &Damage) {
     tracing::warn!(
-        segment = %s.path.display(),
+        segment = %path.display(),
         bytes = %format!("{}..{}", damage.start, damage.end),
         lost_offsets = %format!("{}..{}", damage.first, damage.resume),
         lost_records = damage.resume - damage.first,
         reason = %damage.reason,
         "damaged log segment: readers skip this byte range (run `shiplog log verify`; restore the segment from a backup)"
     );
-    let at = s.damage.partition_point(|d| d.start < damage.start);
-    s.damage.insert(at, damage.clone());
-    damage
 }
 
 impl SegmentReader {
@@ -1549,7 +1798,12 @@ impl SegmentReader {
         let damage = match known {
             Some(d) => d,
             None => {
-                let found = resync(&cursor.file, position, len, self.next, upper)?;
+                // In the newest segment, as at recovery: a frame after the damaged bytes.
+                let mode = match upper {
+                    Some(_) => Resync::Sealed,
+                    None => Resync::Newest,
+                };
+                let found = resync(&cursor.file, position, len, self.next, upper, mode)?;
                 let damage = match (found, upper) {
                     (Some((end, resume)), _) => Damage {
                         start: position,
@@ -1580,11 +1834,8 @@ impl SegmentReader {
         if damage.resume > self.next {
             if self.skipped.len() < MAX_PENDING_SKIPS {
                 self.skipped.push(SkippedRange {
-                    partition: 0,
                     first: self.next,
-                    end: damage.resume,
-                    location: format!("{} bytes {}..{}", path.display(), damage.start, damage.end),
-                    reason: damage.reason.clone(),
+                    ..skipped_range(&path, &damage)
                 });
             }
             self.next = damage.resume;

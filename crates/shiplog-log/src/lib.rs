@@ -68,8 +68,9 @@ pub struct LogStats {
 }
 
 /// Records a reader skipped because the bytes holding them are damaged (a corrupt byte in
-/// a sealed segment, say). Readers never return damaged data and never stop at damage: they
-/// skip it and say so, once per reader, through [`LogReader::take_skipped`].
+/// a segment, say) or gone (segment files of the file log deleted by hand). Readers never
+/// return damaged data and never stop at damage: they skip it and say so, once per reader,
+/// through [`LogReader::take_skipped`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedRange {
     pub partition: Partition,
@@ -137,8 +138,11 @@ pub trait Log: Send + Sync + 'static {
     /// The partitions of this log.
     fn partitions(&self) -> Vec<Partition>;
 
-    /// A reader of one partition, starting at `from` (inclusive). Reading below the log's
-    /// start is `OutOfRange`; `from` = the partition's end is fine (the reader waits).
+    /// A reader of one partition, starting at `from` (inclusive); `from` = the partition's
+    /// end is fine (the reader waits), beyond it is `OutOfRange`. Below the log's start,
+    /// Kafka (whose retention deletes old records) answers `OutOfRange`; the file log, which
+    /// starts at offset 0 and deletes nothing itself, starts at its first offset and
+    /// reports the offsets before it as a [`SkippedRange`] (their segment files are gone).
     fn reader(&self, partition: Partition, from: Offset) -> Result<Box<dyn LogReader>, LogError>;
 
     /// The next offset to be written in each partition (= count of durable records for the
@@ -150,8 +154,8 @@ pub trait Log: Send + Sync + 'static {
 
     fn stats(&self) -> LogStats;
 
-    /// Every damaged range found so far (by readers or scans) whose records readers skip;
-    /// empty for a backend that has none.
+    /// Every damaged or missing range found so far (by readers or scans) whose records
+    /// readers skip; empty for a backend that has none.
     fn damage(&self) -> Vec<SkippedRange> {
         Vec::new()
     }

@@ -432,6 +432,19 @@ pub fn verify_log(config: &Config) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for d in &report.damage {
+        if d.missing {
+            // Offsets in no bytes at all: segment files deleted, or a segment cut short.
+            let r = d.lost.clone().unwrap_or_default();
+            println!(
+                "MISSING offsets {}..={} ({} record{}): {}",
+                r.start,
+                r.end.saturating_sub(1),
+                r.end - r.start,
+                if r.end - r.start == 1 { "" } else { "s" },
+                d.reason
+            );
+            continue;
+        }
         let lost = match &d.lost {
             Some(r) if r.is_empty() => "no record lost (bytes between records)".to_string(),
             Some(r) if r.end - r.start == 1 => format!("record at offset {} lost", r.start),
@@ -441,9 +454,7 @@ pub fn verify_log(config: &Config) -> Result<ExitCode> {
                 r.start,
                 r.end - 1
             ),
-            None => "runs to the end of the last segment (a torn tail: the next start \
-                     truncates it)"
-                .to_string(),
+            None => "the records in it are unknown".to_string(),
         };
         println!(
             "DAMAGED {} bytes {}..{}: {}; {lost}",
@@ -454,10 +465,11 @@ pub fn verify_log(config: &Config) -> Result<ExitCode> {
         );
     }
     println!(
-        "{} damaged range(s), {} record(s) lost. Readers (serve, replay) skip the damaged \
-         ranges and keep every other record; the projection records the lost offsets in \
-         parquet/_deadletter/. To get the records back, restore the damaged segments from a \
-         backup while shiplog is stopped, then run `shiplog replay` (docs/operations.md)",
+        "{} damaged or missing range(s), {} record(s) lost. Readers (serve, replay, \
+         migrate-log) skip them and keep every other record; the projection records the lost \
+         offsets it had not projected in parquet/_deadletter/. To get the records back, \
+         restore the damaged or deleted segment files from a backup while shiplog is stopped, \
+         then run `shiplog replay` (docs/operations.md)",
         report.damage.len(),
         report.lost_records()
     );
