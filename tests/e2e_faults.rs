@@ -1,10 +1,10 @@
 //! Faults against the real binary: a corrupt byte in a sealed log segment and in the
 //! newest one, log segment files deleted by hand (the first ones, one in the middle), a
-//! Parquet file deleted by hand, a disk that fills up, and kill -9 under sustained load
-//! while a compaction or a rollback action runs. After each: every acknowledged event is in
-//! the views exactly once (or, for records the damaged disk lost, accounted for as a dead
-//! letter, never silently), and the checks (`shiplog log verify`, `shiplog verify`) say
-//! what is wrong or that all is sound.
+//! Parquet file deleted by hand, a disk that fills up, kill -9 under sustained load while a
+//! compaction or a rollback action runs, and `migrate-log` from a damaged log. After each:
+//! every acknowledged event is in the views exactly once (or, for records the damaged disk
+//! lost, accounted for as a dead letter, never silently), and the checks (`shiplog log
+//! verify`, `shiplog verify`) say what is wrong or that all is sound.
 
 mod support;
 
@@ -1328,5 +1328,174 @@ async fn deleted_segment_files_are_named_skipped_and_dead_lettered() {
             "projection: every committed event is in exactly one Parquet row or a dead letter"
         ),
         "{out}"
+    );
+}
+
+/// A record of a Kafka topic: key, value.
+type TopicRecord = (Vec<u8>, Value);
+
+/// Every record of a Kafka topic of the mock cluster.
+fn topic_records(brokers: &str, topic: &str) -> Vec<TopicRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "e2e-faults-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut total = 0;
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        total += (high - low) as usize;
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < total {
+        assert!(Instant::now() < deadline, "read {} of {total}", out.len());
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            out.push((
+                m.key().unwrap_or_default().to_vec(),
+                serde_json::from_slice(m.payload().unwrap()).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+/// Runs `shiplog migrate-log --to kafka` (with `--accept-loss` when `accept`) into a new
+/// mock cluster: exit code, stderr, and every record of the topic afterwards.
+fn migrate_to_mock(data: &Path, accept: bool) -> (Option<i32>, String, Vec<TopicRecord>) {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("shiplog.events", 3, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["migrate-log", "--to", "kafka", "--data-dir"])
+        .arg(data)
+        .env("SHIPLOG_LOG__BROKERS", &brokers)
+        .env("SHIPLOG_LOG__TOPIC", "shiplog.events")
+        .env("SHIPLOG_LOG__KAFKA__MESSAGE_TIMEOUT_MS", "5000");
+    if accept {
+        cmd.arg("--accept-loss");
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let records = topic_records(&brokers, "shiplog.events");
+    (out.status.code(), stderr, records)
+}
+
+/// The `a..=b` ranges of the "NOT COPIED offsets a..=b" lines of migrate-log.
+fn not_copied(stderr: &str) -> Vec<(u64, u64)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("NOT COPIED offsets ").nth(1))
+        .map(|rest| {
+            let range = rest.split(' ').next().unwrap();
+            let (a, b) = range.split_once("..=").unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `migrate-log --to kafka` from a file log with a deleted first segment and a corrupt
+/// byte: it names both ranges, copies every intact record, and exits 1 saying what was not
+/// copied; with `--accept-loss` it copies the same and exits 0. Kafka is librdkafka's mock
+/// cluster, in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_log_names_what_it_cannot_copy_and_fails_unless_the_loss_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [("SHIPLOG_LOG__SEGMENT_BYTES", "65536")];
+    let client = http();
+    let mut server = TestServer::spawn_env(&data, &[], &env);
+    let mut acked: Vec<Value> = Vec::new();
+    for b in 0..6 {
+        let batch: Vec<Value> = (0..100)
+            .map(|i| event(KINDS[i % 5], "faults", &format!("k-{b}-{i}"), "web"))
+            .collect();
+        post_ok(&client, &server.url, &batch).await;
+        acked.extend(batch);
+    }
+    assert_eq!(server.stop(), Some(0));
+    let segs = segments(&data);
+    assert!(segs.len() >= 3, "{segs:?}");
+    std::fs::remove_file(&segs[0]).unwrap();
+    let start = base_of(&segs[1]);
+    let base2 = base_of(&segs[2]);
+    let starts = frame_starts(&segs[2]);
+    let mut bytes = std::fs::read(&segs[2]).unwrap();
+    bytes[starts[3] + 30] ^= 0x10;
+    std::fs::write(&segs[2], bytes).unwrap();
+    let expected_lost = vec![(0, start - 1), (base2 + 3, base2 + 3)];
+
+    let intact: BTreeMap<String, Value> = acked
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            !expected_lost
+                .iter()
+                .any(|&(a, b)| (a..=b).contains(&(*i as u64)))
+        })
+        .map(|(_, e)| (e["id"].as_str().unwrap().to_string(), e.clone()))
+        .collect();
+    let copied_ids = |records: &[TopicRecord]| -> Vec<String> {
+        let mut ids: Vec<String> = records
+            .iter()
+            .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+
+    let d = data.clone();
+    let (code, stderr, records) = tokio::task::spawn_blocking(move || migrate_to_mock(&d, false))
+        .await
+        .unwrap();
+    eprintln!("{stderr}");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(not_copied(&stderr), expected_lost, "{stderr}");
+    assert!(
+        stderr.contains(&name_of(&segs[1])) && stderr.contains(&name_of(&segs[2])),
+        "{stderr}"
+    );
+    let n = intact.len();
+    assert!(
+        stderr.contains(&format!("{n} records copied to Kafka and verified"))
+            && stderr.contains(&format!("NOT COMPLETE: {} records in 2 range(s)", 600 - n))
+            && stderr.contains("--accept-loss"),
+        "{stderr}"
+    );
+    assert_eq!(
+        copied_ids(&records),
+        intact.keys().cloned().collect::<Vec<_>>()
+    );
+    for (key, value) in &records {
+        assert_eq!(key, b"web");
+        assert_eq!(value["kind"], intact[value["id"].as_str().unwrap()]["kind"]);
+    }
+
+    let d = data.clone();
+    let (code, stderr, records) = tokio::task::spawn_blocking(move || migrate_to_mock(&d, true))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(not_copied(&stderr), expected_lost, "{stderr}");
+    assert!(
+        stderr.contains("loss accepted with --accept-loss"),
+        "{stderr}"
+    );
+    assert_eq!(
+        copied_ids(&records),
+        intact.keys().cloned().collect::<Vec<_>>()
     );
 }

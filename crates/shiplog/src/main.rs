@@ -84,11 +84,16 @@ enum Command {
         which: LogCommand,
     },
     /// Copy the embedded file log into Kafka (the [log] brokers and topic) and verify the
-    /// count (server and ingest stopped).
+    /// count (server and ingest stopped). Records the log cannot give (damaged, segment
+    /// files deleted) are named, and the exit code is 1 unless --accept-loss.
     MigrateLog {
         /// Where to copy the log.
         #[arg(long, value_enum)]
         to: migrate::Target,
+        /// Exit 0 even when damaged or deleted records of the file log could not be copied
+        /// (they are still named).
+        #[arg(long)]
+        accept_loss: bool,
     },
     /// Re-price the history of API costs with the current price table (a replay) and print
     /// the cost per provider and model before and after (server stopped).
@@ -260,7 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Log {
             which: LogCommand::Verify,
         } => ops::verify_log(&config),
-        Command::MigrateLog { to } => migrate::migrate_log(&config, to),
+        Command::MigrateLog { to, accept_loss } => migrate::migrate_log(&config, to, accept_loss),
         Command::Demo => {
             demo::run(&config)?;
             Ok(ExitCode::SUCCESS)
