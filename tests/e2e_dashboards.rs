@@ -577,3 +577,76 @@ sql = "SELECT no_such_column FROM builds WHERE {filters}"
     let html = get_text(&client, &format!("{}/builds?range=24h", server.url)).await;
     assert!(!html.contains("No events yet") && html.contains("Median build time"));
 }
+
+/// The DORA "time to restore" panel on known incidents: a rollback counts from its
+/// deployment going live, a failure until the next success of the same project and
+/// environment; a failure never restored and other environments do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dora_time_to_restore_counts_rollbacks_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::spawn(&dir.path().join("data"), &[]);
+    let client = http();
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(12);
+    let deploy = |id: &str, project: &str, env: &str, dpl: &str, status: &str, minutes: i64| {
+        json!({
+            "id": id, "kind": "deploy", "source": "ci", "project": project, "env": env,
+            "deployment_id": dpl,
+            "time": (t0 + chrono::Duration::minutes(minutes)).to_rfc3339(),
+            "data": {"status": status, "provider": "vercel"}
+        })
+    };
+    let events = json!([
+        // rollback: live at 0, rolled back at 30 -> 0.5 h
+        deploy("1", "a", "production", "d1", "succeeded", 0),
+        deploy("2", "a", "production", "d1", "rolled_back", 30),
+        // failure at 60, next success of a/production at 180 -> 2 h
+        deploy("3", "a", "production", "d2", "failed", 60),
+        deploy("4", "b", "production", "d3", "succeeded", 120),
+        deploy("5", "a", "production", "d4", "succeeded", 180),
+        deploy("6", "a", "production", "d5", "succeeded", 240),
+        // never restored: not an incident with a duration
+        deploy("7", "b", "production", "d6", "failed", 300),
+        // staging: not in the production figure
+        deploy("8", "a", "staging", "d7", "failed", 60),
+        deploy("9", "a", "staging", "d8", "succeeded", 70),
+    ]);
+    let r = client
+        .post(format!("{}/v1/events", server.url))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while query(&client, &server.url, "SELECT count(*) FROM deploys").await[0][0] != 9 {
+        assert!(Instant::now() < deadline, "deploys not projected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ttr = |body: Value| -> (f64, String) {
+        let p = body["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == "Time to restore")
+            .cloned()
+            .unwrap();
+        assert!(p["error"].is_null(), "{p}");
+        let cols = p["columns"].as_array().unwrap();
+        let at = |name: &str| cols.iter().position(|c| c == name).unwrap();
+        let row = &p["rows"][0];
+        (
+            row[at("value")].as_f64().unwrap(),
+            row[at("detail")].as_str().unwrap().to_string(),
+        )
+    };
+    let prod: Value = get_json(&client, &format!("{}/v1/dashboards/deploys", server.url)).await;
+    assert_eq!(ttr(prod), (1.25, "2 incidents in range".to_string()));
+    let staging: Value = get_json(
+        &client,
+        &format!("{}/v1/dashboards/deploys?env=staging", server.url),
+    )
+    .await;
+    let (hours, detail) = ttr(staging);
+    assert!((hours - 10.0 / 60.0).abs() < 1e-9, "{hours}");
+    assert_eq!(detail, "1 incidents in range");
+}
