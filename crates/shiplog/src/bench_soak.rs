@@ -216,7 +216,7 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
         data.display()
     );
     println!(
-        "{:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10}",
+        "{:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>11}",
         "min",
         "events/s",
         "p50 ms",
@@ -226,7 +226,8 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
         "failed",
         "RSS MiB",
         "lag",
-        "log GiB"
+        "log GiB",
+        "dedup keys"
     );
     let current = Arc::new(Mutex::new(Interval::default()));
     // Open loop: request i is due at start + i / requests_per_s. At most 16 requests per
@@ -260,8 +261,11 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
             let log_bytes = metric(&client, &server.url, "shiplog_log_bytes")
                 .await
                 .unwrap_or(f64::NAN);
+            let keys = metric(&client, &server.url, "shiplog_dedup_keys")
+                .await
+                .unwrap_or(f64::NAN);
             println!(
-                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2}",
+                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2} {:>11.0}",
                 start.elapsed().as_secs_f64() / 60.0,
                 iv.accepted as f64 / args.interval,
                 pct(0.5),
@@ -271,7 +275,8 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
                 iv.failed,
                 rss,
                 lag,
-                log_bytes / (1u64 << 30) as f64
+                log_bytes / (1u64 << 30) as f64,
+                keys
             );
             rss_series.push(rss);
             p99_series.push(pct(0.99));
