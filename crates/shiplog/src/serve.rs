@@ -228,12 +228,21 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     ));
     ingestor.set_dedup_max_keys(config.server.dedup_max_keys);
     let started = Instant::now();
+    // The dedup index's snapshot (file log only): a start reads the log after it.
+    let dedup_dir = data_dir.join("dedup");
     if !kafka {
-        let keys = ingestor.rebuild_dedup(0).await?;
+        let restored = ingestor.restore_dedup(&dedup_dir).await?;
+        if let Some(why) = &restored.rejected {
+            warn!(reason = %why, "dedup snapshot not used (deleted): reading the whole log");
+        }
         info!(
-            keys,
+            snapshot_keys = restored.snapshot_keys,
+            records_checked = restored.records_checked,
+            records_read = restored.records_read,
+            log_keys = restored.log_keys,
+            keys = ingestor.dedup_len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "dedup index rebuilt"
+            "dedup index restored"
         );
     } else if role.ingests() {
         // Best effort: Kafka retention may have deleted the topic's start; the projection
@@ -254,6 +263,13 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    if !kafka {
+        tokio::spawn(snapshot_dedup_periodically(
+            ingestor.clone(),
+            dedup_dir.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let projection = if role.projects() {
         let mut pc = projector_config(&config)?;
         if kafka {
@@ -412,6 +428,9 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
             Err(_) => warn!("projection did not stop within the grace period"),
         }
     }
+    if !kafka {
+        snapshot_dedup(&state.ingestor, &dedup_dir).await;
+    }
     info!("draining and syncing the log");
     match tokio::time::timeout(grace, log.close()).await {
         Ok(r) => r.context("closing the log")?,
@@ -419,6 +438,53 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// How often serve considers a dedup snapshot, and how many keys committed since the last
+/// one make it worth writing (a crash only means the next start reads more log).
+const DEDUP_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+const DEDUP_SNAPSHOT_AFTER_KEYS: u64 = 1_000_000;
+
+/// Writes the dedup snapshot every [`DEDUP_SNAPSHOT_EVERY`] when at least
+/// [`DEDUP_SNAPSHOT_AFTER_KEYS`] keys were committed since the last one, until shutdown.
+async fn snapshot_dedup_periodically(
+    ingestor: Arc<Ingestor>,
+    dir: std::path::PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(DEDUP_SNAPSHOT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if ingestor.dedup_commits_since_snapshot() >= DEDUP_SNAPSHOT_AFTER_KEYS {
+            snapshot_dedup(&ingestor, &dir).await;
+        }
+    }
+}
+
+/// Writes the dedup snapshot and says how it went; a failure only costs the next start
+/// more reading.
+async fn snapshot_dedup(ingestor: &Ingestor, dir: &std::path::Path) {
+    let started = Instant::now();
+    match ingestor.write_dedup_snapshot(dir).await {
+        Ok(Some(w)) => info!(
+            keys = w.keys,
+            bytes = w.bytes,
+            covered = ?w.covered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dedup snapshot written"
+        ),
+        Ok(None) => info!("dedup snapshot is current"),
+        Err(e) => warn!(
+            error = %e,
+            dir = %dir.display(),
+            "dedup snapshot not written; the next start reads more of the log"
+        ),
+    }
 }
 
 /// Serves `app` until `shutdown` resolves, then waits for the open connections to finish
