@@ -594,9 +594,10 @@ impl ParquetProjector {
     /// [`Self::compact`] (every file costs each query its metadata, in time and memory).
     ///
     /// Per kind, day and partition, a run of at least [`ProjectorConfig::merge_small_files`]
-    /// consecutive files (by offset) each under [`ProjectorConfig::small_file_bytes`] is
-    /// merged into one; the result is merged again with later files while it is still
-    /// small, so a day holds at most about that many small files plus its large ones.
+    /// consecutive files (by offset) of the same size tier (see [`merge_runs`]), each under
+    /// [`ProjectorConfig::small_file_bytes`], is merged into one. Tiers keep the rewriting
+    /// logarithmic: a merged file is merged again only with files of its own size, not
+    /// with every new flush (which rewrote a busy day's data every 16 flushes).
     /// Committed through the state file, like every flush.
     pub fn merge_small_files(&mut self) -> Result<CompactionReport, StoreError> {
         let at = self.config.merge_small_files;
@@ -619,25 +620,26 @@ impl ParquetProjector {
                 if files.len() < at {
                     continue;
                 }
-                let mut run: Vec<DayFile> = Vec::new();
-                for f in files.into_iter().chain([(0, 0, PathBuf::new())]) {
-                    let small = !f.2.as_os_str().is_empty()
-                        && fs::metadata(&f.2).is_ok_and(|m| m.len() < self.config.small_file_bytes);
-                    if small {
-                        run.push(f);
-                        continue;
-                    }
-                    if run.len() >= at {
-                        tracing::debug!(
-                            kind = kind.as_str(),
-                            dir = %day_dir.display(),
-                            partition = p,
-                            files = run.len(),
-                            "merging small files"
-                        );
-                        plan.merge(&root, kind, &day_dir, p, &run, self.config.zstd_level)?;
-                    }
-                    run.clear();
+                let sizes: Vec<u64> = files
+                    .iter()
+                    .map(|f| fs::metadata(&f.2).map_or(u64::MAX, |m| m.len()))
+                    .collect();
+                for run in merge_runs(&sizes, at, self.config.small_file_bytes) {
+                    tracing::debug!(
+                        kind = kind.as_str(),
+                        dir = %day_dir.display(),
+                        partition = p,
+                        files = run.len(),
+                        "merging small files"
+                    );
+                    plan.merge(
+                        &root,
+                        kind,
+                        &day_dir,
+                        p,
+                        &files[run],
+                        self.config.zstd_level,
+                    )?;
                 }
             }
         }
@@ -733,6 +735,37 @@ impl MergePlan {
         self.deletes.extend(files.iter().map(|f| rel(root, &f.2)));
         Ok(())
     }
+}
+
+/// Size of the smallest tier above the first in [`merge_runs`].
+const TIER_BASE: u64 = 1 << 20;
+
+/// Which consecutive files to merge, given their sizes in offset order: runs of at least
+/// `at` files of the same tier, each under `small` bytes. Tier 0 is under 1 MiB, tier
+/// *t* is `[16^(t-1), 16^t)` MiB, so `at` = 16 merged files of one tier make (about) one
+/// of the next, and a byte is rewritten once per tier it climbs.
+pub(crate) fn merge_runs(sizes: &[u64], at: usize, small: u64) -> Vec<std::ops::Range<usize>> {
+    let tier = |size: u64| -> Option<u32> {
+        if size >= small {
+            None
+        } else if size < TIER_BASE {
+            Some(0)
+        } else {
+            Some(1 + (size / TIER_BASE).ilog(16))
+        }
+    };
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=sizes.len() {
+        let t = tier(sizes[start]);
+        if i == sizes.len() || tier(sizes[i]) != t {
+            if t.is_some() && i - start >= at.max(2) {
+                runs.push(start..i);
+            }
+            start = i;
+        }
+    }
+    runs
 }
 
 /// The Parquet files of a day directory per log partition, sorted by first offset.
@@ -1141,6 +1174,31 @@ pub fn apply_retention(
 mod tests {
     use super::*;
     use arrow::array::{Array, Int64Array, StringArray};
+
+    #[test]
+    fn small_files_merge_within_their_size_tier() {
+        const K: u64 = 1 << 10;
+        const M: u64 = 1 << 20;
+        let small = 32 * M;
+        // 16 flush files: one run.
+        assert_eq!(merge_runs(&[50 * K; 16], 16, small), vec![0..16]);
+        assert!(merge_runs(&[50 * K; 15], 16, small).is_empty());
+        // A merged 1.2 MiB file is not rewritten with the next 16 flush files...
+        let mut sizes = vec![1_200 * K];
+        sizes.extend([50 * K; 16]);
+        assert_eq!(merge_runs(&sizes, 16, small), vec![1..17]);
+        // ...but with 15 more of its own tier.
+        let mut sizes = vec![1_200 * K; 16];
+        sizes.extend([50 * K; 3]);
+        assert_eq!(merge_runs(&sizes, 16, small), vec![0..16]);
+        // Tier 1 is [1, 16) MiB, tier 2 [16, 32) here; large files split runs and stay.
+        let mut sizes = vec![20 * M; 16];
+        sizes.push(40 * M);
+        sizes.extend([2 * M; 16]);
+        assert_eq!(merge_runs(&sizes, 16, small), vec![0..16, 17..33]);
+        assert!(merge_runs(&[40 * M; 20], 16, small).is_empty());
+        assert!(merge_runs(&[], 16, small).is_empty());
+    }
 
     #[test]
     fn batches_of_an_older_schema_are_read_in_the_current_columns() {
