@@ -1080,6 +1080,30 @@ async fn log_records(client: &reqwest::Client, url: &str) -> u64 {
 }
 
 /// The `_offset` of each id among `ids`, from the events view.
+/// After a start over a damaged log: new events are stored at `offsets` (right after the
+/// last record kept) and every acknowledged event is projected exactly once.
+async fn post_fresh_after_start(
+    client: &reqwest::Client,
+    url: &str,
+    offsets: std::ops::Range<u64>,
+    acked: &mut Vec<Value>,
+) {
+    let fresh: Vec<Value> = (0..offsets.end - offsets.start)
+        .map(|i| {
+            let i = i as usize;
+            event(KINDS[i % 5], "faults", &format!("fresh-{i}"), "web")
+        })
+        .collect();
+    post_ok(client, url, &fresh).await;
+    wait_projected(client, url).await;
+    assert_eq!(
+        offsets_of(client, url, "fresh-").await,
+        offsets.collect::<Vec<u64>>()
+    );
+    acked.extend(fresh);
+    assert_exactly_once(&rows_per_key(client, url).await, acked, "after the start");
+}
+
 async fn offsets_of(client: &reqwest::Client, url: &str, prefix: &str) -> Vec<u64> {
     query(
         client,
@@ -1155,22 +1179,8 @@ async fn damage_in_the_newest_segment_keeps_the_records_after_it() {
     let m = metrics(&client, &server.url).await;
     assert_eq!(metric(&m, "shiplog_log_damaged_ranges"), Some(1.0), "{m}");
     assert_eq!(metric(&m, "shiplog_log_damaged_records"), Some(1.0), "{m}");
-    let fresh: Vec<Value> = (0..20)
-        .map(|i| event(KINDS[i % 5], "faults", &format!("fresh-{i}"), "web"))
-        .collect();
-    post_ok(&client, &server.url, &fresh).await;
-    wait_projected(&client, &server.url).await;
-    assert_eq!(
-        offsets_of(&client, &server.url, "fresh-").await,
-        (500..520).collect::<Vec<u64>>()
-    );
-    acked.extend(fresh);
     // The damaged record had been projected before the disk damaged it.
-    assert_exactly_once(
-        &rows_per_key(&client, &server.url).await,
-        &acked,
-        "after the start",
-    );
+    post_fresh_after_start(&client, &server.url, 500..520, &mut acked).await;
     assert_eq!(server.stop(), Some(0));
 
     // Projected again from the log: every record but the damaged one, which is a dead
@@ -1261,21 +1271,7 @@ async fn deleted_segment_files_are_named_skipped_and_dead_lettered() {
     let known = metric(&m, "shiplog_log_damaged_records").unwrap() as u64;
     assert!(known == start || known == start + m1 - m0, "{m}");
     // What was projected stays; new events go on at the end.
-    let fresh: Vec<Value> = (0..30)
-        .map(|i| event(KINDS[i % 5], "faults", &format!("fresh-{i}"), "web"))
-        .collect();
-    post_ok(&client, &server.url, &fresh).await;
-    wait_projected(&client, &server.url).await;
-    assert_eq!(
-        offsets_of(&client, &server.url, "fresh-").await,
-        (1000..1030).collect::<Vec<u64>>()
-    );
-    acked.extend(fresh);
-    assert_exactly_once(
-        &rows_per_key(&client, &server.url).await,
-        &acked,
-        "after the start",
-    );
+    post_fresh_after_start(&client, &server.url, 1000..1030, &mut acked).await;
     assert_eq!(server.stop(), Some(0));
 
     // Projected again from the log (Parquet deleted): the missing offsets are dead letters.
