@@ -310,19 +310,17 @@ async fn check_at_start(
     metrics: &ProjectionMetrics,
 ) -> ParquetProjector {
     let started = Instant::now();
-    let (p, checked) = tokio::task::spawn_blocking(move || {
-        let r = p.coverage().and_then(|c| {
+    let (p, checked) = on_blocking_thread(p, tracing::Span::current(), |p| {
+        p.coverage().and_then(|c| {
             let audit = if c.is_consistent() {
                 None
             } else {
                 Some(p.audit_offsets()?)
             };
             Ok((c, audit))
-        });
-        (p, r)
+        })
     })
-    .await
-    .expect("check task panicked");
+    .await;
     let (coverage, audit) = match checked {
         Ok(r) => r,
         Err(e) => {
@@ -465,7 +463,7 @@ async fn run_once(
 }
 
 async fn flush_blocking(
-    mut p: ParquetProjector,
+    p: ParquetProjector,
     tx: &watch::Sender<ProjectedOffsets>,
     metrics: &ProjectionMetrics,
 ) -> Result<ParquetProjector, StoreError> {
@@ -476,14 +474,7 @@ async fn flush_blocking(
         files = tracing::field::Empty,
         ms = tracing::field::Empty
     );
-    let s2 = span.clone();
-    let (p, r) = tokio::task::spawn_blocking(move || {
-        let _g = s2.enter();
-        let r = p.flush();
-        (p, r)
-    })
-    .await
-    .expect("flush task panicked");
+    let (p, r) = on_blocking_thread(p, span.clone(), ParquetProjector::flush).await;
     let report = r?;
     span.record("rows", report.rows);
     span.record("files", report.files);
@@ -494,17 +485,33 @@ async fn flush_blocking(
     Ok(p)
 }
 
-/// [`ParquetProjector::merge_small_files`] after a flush (its offsets are already sent).
-async fn merge_small_blocking(
+/// Runs `work` on the projector on a blocking thread, inside `span`, and hands the
+/// projector back with its result.
+async fn on_blocking_thread<T: Send + 'static>(
     mut p: ParquetProjector,
-    metrics: &ProjectionMetrics,
-) -> Result<ParquetProjector, StoreError> {
-    let (p, r) = tokio::task::spawn_blocking(move || {
-        let r = p.merge_small_files();
+    span: tracing::Span,
+    work: impl FnOnce(&mut ParquetProjector) -> T + Send + 'static,
+) -> (ParquetProjector, T) {
+    tokio::task::spawn_blocking(move || {
+        let _g = span.enter();
+        let r = work(&mut p);
         (p, r)
     })
     .await
-    .expect("merge task panicked");
+    .expect("projection task panicked")
+}
+
+/// [`ParquetProjector::merge_small_files`] after a flush (its offsets are already sent).
+async fn merge_small_blocking(
+    p: ParquetProjector,
+    metrics: &ProjectionMetrics,
+) -> Result<ParquetProjector, StoreError> {
+    let (p, r) = on_blocking_thread(
+        p,
+        tracing::Span::current(),
+        ParquetProjector::merge_small_files,
+    )
+    .await;
     let c = r?;
     if c.files_in > 0 {
         metrics.files_compacted.fetch_add(c.files_in, Relaxed);
@@ -518,21 +525,16 @@ async fn merge_small_blocking(
 }
 
 async fn compact_blocking(
-    mut p: ParquetProjector,
+    p: ParquetProjector,
     metrics: &ProjectionMetrics,
 ) -> Result<ParquetProjector, StoreError> {
     let span = tracing::info_span!("compaction");
-    let s2 = span.clone();
-    let (p, r) = tokio::task::spawn_blocking(move || {
-        let _g = s2.enter();
+    let (p, r) = on_blocking_thread(p, span.clone(), |p| {
         let now = Utc::now();
-        let r = p
-            .compact(now)
-            .and_then(|c| Ok((c, p.apply_retention(now)?)));
-        (p, r)
+        p.compact(now)
+            .and_then(|c| Ok((c, p.apply_retention(now)?)))
     })
-    .await
-    .expect("compaction task panicked");
+    .await;
     let (c, ret) = r?;
     metrics.compactions.fetch_add(1, Relaxed);
     metrics.files_compacted.fetch_add(c.files_in, Relaxed);

@@ -335,13 +335,24 @@ fn walk(p: &Path) -> Vec<String> {
     out
 }
 
+/// Every step at which a test makes the projector fail as if killed.
+const CRASH_POINTS: [CrashPoint; 3] = [
+    CrashPoint::AfterTempWrite,
+    CrashPoint::AfterStateCommit,
+    CrashPoint::MidRenames,
+];
+
+/// A run without a crash, then one per [`CRASH_POINTS`].
+const NO_CRASH_AND_EVERY_CRASH_POINT: [Option<CrashPoint>; 4] = [
+    None,
+    Some(CRASH_POINTS[0]),
+    Some(CRASH_POINTS[1]),
+    Some(CRASH_POINTS[2]),
+];
+
 #[test]
 fn crash_at_every_flush_step_leaves_no_duplicate_and_no_gap() {
-    for point in [
-        CrashPoint::AfterTempWrite,
-        CrashPoint::AfterStateCommit,
-        CrashPoint::MidRenames,
-    ] {
+    for point in CRASH_POINTS {
         crash_and_recover(point, false);
         crash_and_recover(point, true);
     }
@@ -349,12 +360,7 @@ fn crash_at_every_flush_step_leaves_no_duplicate_and_no_gap() {
 
 #[test]
 fn compaction_merges_closed_days_exactly_once_even_when_crashing() {
-    for point in [
-        None,
-        Some(CrashPoint::AfterTempWrite),
-        Some(CrashPoint::AfterStateCommit),
-        Some(CrashPoint::MidRenames),
-    ] {
+    for point in NO_CRASH_AND_EVERY_CRASH_POINT {
         let dir = tempfile::tempdir().unwrap();
         let log = gen_log(3_000, 1);
         let entries = all_entries(&log);
@@ -453,12 +459,7 @@ fn small_files_are_merged_as_they_accumulate_exactly_once_even_when_crashing() {
         merge_small_files: 4,
         ..small_config()
     };
-    for point in [
-        None,
-        Some(CrashPoint::AfterTempWrite),
-        Some(CrashPoint::AfterStateCommit),
-        Some(CrashPoint::MidRenames),
-    ] {
+    for point in NO_CRASH_AND_EVERY_CRASH_POINT {
         let dir = tempfile::tempdir().unwrap();
         let mut p = ParquetProjector::open(dir.path(), cfg()).unwrap();
         let mut merged = 0;
