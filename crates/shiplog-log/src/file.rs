@@ -288,8 +288,19 @@ pub struct SegmentDamage {
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let mut report = VerifyReport::default();
     let segments = list_segments(dir)?;
-    // A file log starts at offset 0.
-    let mut expected_base: Option<Offset> = Some(0);
+    // A file log starts at offset 0: offsets below the first segment file were in files
+    // deleted.
+    if let Some((base, path)) = segments.first().filter(|(base, _)| *base > 0) {
+        report.damage.push(SegmentDamage {
+            segment: segment_path(dir, 0),
+            position: 0,
+            end: 0,
+            lost: Some(0..*base),
+            missing: true,
+            reason: missing_head_range(dir, path, 0, *base).reason,
+        });
+    }
+    let mut expected_base: Option<Offset> = segments.first().map(|s| s.0);
     for (i, (base, path)) in segments.iter().enumerate() {
         let (base, path) = (*base, path.clone());
         let upper = segments.get(i + 1).map(|s| s.0);
@@ -308,25 +319,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
                     reason,
                 }
             };
-        match expected_base {
-            Some(0) if i == 0 && base > 0 => {
-                let missing = missing_head_range(dir, &path, 0, base);
-                report.damage.push(SegmentDamage {
-                    segment: segment_path(dir, 0),
-                    position: 0,
-                    end: 0,
-                    lost: Some(0..base),
-                    missing: true,
-                    reason: missing.reason,
-                });
-            }
-            Some(expected) if expected != base => report.damage.push(damage(
+        if let Some(expected) = expected_base.filter(|&expected| expected != base) {
+            report.damage.push(damage(
                 0,
                 0,
                 (expected < base).then_some(expected..base),
                 format!("segment starts at offset {base}, the previous one ends at {expected}"),
-            )),
-            _ => {}
+            ));
         }
         let header = match check_header(&read_header(&file, len)?, base) {
             Err(reason) => Err(match upper {
@@ -476,7 +475,7 @@ impl SegmentedLog {
             damage: tail.damage,
         });
         let table = Table { segments: infos };
-        if let Some(missing) = table.missing_head(dir) {
+        if let Some(missing) = table.missing_below(dir, 0) {
             tracing::warn!(
                 missing_offsets = %format!("{}..{}", missing.first, missing.end),
                 first_segment = %table.segments[0].path.display(),
@@ -613,9 +612,11 @@ impl Log for SegmentedLog {
         }
         let durable = self.shared.durable.subscribe();
         let end = *durable.borrow();
-        let (start, first) = {
+        // Below the first segment file: the files holding those offsets are gone. Start at
+        // the first offset there is and report the rest as skipped, like damage.
+        let (start, missing) = {
             let table = read_lock(&self.shared.table);
-            (table.segments[0].base, table.segments[0].path.clone())
+            (table.segments[0].base, table.missing_below(&self.dir, from))
         };
         if from > end {
             return Err(LogError::OutOfRange {
@@ -624,18 +625,12 @@ impl Log for SegmentedLog {
                 end,
             });
         }
-        // Below the first segment file: the files holding those offsets are gone. Start at
-        // the first offset there is and report the rest as skipped, like damage.
-        let skipped = match from < start {
-            true => vec![missing_head_range(&self.dir, &first, from, start)],
-            false => Vec::new(),
-        };
         Ok(Box::new(SegmentReader {
             shared: self.shared.clone(),
             durable,
             next: from.max(start),
             cursor: None,
-            skipped,
+            skipped: missing.into_iter().collect(),
         }))
     }
 
@@ -660,7 +655,7 @@ impl Log for SegmentedLog {
 
     fn damage(&self) -> Vec<SkippedRange> {
         let table = read_lock(&self.shared.table);
-        let missing = table.missing_head(&self.dir);
+        let missing = table.missing_below(&self.dir, 0);
         missing
             .into_iter()
             .chain(
@@ -740,12 +735,12 @@ impl Table {
             .checked_sub(1)
     }
 
-    /// The offsets below the first segment file, when it does not start at 0: a file log
-    /// starts at offset 0 and never deletes a sealed segment itself, so these were in
-    /// segment files deleted (by hand, to free disk, say).
-    fn missing_head(&self, dir: &Path) -> Option<SkippedRange> {
+    /// The offsets from `from` up to the first segment file, when it starts above `from`:
+    /// a file log starts at offset 0 and never deletes a sealed segment itself, so these
+    /// were in segment files deleted (by hand, to free disk, say).
+    fn missing_below(&self, dir: &Path, from: Offset) -> Option<SkippedRange> {
         let first = &self.segments[0];
-        (first.base > 0).then(|| missing_head_range(dir, &first.path, 0, first.base))
+        (from < first.base).then(|| missing_head_range(dir, &first.path, from, first.base))
     }
 }
 
