@@ -1315,8 +1315,8 @@ fn recover_tail(
                 };
                 match scan {
                     Some(scan) if scan.records > 0 => {
+                        // Synced with the frames kept, below.
                         file.write_all_at(&segment_header(base), 0)?;
-                        file.sync_all()?;
                         tracing::warn!(
                             segment = %path.display(),
                             %reason,
