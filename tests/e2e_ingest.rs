@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{event, get_json, get_text, http, TestServer, BIN};
+use support::{event, get_json, get_text, http, log_segments, TestServer, BIN};
 
 const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
 
@@ -399,12 +399,7 @@ async fn log_verify_names_a_corrupt_byte_in_a_sealed_segment() {
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success() && text.contains("clean"), "{text}");
-    let mut segments: Vec<_> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segments.sort();
+    let segments = log_segments(&data);
     assert!(segments.len() >= 3, "{segments:?}");
     // Flip one byte in the middle of the first (sealed) segment.
     let first = &segments[0];

@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use support::{event, http, TestServer};
+use support::{event, http, log_segments, TestServer};
 
 const N: usize = 2000;
 
@@ -61,12 +61,7 @@ fn restored(server: &TestServer) -> (u64, u64) {
 /// Cuts the newest log segment to half its length, as a restore of an older copy or a
 /// damaged disk would; returns the records the log holds after recovery.
 fn cut_the_log(data: &Path) -> u64 {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segments.sort();
+    let segments = log_segments(data);
     let newest = segments.last().unwrap();
     let len = std::fs::metadata(newest).unwrap().len();
     std::fs::OpenOptions::new()

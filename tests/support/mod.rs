@@ -111,6 +111,17 @@ fn rand_suffix() -> u64 {
     std::process::id() as u64 * 1000 + N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The file log's segment files in `<data_dir>/log`, oldest first.
+pub fn log_segments(data_dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(data_dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    segments
+}
+
 /// A valid event of `kind` with a unique id.
 pub fn event(kind: &str, source: &str, id: &str, project: &str) -> serde_json::Value {
     let data = match kind {
