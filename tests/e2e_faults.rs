@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{event, get_text, http, query, TestServer, BIN};
+use support::{event, get_json, get_text, http, query, TestServer, BIN};
 
 const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
 
@@ -78,6 +78,45 @@ async fn post_ok(client: &reqwest::Client, url: &str, events: &[Value]) -> Value
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["rejected"], json!([]), "{body}");
     body
+}
+
+/// `n` events of the five kinds in turn, with ids `{tag}-0`, `{tag}-1`, ...
+fn batch_of(tag: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| event(KINDS[i % 5], "faults", &format!("{tag}-{i}"), "web"))
+        .collect()
+}
+
+/// Posts `batches` batches of `size` events (ids `{tag}-{b}-{i}`) one after the other, from
+/// one client: on an empty log the event at index i has log offset i. Returns them in order.
+async fn post_in_order(
+    client: &reqwest::Client,
+    url: &str,
+    tag: &str,
+    batches: usize,
+    size: usize,
+) -> Vec<Value> {
+    let mut acked = Vec::new();
+    for b in 0..batches {
+        let batch = batch_of(&format!("{tag}-{b}"), size);
+        post_ok(client, url, &batch).await;
+        acked.extend(batch);
+    }
+    acked
+}
+
+/// Flips the bits of `mask` in the byte at `at` of the file at `path`.
+fn flip_byte(path: &Path, at: usize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= mask;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The first line of `text` (a server's stderr) that contains `needle`.
+fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no warning:\n{text}"))
 }
 
 /// Waits until the projection has caught up with the log (lag 0 in `/metrics`).
@@ -237,25 +276,16 @@ async fn corrupt_byte_in_a_sealed_segment_is_skipped_reported_and_the_rest_serve
     let client = http();
     let mut server = TestServer::spawn_env(&data, &[], &env);
     // One client, batches in order: the event at index i has log offset i.
-    let mut acked: Vec<Value> = Vec::new();
-    for b in 0..10 {
-        let batch: Vec<Value> = (0..100)
-            .map(|i| event(KINDS[i % 5], "faults", &format!("c-{b}-{i}"), "web"))
-            .collect();
-        post_ok(&client, &server.url, &batch).await;
-        acked.extend(batch);
-    }
+    let mut acked = post_in_order(&client, &server.url, "c", 10, 100).await;
     wait_projected(&client, &server.url).await;
     assert_eq!(server.stop(), Some(0));
 
     let segs = segments(&data);
     assert!(segs.len() >= 4, "{segs:?}");
     let victim = segs[2].clone();
-    let victim_name = victim.file_name().unwrap().to_str().unwrap().to_string();
-    let mut bytes = std::fs::read(&victim).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x20;
-    std::fs::write(&victim, bytes).unwrap();
+    let victim_name = name_of(&victim);
+    let at = std::fs::metadata(&victim).unwrap().len() as usize / 2;
+    flip_byte(&victim, at, 0x20);
 
     // log verify names the segment, the byte range and what was lost.
     let (code, out, _) = cli(&data, None, &["log", "verify"]);
@@ -287,17 +317,12 @@ async fn corrupt_byte_in_a_sealed_segment_is_skipped_reported_and_the_rest_serve
     let lost = metric(&m, "shiplog_log_damaged_records").unwrap() as u64;
     assert!((1..=3).contains(&lost), "{m}");
     let stderr = server.stderr();
-    let warning = stderr
-        .lines()
-        .find(|l| l.contains("damaged log segment"))
-        .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    let warning = line_with(&stderr, "damaged log segment");
     assert!(
         warning.contains(&victim_name) && warning.contains(&range),
         "{warning}"
     );
-    let fresh: Vec<Value> = (0..50)
-        .map(|i| event(KINDS[i % 5], "faults", &format!("after-{i}"), "web"))
-        .collect();
+    let fresh = batch_of("after", 50);
     let body = post_ok(&client, &server.url, &fresh).await;
     assert_eq!(body["accepted"], 50);
     acked.extend(fresh);
@@ -409,9 +434,7 @@ async fn deleted_parquet_file_is_detected_and_replay_repairs_it() {
     let mut server = TestServer::spawn_env(&data, &[], &env);
     let mut acked: Vec<Value> = Vec::new();
     for b in 0..6 {
-        let batch: Vec<Value> = (0..60)
-            .map(|i| event(KINDS[i % 5], "faults", &format!("d-{b}-{i}"), "web"))
-            .collect();
+        let batch = batch_of(&format!("d-{b}"), 60);
         post_ok(&client, &server.url, &batch).await;
         acked.extend(batch);
         // Let each batch make its own files.
@@ -440,7 +463,7 @@ async fn deleted_parquet_file_is_detected_and_replay_repairs_it() {
     files.sort();
     assert!(files.len() >= 3, "{files:?}");
     let victim = files[1].clone();
-    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    let name = name_of(&victim);
     let parts: Vec<u64> = name
         .trim_end_matches(".parquet")
         .split('-')
@@ -597,17 +620,7 @@ async fn disk_full_answers_507_then_recovers() {
     let env = [("SHIPLOG_PROJECTION__FLUSH_INTERVAL", "2s")];
     let client = http();
     let mut server = TestServer::spawn_env(&mnt, &[], &env);
-    let mut acked: Vec<Value> = Vec::new();
-    let batch_of = |tag: &str, n: usize| -> Vec<Value> {
-        (0..n)
-            .map(|i| event(KINDS[i % 5], "faults", &format!("{tag}-{i}"), "web"))
-            .collect()
-    };
-    for b in 0..4 {
-        let batch = batch_of(&format!("before-{b}"), 50);
-        post_ok(&client, &server.url, &batch).await;
-        acked.extend(batch);
-    }
+    let mut acked = post_in_order(&client, &server.url, "before", 4, 50).await;
     wait_projected(&client, &server.url).await;
 
     let pending = batch_of("pending", 50);
@@ -1063,23 +1076,17 @@ fn base_of(path: &Path) -> u64 {
     path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
+/// The file name of `path`.
 fn name_of(path: &Path) -> String {
     path.file_name().unwrap().to_str().unwrap().to_string()
 }
 
+/// The log's record count, from `/healthz`.
 async fn log_records(client: &reqwest::Client, url: &str) -> u64 {
-    let health: Value = client
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(client, &format!("{url}/healthz")).await;
     health["log_records"].as_u64().unwrap()
 }
 
-/// The `_offset` of each id among `ids`, from the events view.
 /// After a start over a damaged log: new events are stored at `offsets` (right after the
 /// last record kept) and every acknowledged event is projected exactly once.
 async fn post_fresh_after_start(
@@ -1088,12 +1095,7 @@ async fn post_fresh_after_start(
     offsets: std::ops::Range<u64>,
     acked: &mut Vec<Value>,
 ) {
-    let fresh: Vec<Value> = (0..offsets.end - offsets.start)
-        .map(|i| {
-            let i = i as usize;
-            event(KINDS[i % 5], "faults", &format!("fresh-{i}"), "web")
-        })
-        .collect();
+    let fresh = batch_of("fresh", (offsets.end - offsets.start) as usize);
     post_ok(client, url, &fresh).await;
     wait_projected(client, url).await;
     assert_eq!(
@@ -1104,6 +1106,7 @@ async fn post_fresh_after_start(
     assert_exactly_once(&rows_per_key(client, url).await, acked, "after the start");
 }
 
+/// The `_offset` of every event whose id starts with `prefix`, in order.
 async fn offsets_of(client: &reqwest::Client, url: &str, prefix: &str) -> Vec<u64> {
     query(
         client,
@@ -1127,14 +1130,7 @@ async fn damage_in_the_newest_segment_keeps_the_records_after_it() {
     let client = http();
     let mut server = TestServer::spawn(&data, &[]);
     // One client, batches in order: the event at index i has log offset i.
-    let mut acked: Vec<Value> = Vec::new();
-    for b in 0..10 {
-        let batch: Vec<Value> = (0..50)
-            .map(|i| event(KINDS[i % 5], "faults", &format!("n-{b}-{i}"), "web"))
-            .collect();
-        post_ok(&client, &server.url, &batch).await;
-        acked.extend(batch);
-    }
+    let mut acked = post_in_order(&client, &server.url, "n", 10, 50).await;
     wait_projected(&client, &server.url).await;
     assert_eq!(server.stop(), Some(0));
 
@@ -1144,9 +1140,7 @@ async fn damage_in_the_newest_segment_keeps_the_records_after_it() {
     let newest_name = name_of(&newest);
     let starts = frame_starts(&newest);
     assert_eq!(starts.len(), 500);
-    let mut bytes = std::fs::read(&newest).unwrap();
-    bytes[starts[250] + 40] ^= 0x20;
-    std::fs::write(&newest, bytes).unwrap();
+    flip_byte(&newest, starts[250] + 40, 0x20);
     let range = format!("{}..{}", starts[250], starts[251]);
 
     // log verify: damage with the record lost, not a torn tail.
@@ -1167,10 +1161,7 @@ async fn damage_in_the_newest_segment_keeps_the_records_after_it() {
     let mut server = TestServer::spawn(&data, &[]);
     assert_eq!(log_records(&client, &server.url).await, 500);
     let stderr = server.stderr();
-    let warning = stderr
-        .lines()
-        .find(|l| l.contains("damaged log segment"))
-        .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    let warning = line_with(&stderr, "damaged log segment");
     assert!(
         warning.contains(&newest_name) && warning.contains(&range),
         "{warning}"
@@ -1223,14 +1214,8 @@ async fn deleted_segment_files_are_named_skipped_and_dead_lettered() {
     let env = [("SHIPLOG_LOG__SEGMENT_BYTES", "65536")];
     let client = http();
     let mut server = TestServer::spawn_env(&data, &[], &env);
-    let mut acked: Vec<Value> = Vec::new();
-    for b in 0..10 {
-        let batch: Vec<Value> = (0..100)
-            .map(|i| event(KINDS[i % 5], "faults", &format!("s-{b}-{i}"), "web"))
-            .collect();
-        post_ok(&client, &server.url, &batch).await;
-        acked.extend(batch);
-    }
+    // One client, batches in order: the event at index i has log offset i.
+    let mut acked = post_in_order(&client, &server.url, "s", 10, 100).await;
     wait_projected(&client, &server.url).await;
     assert_eq!(server.stop(), Some(0));
 
@@ -1260,10 +1245,7 @@ async fn deleted_segment_files_are_named_skipped_and_dead_lettered() {
     // The server starts, and says what is missing.
     let mut server = TestServer::spawn_env(&data, &[], &env);
     let stderr = server.stderr();
-    let warning = stderr
-        .lines()
-        .find(|l| l.contains("log segment files missing"))
-        .unwrap_or_else(|| panic!("no warning:\n{stderr}"));
+    let warning = line_with(&stderr, "log segment files missing");
     assert!(warning.contains(&format!("0..{start}")), "{warning}");
     // The head range is known from the file names at open; the middle one once a reader
     // reaches it (every one does below, when the projection is rebuilt).
@@ -1414,14 +1396,7 @@ async fn migrate_log_names_what_it_cannot_copy_and_fails_unless_the_loss_is_acce
     let env = [("SHIPLOG_LOG__SEGMENT_BYTES", "65536")];
     let client = http();
     let mut server = TestServer::spawn_env(&data, &[], &env);
-    let mut acked: Vec<Value> = Vec::new();
-    for b in 0..6 {
-        let batch: Vec<Value> = (0..100)
-            .map(|i| event(KINDS[i % 5], "faults", &format!("k-{b}-{i}"), "web"))
-            .collect();
-        post_ok(&client, &server.url, &batch).await;
-        acked.extend(batch);
-    }
+    let acked = post_in_order(&client, &server.url, "k", 6, 100).await;
     assert_eq!(server.stop(), Some(0));
     let segs = segments(&data);
     assert!(segs.len() >= 3, "{segs:?}");
@@ -1429,9 +1404,7 @@ async fn migrate_log_names_what_it_cannot_copy_and_fails_unless_the_loss_is_acce
     let start = base_of(&segs[1]);
     let base2 = base_of(&segs[2]);
     let starts = frame_starts(&segs[2]);
-    let mut bytes = std::fs::read(&segs[2]).unwrap();
-    bytes[starts[3] + 30] ^= 0x10;
-    std::fs::write(&segs[2], bytes).unwrap();
+    flip_byte(&segs[2], starts[3] + 30, 0x10);
     let expected_lost = vec![(0, start - 1), (base2 + 3, base2 + 3)];
 
     let intact: BTreeMap<String, Value> = acked
