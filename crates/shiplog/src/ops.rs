@@ -435,12 +435,12 @@ pub fn verify_log(config: &Config) -> Result<ExitCode> {
         if d.missing {
             // Offsets in no bytes at all: segment files deleted, or a segment cut short.
             let r = d.lost.clone().unwrap_or_default();
+            let n = r.end - r.start;
             println!(
-                "MISSING offsets {}..={} ({} record{}): {}",
+                "MISSING offsets {}..={} ({n} record{}): {}",
                 r.start,
                 r.end.saturating_sub(1),
-                r.end - r.start,
-                if r.end - r.start == 1 { "" } else { "s" },
+                if n == 1 { "" } else { "s" },
                 d.reason
             );
             continue;
