@@ -979,16 +979,33 @@ mod tests {
         assert_eq!(assert_snapshot_matches_log(&snaps, &*log).await, (360, 360));
     }
 
-    /// Writes a snapshot of 200 events of source "old" in a log of its own.
-    async fn snapshot_of_another_log(root: &Path) -> std::path::PathBuf {
-        let snaps = root.join("dedup");
-        let log = open_log(&root.join("old-log"));
-        let ing = ingestor(log.clone());
-        ing.restore_dedup(&snaps).await.unwrap();
+    /// Starts an ingestor on `log` (no snapshot yet), stores 200 events of source "old" in
+    /// it and writes their snapshot to `snaps`.
+    async fn snapshot_old_events(log: Arc<dyn Log>, snaps: &Path) {
+        let ing = ingestor(log);
+        ing.restore_dedup(snaps).await.unwrap();
         ing.ingest(events("old", 0..200)).await.unwrap();
-        ing.write_dedup_snapshot(&snaps).await.unwrap().unwrap();
-        log.close().await.unwrap();
-        snaps
+        ing.write_dedup_snapshot(snaps).await.unwrap().unwrap();
+    }
+
+    /// Starts on a log of `n` events of source "new", with the snapshot of 200 events of
+    /// source "old" written in a log of its own.
+    async fn restore_on_another_log(
+        root: &Path,
+        n: usize,
+    ) -> (Ingestor, DedupRestore, std::path::PathBuf) {
+        let snaps = root.join("dedup");
+        let old = open_log(&root.join("old-log"));
+        snapshot_old_events(old.clone(), &snaps).await;
+        old.close().await.unwrap();
+        let log = open_log(&root.join("log"));
+        ingestor(log.clone())
+            .ingest(events("new", 0..n))
+            .await
+            .unwrap();
+        let ing = ingestor(log);
+        let r = ing.restore_dedup(&snaps).await.unwrap();
+        (ing, r, snaps)
     }
 
     /// The start falls back to the whole log: nothing of the snapshot is used, the file is
@@ -1003,15 +1020,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_shorter_than_the_snapshot_is_read_whole() {
         let tmp = tempfile::tempdir().unwrap();
-        let snaps = snapshot_of_another_log(tmp.path()).await;
         // The log now ends below offset 200: truncated, or a restore of an older copy.
-        let log = open_log(&tmp.path().join("log"));
-        ingestor(log.clone())
-            .ingest(events("new", 0..150))
-            .await
-            .unwrap();
-        let ing = ingestor(log.clone());
-        let r = ing.restore_dedup(&snaps).await.unwrap();
+        let (ing, r, snaps) = restore_on_another_log(tmp.path(), 150).await;
         assert!(
             matches!(
                 r.rejected,
@@ -1030,15 +1040,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_written_again_past_the_snapshot_is_read_whole() {
         let tmp = tempfile::tempdir().unwrap();
-        let snaps = snapshot_of_another_log(tmp.path()).await;
         // Long enough to pass the offset check, but not the log the snapshot saw.
-        let log = open_log(&tmp.path().join("log"));
-        ingestor(log.clone())
-            .ingest(events("new", 0..250))
-            .await
-            .unwrap();
-        let ing = ingestor(log.clone());
-        let r = ing.restore_dedup(&snaps).await.unwrap();
+        let (ing, r, snaps) = restore_on_another_log(tmp.path(), 250).await;
         assert!(
             matches!(
                 r.rejected,
@@ -1062,12 +1065,9 @@ mod tests {
             ..FileLogConfig::default()
         };
         let log = Arc::new(SegmentedLog::open(&dir, small.clone()).unwrap().0);
-        let ing = ingestor(log.clone());
-        ing.restore_dedup(&snaps).await.unwrap();
-        ing.ingest(events("old", 0..200)).await.unwrap();
-        ing.write_dedup_snapshot(&snaps).await.unwrap().unwrap();
+        snapshot_old_events(log.clone(), &snaps).await;
         log.close().await.unwrap();
-        drop((ing, log));
+        drop(log);
         // A flipped bit in a sealed segment, after the snapshot was written.
         let mut segments: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -1105,10 +1105,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let snaps = tmp.path().join("dedup");
         let log = open_log(&tmp.path().join("log"));
-        let ing = ingestor(log.clone());
-        ing.restore_dedup(&snaps).await.unwrap();
-        ing.ingest(events("old", 0..200)).await.unwrap();
-        ing.write_dedup_snapshot(&snaps).await.unwrap().unwrap();
+        snapshot_old_events(log.clone(), &snaps).await;
         let file = snaps.join(SNAPSHOT_FILE);
         let good = std::fs::read(&file).unwrap();
 
