@@ -4,11 +4,11 @@
 //! is answered: its body (the `Content-Length`, or the body limit when no length is sent)
 //! twice over, for the body and the log records built from it. A gzip body reserves its
 //! decompressed size as well, once it is known (decompression itself stops at the body
-//! limit). When the budget is spent the request is answered with 503 and
-//! `Retry-After`; its body is read and discarded a chunk at a time first (a client still
-//! sending would otherwise see a reset, not the answer), never held: under a flood, memory stays bounded by the
-//! budget instead of growing with the number of clients, and the log's append queue (fed
-//! only by admitted requests) is bounded by it too.
+//! limit). When the budget is spent the request is answered with 503 and `Retry-After`;
+//! its body is read and discarded a chunk at a time first (a client still sending would
+//! otherwise see a reset, not the answer), never held: under a flood, memory stays bounded
+//! by the budget instead of growing with the number of clients, and the log's append queue
+//! (fed only by admitted requests) is bounded by it too.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
