@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{event, get_json, get_text, http, query, TestServer, BIN};
+use support::{event, get_json, get_text, http, log_segments, query, TestServer, BIN};
 
 const KINDS: [&str; 5] = ["build", "deploy", "migration", "api_cost", "check"];
 
@@ -235,16 +235,6 @@ async fn assert_settled(
     panic!("{context}: {last}");
 }
 
-fn segments(data: &Path) -> Vec<PathBuf> {
-    let mut s: Vec<PathBuf> = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    s.sort();
-    s
-}
-
 /// (first offset, end offset, line) of every dead letter.
 fn dead_letters(data: &Path) -> Vec<(u64, u64, Value)> {
     let dir = data.join("parquet/_deadletter");
@@ -280,7 +270,7 @@ async fn corrupt_byte_in_a_sealed_segment_is_skipped_reported_and_the_rest_serve
     wait_projected(&client, &server.url).await;
     assert_eq!(server.stop(), Some(0));
 
-    let segs = segments(&data);
+    let segs = log_segments(&data);
     assert!(segs.len() >= 4, "{segs:?}");
     let victim = segs[2].clone();
     let victim_name = name_of(&victim);
@@ -1134,7 +1124,7 @@ async fn damage_in_the_newest_segment_keeps_the_records_after_it() {
     wait_projected(&client, &server.url).await;
     assert_eq!(server.stop(), Some(0));
 
-    let segs = segments(&data);
+    let segs = log_segments(&data);
     assert_eq!(segs.len(), 1, "{segs:?}");
     let newest = segs[0].clone();
     let newest_name = name_of(&newest);
@@ -1219,7 +1209,7 @@ async fn deleted_segment_files_are_named_skipped_and_dead_lettered() {
     wait_projected(&client, &server.url).await;
     assert_eq!(server.stop(), Some(0));
 
-    let segs = segments(&data);
+    let segs = log_segments(&data);
     assert!(segs.len() >= 5, "{segs:?}");
     let start = base_of(&segs[2]);
     let (m0, m1) = (base_of(&segs[3]), base_of(&segs[4]));
@@ -1398,7 +1388,7 @@ async fn migrate_log_names_what_it_cannot_copy_and_fails_unless_the_loss_is_acce
     let mut server = TestServer::spawn_env(&data, &[], &env);
     let acked = post_in_order(&client, &server.url, "k", 6, 100).await;
     assert_eq!(server.stop(), Some(0));
-    let segs = segments(&data);
+    let segs = log_segments(&data);
     assert!(segs.len() >= 3, "{segs:?}");
     std::fs::remove_file(&segs[0]).unwrap();
     let start = base_of(&segs[1]);
