@@ -376,7 +376,6 @@ pub async fn rss(args: RssArgs) -> Result<()> {
             .expect("valid template"),
     );
     let next = Arc::new(AtomicU64::new(0));
-    let peak = Arc::new(Mutex::new(0f64));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
@@ -416,15 +415,15 @@ pub async fn rss(args: RssArgs) -> Result<()> {
             }
         }));
     }
-    while !tasks.iter().all(|t| t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = server.rss_mib();
-        let mut p = peak.lock().unwrap();
-        *p = p.max(r);
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let (done, ingest_peak) = server
+        .peak_during(async {
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+    done?;
     bar.finish_and_clear();
     let stored = next.load(Relaxed).min(args.events);
     println!(
@@ -432,19 +431,19 @@ pub async fn rss(args: RssArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         stored as f64 / started.elapsed().as_secs_f64()
     );
-    rows.push(("peak while ingesting".into(), *peak.lock().unwrap()));
+    rows.push(("peak while ingesting".into(), ingest_peak));
     rows.push((format!("after storing {stored} events"), server.rss_mib()));
-    loop {
-        let lag = metric(&client, &server.url, "shiplog_projection_lag_events").await;
-        if lag == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = server.rss_mib();
-        let mut p = peak.lock().unwrap();
-        *p = p.max(r);
-    }
-    rows.push(("peak until projected".into(), *peak.lock().unwrap()));
+    let ((), projection_peak) = server
+        .peak_during(async {
+            while metric(&client, &server.url, "shiplog_projection_lag_events").await != Some(0.0) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+        .await;
+    rows.push((
+        "peak until projected".into(),
+        ingest_peak.max(projection_peak),
+    ));
     rows.push(("projection caught up".into(), server.rss_mib()));
     let pages = async |url: &str| -> Result<()> {
         for page in [
