@@ -119,6 +119,9 @@ fn view_sql(root: &Path) -> Vec<String> {
     out
 }
 
+/// Attempts of a query whose files vanished under it (see [`QueryEngine::run`]).
+const MAX_ATTEMPTS: u64 = 20;
+
 /// DuckDB's default memory limit here (it would otherwise take 80% of the machine's RAM).
 pub const DEFAULT_MEMORY_MB: u64 = 128;
 
@@ -294,8 +297,10 @@ impl QueryEngine {
         }
     }
 
-    /// Runs a query; when a file it globbed vanished before it was read (a compaction or
-    /// retention replaced it meanwhile), runs it again over the new set of files.
+    /// Runs a query; when a file it globbed vanished before it was read (a merge,
+    /// compaction or retention replaced it meanwhile), runs it again over the new set of
+    /// files, after a short pause that grows with each attempt: merges follow flushes, so
+    /// under load a long query can meet several in a row.
     fn run(
         &self,
         sql: &str,
@@ -307,11 +312,12 @@ impl QueryEngine {
             attempts += 1;
             match self.run_once(sql, params, timeout) {
                 Err(QueryError::Invalid(m))
-                    if attempts < 4
+                    if attempts < MAX_ATTEMPTS
                         && m.contains("Cannot open file")
                         && m.contains("No such file") =>
                 {
-                    tracing::debug!(error = %m, "a Parquet file vanished under a query; running it again");
+                    tracing::debug!(error = %m, attempts, "a Parquet file vanished under a query; running it again");
+                    std::thread::sleep(Duration::from_millis(10 * attempts.min(10)));
                 }
                 r => return r,
             }
