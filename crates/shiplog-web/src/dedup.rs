@@ -37,13 +37,13 @@
 //!     newest i64 (receive time, unix seconds)
 //!     firsts u32, then per partition: partition u32 | offset u64
 //!     count u64 | count keys u64, strictly ascending
-//! crc u32: CRC32 (IEEE) of every byte before it; the file ends there
+//! crc u32: CRC32C (Castagnoli, as the log's frames) of every byte before it; the file ends there
 //! ```
 //!
 //! - `covered` is the partition's log offset the keys cover: every record below it that was
 //!   received within the window has its key in a run (unless the cap evicted it), and no run
 //!   holds a key whose record is at or above it. Pending keys are never written.
-//! - `last_crc` is the CRC32 of the key and value of the record at `covered - 1` (0 when
+//! - `last_crc` is the CRC32C of the key and value of the record at `covered - 1` (0 when
 //!   `covered` is 0): a log truncated and written again past `covered` is not mistaken for
 //!   the one the snapshot saw.
 //! - A run's `firsts` give, per partition, the lowest offset of a record whose key it
@@ -349,16 +349,13 @@ pub struct Covered {
     /// Every committed key of the records below this offset is in the snapshot, and no key
     /// of a record at or above it.
     pub offset: u64,
-    /// CRC32 of the key and value of the record at `offset - 1` (0 when `offset` is 0).
+    /// CRC32C of the key and value of the record at `offset - 1` (0 when `offset` is 0).
     pub last_crc: u32,
 }
 
-/// CRC32 of a log record as [`Covered::last_crc`] holds it.
+/// CRC32C of a log record as [`Covered::last_crc`] holds it.
 pub fn record_crc(key: &[u8], value: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(key);
-    h.update(value);
-    h.finalize()
+    crc32c::crc32c_append(crc32c::crc32c(key), value)
 }
 
 /// A snapshot read back from its file.
@@ -407,7 +404,7 @@ pub enum SnapshotError {
     Version(u32),
     #[error("it is truncated")]
     Truncated,
-    #[error("its CRC32 does not match (stored {stored:08x}, computed {computed:08x})")]
+    #[error("its CRC32C does not match (stored {stored:08x}, computed {computed:08x})")]
     Crc { stored: u32, computed: u32 },
     #[error("it is malformed: {0}")]
     Malformed(String),
@@ -424,10 +421,7 @@ pub fn write_snapshot(
     mut image: Image,
     exclude: &HashSet<Key>,
 ) -> std::io::Result<u64> {
-    let mut w = CrcWrite {
-        inner: w,
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut w = CrcWrite { inner: w, crc: 0 };
     w.write_all(MAGIC)?;
     w.write_all(&VERSION.to_le_bytes())?;
     w.write_all(&0u32.to_le_bytes())?;
@@ -487,7 +481,7 @@ pub fn write_snapshot(
         }
         written += count;
     }
-    let crc = w.crc.clone().finalize();
+    let crc = w.crc;
     w.inner.write_all(&crc.to_le_bytes())?;
     w.inner.flush()?;
     Ok(written)
@@ -528,7 +522,7 @@ pub fn write_snapshot_file(
 pub fn read_snapshot(r: impl Read, len: u64) -> Result<Snapshot, SnapshotError> {
     let mut r = CrcRead {
         inner: r,
-        crc: crc32fast::Hasher::new(),
+        crc: 0,
         left: len,
     };
     let mut magic = [0u8; 8];
@@ -602,7 +596,7 @@ pub fn read_snapshot(r: impl Read, len: u64) -> Result<Snapshot, SnapshotError> 
         }
         runs.push(Sealed::from_sorted(keys, newest, firsts));
     }
-    let computed = r.crc.clone().finalize();
+    let computed = r.crc;
     let mut stored = [0u8; 4];
     r.read_exact(&mut stored)?;
     let stored = u32::from_le_bytes(stored);
@@ -645,13 +639,13 @@ pub fn read_snapshot_file(dir: &Path) -> Result<Option<Snapshot>, SnapshotError>
 
 struct CrcWrite<W> {
     inner: W,
-    crc: crc32fast::Hasher,
+    crc: u32,
 }
 
 impl<W: Write> Write for CrcWrite<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -663,7 +657,7 @@ impl<W: Write> Write for CrcWrite<W> {
 /// them; running out is [`SnapshotError::Truncated`].
 struct CrcRead<R> {
     inner: R,
-    crc: crc32fast::Hasher,
+    crc: u32,
     left: u64,
 }
 
@@ -677,7 +671,7 @@ impl<R: Read> CrcRead<R> {
             _ => SnapshotError::Io(e),
         })?;
         self.left -= buf.len() as u64;
-        self.crc.update(buf);
+        self.crc = crc32c::crc32c_append(self.crc, buf);
         Ok(())
     }
 
