@@ -74,7 +74,14 @@ const fn opt(name: &'static str, ty: FieldType, doc: &'static str) -> FieldSpec 
 use FieldType::{Array, Bool, Count, Enum, Number as Num, Object, Str, StrOrCount, Struct};
 
 /// `deploy.status` values.
-pub const DEPLOY_STATUSES: &[&str] = &["started", "succeeded", "failed", "rolled_back", "promoted"];
+pub const DEPLOY_STATUSES: &[&str] = &[
+    "started",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "promoted",
+    "cancelled",
+];
 /// `deploy.triggered_by` values.
 pub const TRIGGERED_BY: &[&str] = &["person", "ci", "rule"];
 /// `migration.status` values.
@@ -197,6 +204,16 @@ const CHECK: &[FieldSpec] = &[
     opt("passed", Bool, "Whether the check passed."),
     opt("value", Num, "Measured value."),
     opt("unit", Str, "Unit of `value`, e.g. `ms`, `ratio`."),
+    opt(
+        "errors",
+        Count,
+        "Failed requests in the interval the check covers (with `requests`: the counts behind an error rate, which rollback rules test directly).",
+    ),
+    opt(
+        "requests",
+        Count,
+        "Requests in the interval the check covers.",
+    ),
 ];
 
 const DECISION: &[FieldSpec] = &[

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 /// The snapshot's file name in the state directory.
 pub const FILE: &str = "state.json";
-const VERSION: u32 = 1;
+/// 2: samples carry counts, deployments their costs and whether they were judged degraded.
+const VERSION: u32 = 2;
 
 /// Where the state stands in one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -266,7 +266,7 @@ impl Config {
         let hooks = self
             .rules
             .iter()
-            .filter_map(|r| r.action.as_ref()?.secret_env.clone());
+            .filter_map(|r| r.action()?.secret_env.clone());
         let mut names: Vec<String> = tokens.chain(hooks).collect();
         names.sort();
         names.dedup();
