@@ -321,9 +321,9 @@ const fn page(route: &'static str, path: &'static str) -> Case {
 }
 
 /// Every route the server mounts (role `all`), with what it needs. The routers are
-/// `shiplog_web::router` (crates/shiplog-web/src/lib.rs), `dashboards::routes`
-/// (dashboards/mod.rs), `login::routes` (login.rs) and `gate::routes`
-/// (crates/shiplog/src/gate.rs); `mounted_routes()` reads them, and
+/// `shiplog_web::router` (crates/shiplog-web/src/lib.rs, `/v1/gate` included),
+/// `dashboards::routes` (dashboards/mod.rs) and `login::routes` (login.rs);
+/// `mounted_routes()` reads them, and
 /// `route_table_matches_the_routers` fails when a route has no entry here.
 const ROUTES: &[Case] = &[
     Case {

@@ -10,9 +10,9 @@ use crate::state::{
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use shiplog_events::{format_rfc3339, Event, Kind, Origin};
+use shiplog_ingest::Ingestor;
 use shiplog_log::{Log, LogError, Offset, Partition};
 use shiplog_store::QueryEngine;
-use shiplog_web::ingest::Ingestor;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;

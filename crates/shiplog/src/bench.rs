@@ -7,10 +7,10 @@
 use anyhow::{ensure, Result};
 use axum::routing::post;
 use axum::Router;
+use shiplog_ingest::Ingestor;
+use shiplog_ingest::Metrics;
 use shiplog_log::file::{FileLogConfig, SegmentedLog};
 use shiplog_log::Log;
-use shiplog_web::ingest::Ingestor;
-use shiplog_web::metrics::Metrics;
 use shiplog_web::{router, AppState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -281,6 +281,7 @@ pub async fn ingest(args: IngestBenchArgs) -> Result<()> {
         series: Vec::new(),
         query: None,
         admission: Default::default(),
+        rules: None,
     });
     let shiplog_url = spawn(router(state)).await?;
     let noop = Router::new().route(

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use shiplog_events::{Event, Origin};
-use shiplog_web::ingest::Ingestor;
+use shiplog_ingest::Ingestor;
 
 pub const DAYS: i64 = 90;
 const SEED: u64 = 0x5111_9106;
@@ -853,7 +853,7 @@ pub fn run(config: &crate::config::Config) -> Result<()> {
                 data_dir.display()
             );
         }
-        let metrics = std::sync::Arc::new(shiplog_web::metrics::Metrics::default());
+        let metrics = std::sync::Arc::new(shiplog_ingest::Metrics::default());
         let ingestor = Ingestor::new(log.clone(), config.server.dedup_window, metrics);
         ingestor.rebuild_dedup(0).await?;
         let n = seed(&ingestor, Utc::now()).await?;

@@ -4,11 +4,11 @@ use crate::config::Config;
 use crate::datadir::{log_dir, DataDirLock};
 use crate::roles::Role;
 use anyhow::{bail, Context, Result};
+use shiplog_ingest::Ingestor;
+use shiplog_ingest::Metrics;
 use shiplog_log::file::{FileLogConfig, SegmentedLog};
 use shiplog_log::Log;
 use shiplog_store::{run_projection, ProjectorConfig, QueryEngine};
-use shiplog_web::ingest::Ingestor;
-use shiplog_web::metrics::Metrics;
 use shiplog_web::{router, AppState};
 use std::sync::Arc;
 use std::time::Instant;
@@ -374,7 +374,8 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
             )
             .collect(),
         query,
-        admission: shiplog_web::admission::Admission::new(config.server.max_inflight_bytes),
+        admission: shiplog_ingest::admission::Admission::new(config.server.max_inflight_bytes),
+        rules,
     });
     let dashboards = Arc::new(shiplog_web::dashboards::DashboardState::new(
         state.auth.clone(),
@@ -383,10 +384,8 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         config.effective_thresholds(),
     ));
     let mut app = router(state.clone());
-    if let Some(rules) = rules {
-        app = app
-            .merge(shiplog_web::dashboards::routes(dashboards))
-            .merge(crate::gate::routes(state.clone(), rules));
+    if state.rules.is_some() {
+        app = app.merge(shiplog_web::dashboards::routes(dashboards));
     }
     if !role.ingests() {
         app = app.layer(axum::middleware::from_fn(crate::roles::refuse_ingest));
