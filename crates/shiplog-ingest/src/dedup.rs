@@ -2,7 +2,7 @@
 //! or being stored right now.
 //!
 //! Memory is the point of this design: a 7-day window can hold tens of millions of keys.
-//! A key is a 64-bit fingerprint (xxh3 of `source`, a separator and `id`). Keys committed
+//! A key is the 64-bit fingerprint of `source` and `id` ([`shiplog_events::dedup_key`]). Keys committed
 //! recently go to a hash set; when that set reaches [`SEAL_AT`] keys, or the receive time
 //! moves to the next bucket (a seventh of the window), it is *sealed* into a sorted array
 //! of fingerprints with a small offset table over their top bits: 8 bytes per key plus
@@ -37,17 +37,9 @@ pub use snapshot::{
     Snapshot, SnapshotError, SNAPSHOT_FILE,
 };
 
-/// A dedup key: the 64-bit fingerprint of `source` and `id`.
-pub type Key = u64;
-
-/// The fingerprint of `(source, id)`.
-pub fn dedup_key(source: &str, id: &str) -> Key {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(source.as_bytes());
-    h.update(&[0xff]);
-    h.update(id.as_bytes());
-    h.digest()
-}
+/// A dedup key: the 64-bit fingerprint of `source` and `id` (why 64 bits:
+/// [`shiplog_events::DedupKey`]).
+pub use shiplog_events::{dedup_key, DedupKey as Key};
 
 /// Keys are already uniformly distributed hashes: hashing them again would only cost time.
 #[derive(Default, Clone, Copy)]

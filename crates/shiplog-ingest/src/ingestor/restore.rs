@@ -1,14 +1,14 @@
 //! A start: the dedup index restored from its snapshot (when it checks out against the
 //! log) and the log written after it, or from the whole log.
 
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use chrono::Utc;
+use shiplog_events::RecordPeek;
 use shiplog_log::{LogError, Offset, Partition};
 use std::path::Path;
 use std::time::Duration;
 
 use super::Ingestor;
-use crate::dedup::{dedup_key, read_snapshot_file, Snapshot, SnapshotError, SNAPSHOT_FILE};
+use crate::dedup::{read_snapshot_file, Snapshot, SnapshotError, SNAPSHOT_FILE};
 
 /// Why a dedup snapshot found at start was not used (the whole log is read instead).
 #[derive(Debug, thiserror::Error)]
@@ -258,15 +258,6 @@ impl Ingestor {
     /// Reads the keys of the records from `starts` (per partition) to the log's end into
     /// the index, keeping those received within the window.
     async fn read_keys(&self, starts: &[(Partition, Offset)]) -> Result<KeysRead, LogError> {
-        #[derive(Deserialize)]
-        struct KeyFields<'a> {
-            #[serde(borrow)]
-            id: std::borrow::Cow<'a, str>,
-            #[serde(borrow)]
-            source: std::borrow::Cow<'a, str>,
-            #[serde(borrow, default)]
-            received_at: Option<std::borrow::Cow<'a, str>>,
-        }
         let cutoff = Utc::now().timestamp() - self.window.as_secs() as i64;
         let mut read = KeysRead {
             keys: 0,
@@ -300,18 +291,18 @@ impl Ingestor {
                 read.records += batch.len() as u64;
                 let mut state = self.dedup.lock().unwrap();
                 for entry in batch {
-                    let Ok(k) = serde_json::from_slice::<KeyFields>(&entry.value) else {
+                    let Ok(peek) = RecordPeek::of(&entry.value) else {
                         continue;
                     };
-                    let at = k
-                        .received_at
-                        .as_deref()
-                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                        .map(|t| t.timestamp())
-                        .unwrap_or(i64::MAX);
+                    let Some(key) = peek.dedup_key() else {
+                        continue;
+                    };
+                    let at = peek
+                        .received_micros()
+                        .map_or(i64::MAX, |us| us.div_euclid(1_000_000));
                     if at >= cutoff {
                         let record = (entry.partition, entry.offset);
-                        state.index.commit(dedup_key(&k.source, &k.id), at, record);
+                        state.index.commit(key, at, record);
                         read.keys += 1;
                     }
                 }
