@@ -1,7 +1,8 @@
 //! The shiplog ingest path, below any transport: validated events in, durable log records
 //! out, exactly once per `(source, id)`.
 //!
-//! Owns the [`Ingestor`] (dedup, append, wait for durability), the dedup index and its
+//! Owns the decoding of a request body into validated events ([`decode`]: pure functions,
+//! fuzzed), the [`Ingestor`] (dedup, append, wait for durability), the dedup index and its
 //! snapshot file ([`dedup`]), the budget of request bytes in flight ([`admission`]), and
 //! the counters the ingest path keeps ([`metrics`]). The HTTP server (`shiplog-web`), the
 //! rules engine (which writes its decisions through the same [`Ingestor`]), the demo
@@ -15,6 +16,7 @@
 //!   is never reported for an event the log does not hold.
 
 pub mod admission;
+pub mod decode;
 pub mod dedup;
 pub mod ingestor;
 pub mod metrics;

@@ -16,7 +16,6 @@
 
 pub mod auth;
 pub mod dashboards;
-pub mod decode;
 pub mod gate;
 pub mod login;
 pub mod query;
@@ -32,6 +31,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::json;
 use shiplog_ingest::admission::Admission;
+use shiplog_ingest::decode;
 use shiplog_ingest::metrics::{ExternalSeries, Metrics};
 use shiplog_ingest::{IngestError, Ingestor};
 use shiplog_log::LogError;

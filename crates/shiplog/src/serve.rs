@@ -259,7 +259,7 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         }
     }
     if demo {
-        crate::demo::seed_if_empty(&ingestor).await?;
+        shiplog_bench::demo::seed_if_empty(&ingestor).await?;
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
