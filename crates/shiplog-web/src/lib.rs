@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod dashboards;
 pub mod gate;
+pub mod html;
 pub mod login;
 pub mod query;
 
