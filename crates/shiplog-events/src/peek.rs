@@ -116,11 +116,34 @@ struct Lenient<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LenientVisitor).map(Lenient)
+        d.deserialize_any(LenientVisitor { field: None })
+            .map(Lenient)
     }
 }
 
-struct LenientVisitor;
+/// `data.name`: the `name` string of an object, `None` for any other value.
+struct DataName<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for DataName<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor {
+            field: Some("name"),
+        })
+        .map(DataName)
+    }
+}
+
+/// Reads any JSON value: without `field`, a string as itself; with it, an object's string
+/// member of that name. Everything else is skipped and reads as `None`.
+struct LenientVisitor {
+    field: Option<&'static str>,
+}
+
+impl LenientVisitor {
+    fn string<'de>(&self, s: Cow<'de, str>) -> Option<Cow<'de, str>> {
+        self.field.is_none().then_some(s)
+    }
+}
 
 impl<'de> Visitor<'de> for LenientVisitor {
     type Value = Option<Cow<'de, str>>;
@@ -129,13 +152,13 @@ impl<'de> Visitor<'de> for LenientVisitor {
         f.write_str("any JSON value")
     }
     fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Borrowed(s)))
+        Ok(self.string(Cow::Borrowed(s)))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(s.to_owned())))
+        Ok(self.string(Cow::Owned(s.to_owned())))
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(s)))
+        Ok(self.string(Cow::Owned(s)))
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
         Ok(None)
@@ -157,62 +180,15 @@ impl<'de> Visitor<'de> for LenientVisitor {
         Ok(None)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-}
-
-/// `data.name` of a `data` value of any type (absent unless an object with a string name).
-struct DataName<'a>(Option<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for DataName<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(DataNameVisitor).map(DataName)
-    }
-}
-
-struct DataNameVisitor;
-
-impl<'de> Visitor<'de> for DataNameVisitor {
-    type Value = Option<Cow<'de, str>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut name = None;
+        let mut found = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "name" {
-                name = map.next_value::<Lenient>()?.0;
+            if self.field == Some(key.as_ref()) {
+                found = map.next_value::<Lenient>()?.0;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(name)
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        LenientVisitor.visit_seq(seq)
-    }
-    fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok(found)
     }
 }
 
