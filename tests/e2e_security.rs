@@ -321,9 +321,9 @@ const fn page(route: &'static str, path: &'static str) -> Case {
 }
 
 /// Every route the server mounts (role `all`), with what it needs. The routers are
-/// `shiplog_web::router` (crates/shiplog-web/src/lib.rs), `dashboards::routes`
-/// (dashboards/mod.rs), `login::routes` (login.rs) and `gate::routes`
-/// (crates/shiplog/src/gate.rs); `mounted_routes()` reads them, and
+/// `shiplog_web::router` (crates/shiplog-web/src/lib.rs, `/v1/gate` included),
+/// `dashboards::routes` (dashboards/mod.rs) and `login::routes` (login.rs);
+/// `mounted_routes()` reads them, and
 /// `route_table_matches_the_routers` fails when a route has no entry here.
 const ROUTES: &[Case] = &[
     Case {
@@ -393,8 +393,8 @@ fn expected(c: &Case, who: Who) -> u16 {
 /// The (method, route) pairs mounted by the server's routers, read from their source:
 /// every `.route("<path>", <method>(…)[.<method>(…)])` in crates/*/src. Other ways of
 /// mounting (`nest`, `route_service`, `fallback`) are refused, so that none escapes the
-/// table. `crates/shiplog/src/bench.rs` is skipped: its router is the no-op server that
-/// `shiplog bench` compares against, never served by `shiplog serve`.
+/// table. `crates/shiplog-bench/src/ingest.rs` is skipped: its router is the no-op server
+/// that `shiplog bench ingest` compares against, never served by `shiplog serve`.
 fn mounted_routes() -> BTreeSet<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut files = Vec::new();
@@ -415,7 +415,7 @@ fn mounted_routes() -> BTreeSet<(String, String)> {
     }
     let mut out = BTreeSet::new();
     for f in files {
-        if f.ends_with("crates/shiplog/src/bench.rs") {
+        if f.ends_with("crates/shiplog-bench/src/ingest.rs") {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();

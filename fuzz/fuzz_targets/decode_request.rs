@@ -1,5 +1,5 @@
 //! `POST /v1/events` decoding: `[content type, flags, body…]` through
-//! `shiplog_web::decode::decode_request` (see `harness::decode_input` for the layout).
+//! `shiplog_ingest::decode::decode_request` (see `harness::decode_input` for the layout).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

@@ -1,10 +1,10 @@
 //! The checks behind the fuzz targets, shared with the stable regression test.
 //!
 //! `fuzz/fuzz_targets/*.rs` call [`check_decode_request`] and [`check_event_json`] on every
-//! input libFuzzer generates; `crates/shiplog-web/tests/fuzz_corpus.rs` includes this file
+//! input libFuzzer generates; `crates/shiplog-ingest/tests/fuzz_corpus.rs` includes this file
 //! by path and calls the same functions on every file of `tests/fuzz-corpus/<target>/`.
 //! A broken rule panics with a message that names it. This file uses only what
-//! shiplog-web's own tests can use (shiplog-web, shiplog-events, serde_json, flate2), so
+//! shiplog-ingest's own tests can use (shiplog-ingest, shiplog-events, serde_json, flate2), so
 //! the regression test builds on stable.
 //!
 //! The contract checked (docs/fuzzing.md):
@@ -40,7 +40,9 @@ use serde_json::Value;
 use shiplog_events::{
     from_cloudevent, from_cloudevents_batch, Event, FieldError, Kind, Origin, RawEvent, Stamp,
 };
-use shiplog_web::decode::{body_format, decode_body, decode_content, decode_request, DecodeError};
+use shiplog_ingest::decode::{
+    body_format, decode_body, decode_content, decode_request, DecodeError,
+};
 use std::borrow::Cow;
 use std::io::{Read, Write};
 
@@ -169,7 +171,7 @@ pub fn encode_input(content_type: usize, flags: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The decode target: one request through `shiplog_web::decode::decode_request`, checked
+/// The decode target: one request through `shiplog_ingest::decode::decode_request`, checked
 /// against the contract above.
 pub fn check_decode_request(data: &[u8]) {
     let Some(input) = decode_input(data) else {

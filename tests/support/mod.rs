@@ -122,27 +122,10 @@ pub fn log_segments(data_dir: &Path) -> Vec<PathBuf> {
     segments
 }
 
-/// A valid event of `kind` with a unique id.
-pub fn event(kind: &str, source: &str, id: &str, project: &str) -> serde_json::Value {
-    let data = match kind {
-        "build" => serde_json::json!({"tool": "vite", "success": true, "duration_ms": 41_000,
-            "bundle_bytes": 812_345, "phases": [{"name": "transform", "duration_ms": 30_000}],
-            "chunks": [{"name": "index", "bytes": 500_000, "gzip_bytes": 150_000}]}),
-        "deploy" => serde_json::json!({"status": "succeeded", "url": "https://web-abc.vercel.app",
-            "provider": "vercel", "duration_ms": 52_000, "triggered_by": "ci"}),
-        "migration" => serde_json::json!({"tool": "alembic", "database": "main",
-            "version": "20260101", "status": "applied", "duration_ms": 1200}),
-        "api_cost" => serde_json::json!({"provider": "openai", "model": "gpt-4o",
-            "input_tokens": 1200, "output_tokens": 300, "requests": 1, "cost_usd": 0.006}),
-        "check" => serde_json::json!({"name": "error_rate", "value": 0.01, "unit": "ratio"}),
-        other => panic!("no sample for kind {other}"),
-    };
-    serde_json::json!({
-        "id": id, "kind": kind, "source": source, "project": project,
-        "env": "production", "commit": "abc123", "deployment_id": "dpl_1",
-        "time": "2026-11-20T10:00:00Z", "data": data
-    })
-}
+/// A valid event of `kind` with the given source, id and project: the generator the
+/// benchmarks use too (`shiplog_bench::sample`).
+#[allow(unused_imports)]
+pub use shiplog_bench::sample::sample_event as event;
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -5,7 +5,9 @@
 //! `data` fields ([`data_fields`]), validation with JSON-pointer field paths
 //! ([`Event::from_json`], [`validate_data`]), the CloudEvents mapping ([`from_cloudevent`],
 //! [`from_cloudevents_batch`]) and the v1 JSON Schemas ([`schema::v1_schemas`], checked in
-//! as `schemas/v1/`).
+//! as `schemas/v1/`), and what every reader of stored records shares: the one cheap look at
+//! a record ([`RecordPeek`]), the one dedup key ([`dedup_key`]) and the one reader of stored
+//! times ([`parse_time_micros`]).
 //!
 //! Guarantees:
 //! - field names are those of PRODUCT.md and `schemas/v1/`; the schemas are rendered from
@@ -21,13 +23,17 @@
 
 mod cloudevents;
 mod kind;
+mod peek;
 pub mod raw;
 pub mod schema;
+mod time;
 mod validate;
 
 pub use cloudevents::{from_cloudevent, from_cloudevents_batch, CLOUDEVENTS_SPECVERSION};
 pub use kind::Kind;
+pub use peek::{dedup_key, DedupKey, RecordPeek};
 pub use raw::{RawEvent, Stamp, ValidEvent};
+pub use time::parse_time_micros;
 pub use validate::{
     data_fields, validate_data, FieldSpec, FieldType, DEPLOY_STATUSES, MAX_COUNT,
     MIGRATION_STATUSES, TRIGGERED_BY, VERDICTS,
@@ -199,9 +205,9 @@ impl Event {
         self.time.or(self.received_at)
     }
 
-    /// The dedup key: `(source, id)`.
-    pub fn dedup_key(&self) -> (&str, &str) {
-        (&self.source, &self.id)
+    /// The dedup key of `(source, id)` ([`dedup_key`]).
+    pub fn dedup_key(&self) -> DedupKey {
+        dedup_key(&self.source, &self.id)
     }
 
     /// The JSON stored in the log (compact). Times are written as by [`format_rfc3339`].

@@ -214,49 +214,18 @@ pub async fn loopback_host_only(
 /// The cookie that carries a browser's token.
 pub const TOKEN_COOKIE: &str = "shiplog_token";
 
-/// A byte that may stand for itself in a cookie value (RFC 6265 `cookie-octet`), `%`
-/// excepted (it introduces an escape).
-fn cookie_octet(b: u8) -> bool {
-    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E) && b != b'%'
-}
-
 /// A secret as a cookie value: bytes that a cookie cannot hold (space, `;`, `,`, `"`, `\`,
 /// controls, non-ASCII) and `%` are written `%XX`. Usual tokens (letters, digits, `-_.+/=`)
 /// are unchanged.
 pub fn encode_cookie_value(secret: &str) -> String {
-    let mut out = String::with_capacity(secret.len());
-    for b in secret.bytes() {
-        if cookie_octet(b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::html::percent_encode(secret, crate::html::COOKIE)
 }
 
 fn decode_cookie_value(v: &str) -> Option<String> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(v)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }
 
 /// The secret of the request's `shiplog_token` cookie, decoded (the first one, when a
@@ -278,6 +247,12 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A byte that may stand for itself in a cookie value (RFC 6265 `cookie-octet`), `%`
+    /// excepted (it introduces an escape).
+    fn cookie_octet(b: u8) -> bool {
+        matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E) && b != b'%'
+    }
 
     #[test]
     fn scopes_and_projects() {

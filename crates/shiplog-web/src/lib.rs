@@ -1,25 +1,24 @@
 //! The shiplog HTTP server (axum).
 //!
 //! Owns the ingest API (`POST /v1/events`), health (`GET /healthz`), metrics
-//! (`GET /metrics`), authentication (bearer tokens with scopes), and the hooks the binary
-//! uses to mount the query API and dashboards.
+//! (`GET /metrics`), the query API (`POST /v1/query`), the deploy gate (`GET /v1/gate`),
+//! the dashboards and authentication (bearer tokens with scopes). It is HTTP only: the
+//! ingest path itself is `shiplog-ingest`, the rules `shiplog-rules`, the queries
+//! `shiplog-store`.
 //!
 //! Guarantees:
 //! - a 2xx from `POST /v1/events` is sent only after every accepted event is durable in the
-//!   log (the handler awaits [`ingest::Ingestor::ingest`], which awaits `Log::append`);
+//!   log (the handler awaits [`Ingestor::ingest_valid`], which awaits `Log::append`);
 //! - a request is refused as a whole only with a status that says whether to retry
 //!   (4xx: fix the request; 503/507 + `Retry-After`: retry later);
 //! - every rejected event is reported with its index in the body and the JSON pointer of
 //!   the offending field.
 
-pub mod admission;
 pub mod auth;
 pub mod dashboards;
-pub mod decode;
-pub mod dedup;
-pub mod ingest;
+pub mod gate;
+pub mod html;
 pub mod login;
-pub mod metrics;
 pub mod query;
 
 use auth::{Auth, AuthError, Principal, Scope};
@@ -30,10 +29,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use ingest::{IngestError, Ingestor};
-use metrics::{ExternalSeries, Metrics};
 use serde::Serialize;
 use serde_json::json;
+use shiplog_ingest::admission::Admission;
+use shiplog_ingest::decode;
+use shiplog_ingest::metrics::{ExternalSeries, Metrics};
+use shiplog_ingest::{IngestError, Ingestor};
 use shiplog_log::LogError;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -58,7 +59,10 @@ pub struct AppState {
     /// DuckDB over the projections (absent on nodes that do not serve queries).
     pub query: Option<Arc<shiplog_store::QueryEngine>>,
     /// The budget of ingest request bytes in flight (503 when spent).
-    pub admission: admission::Admission,
+    pub admission: Admission,
+    /// The rules engine, whose state answers `GET /v1/gate` (absent on nodes that do not
+    /// serve queries: the route is not mounted there).
+    pub rules: Option<shiplog_rules::RulesEngine>,
 }
 
 /// One rejected event of a request.
@@ -80,15 +84,18 @@ pub struct IngestResponse {
     pub error: Option<String>,
 }
 
-/// The ingest, query, health and metrics routes. The binary merges the query and dashboard
-/// routes into this router.
+/// The ingest, query, health and metrics routes, and `/v1/gate` when the state has a rules
+/// engine. The binary merges the dashboard routes into this router.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/v1/events", post(post_events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/v1/query", post(query::post_query))
-        .with_state(state)
+        .route("/v1/query", post(query::post_query));
+    if state.rules.is_some() {
+        router = router.route("/v1/gate", get(gate::get_gate));
+    }
+    router.with_state(state)
 }
 
 /// An error answer with a JSON body `{"error": …}`.
@@ -178,7 +185,7 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let cost = admission::Admission::cost(content_length, state.body_limit);
+    let cost = Admission::cost(content_length, state.body_limit);
     let Some(_reservation) = state.admission.try_admit(cost) else {
         // Read and discard the body (a chunk at a time, up to the limit) before answering:
         // a client still sending would otherwise see a reset instead of the 503.

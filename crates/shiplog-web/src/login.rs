@@ -63,20 +63,7 @@ button{margin-top:1rem;padding:.45rem 1.2rem;font:inherit;border:0;border-radius
 .err{color:#b42318;background:#fef3f2;border:1px solid #fecdca;border-radius:4px;padding:.4rem .6rem}\
 .hint{color:#5b6472;font-size:.9rem}";
 
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::html::{escape, percent_encode, PATH};
 
 /// `next` when it is a path of this site (`/…`, not `//host` or `/\host`), else `/`: the
 /// form never redirects elsewhere.
@@ -93,15 +80,7 @@ pub fn safe_next(next: &str) -> &str {
 }
 
 fn percent_encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, PATH)
 }
 
 /// Headers of every sign-in answer: never cached, never framed (no clickjacking of the

@@ -106,9 +106,9 @@ impl Default for ServerConfig {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             shutdown_grace: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
-            max_inflight_bytes: shiplog_web::admission::DEFAULT_MAX_INFLIGHT_BYTES,
+            max_inflight_bytes: shiplog_ingest::admission::DEFAULT_MAX_INFLIGHT_BYTES,
             query_memory_mb: shiplog_store::DEFAULT_QUERY_MEMORY_MB,
-            dedup_max_keys: shiplog_web::dedup::DEFAULT_MAX_KEYS,
+            dedup_max_keys: shiplog_ingest::dedup::DEFAULT_MAX_KEYS,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `shiplog gate` and `GET /v1/gate`: may this project/env be deployed now?
+//! `shiplog gate`: may this project/env be deployed now? The client of `GET /v1/gate`
+//! (served by `shiplog_web::gate`).
 //!
 //! The server answers from the rules engine's state (rebuilt from the log, so it is current
 //! to the last acknowledged event): failed migrations since the last successful deploy (a
@@ -7,76 +8,9 @@
 //! on usage or connection errors.
 
 use anyhow::{Context, Result};
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::Value;
-use shiplog_rules::RulesEngine;
-use shiplog_web::auth::Scope;
-use shiplog_web::{authorize, error_response, AppState};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Clone)]
-struct GateState {
-    app: Arc<AppState>,
-    rules: RulesEngine,
-}
-
-#[derive(Deserialize)]
-struct GateParams {
-    project: Option<String>,
-    env: Option<String>,
-}
-
-/// The `GET /v1/gate` route (scope `read`), to merge into the server's router.
-pub fn routes(app: Arc<AppState>, rules: RulesEngine) -> Router {
-    Router::new()
-        .route("/v1/gate", get(get_gate))
-        .with_state(GateState { app, rules })
-}
-
-async fn get_gate(
-    State(s): State<GateState>,
-    headers: HeaderMap,
-    Query(p): Query<GateParams>,
-) -> Response {
-    let principal = match authorize(&s.app.auth, &headers, Scope::Read) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let (Some(project), Some(env)) = (
-        p.project.filter(|x| !x.is_empty()),
-        p.env.filter(|x| !x.is_empty()),
-    ) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "project and env are required: /v1/gate?project=P&env=E",
-        );
-    };
-    if !principal.allows_project(&project) {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            format!("this token may not read project {project:?}"),
-        );
-    }
-    if !s.rules.is_ready() {
-        let mut r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the rules state is being rebuilt from the log; retry",
-        );
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return r;
-    }
-    Json(s.rules.gate(&project, &env)).into_response()
-}
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum GateFormat {

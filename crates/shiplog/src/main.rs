@@ -4,8 +4,6 @@
 //! server over HTTP or work on a stopped server's data dir.
 
 mod bench;
-mod bench_dashboards;
-mod bench_soak;
 mod collect;
 mod config;
 mod datadir;
@@ -285,53 +283,66 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seconds,
                     batches,
                     kafka_mock,
-                } => runtime()?.block_on(bench::ingest(bench::IngestBenchArgs {
-                    connections,
-                    seconds,
-                    batch_sizes: batches,
+                } => runtime()?.block_on(bench::ingest(
+                    shiplog_bench::ingest::IngestBenchArgs {
+                        connections,
+                        seconds,
+                        batch_sizes: batches,
+                        log: None,
+                    },
                     kafka_mock,
-                }))?,
-                BenchCommand::Decode { batch, seconds } => bench::decode(batch, seconds)?,
+                ))?,
+                BenchCommand::Decode { batch, seconds } => {
+                    shiplog_bench::ingest::decode(batch, seconds)?
+                }
                 BenchCommand::Soak {
                     minutes,
                     rate,
                     batch,
                     connections,
                     interval,
-                } => runtime()?.block_on(bench_soak::soak(bench_soak::SoakArgs {
-                    minutes,
-                    rate,
-                    batch,
-                    connections,
-                    interval,
-                    data_dir: cli.data_dir.clone(),
-                }))?,
+                } => runtime()?.block_on(shiplog_bench::soak::soak(
+                    shiplog_bench::soak::SoakArgs {
+                        minutes,
+                        rate,
+                        batch,
+                        connections,
+                        interval,
+                        data_dir: cli.data_dir.clone(),
+                    },
+                ))?,
                 BenchCommand::Rss {
                     events,
                     batch,
                     connections,
-                } => runtime()?.block_on(bench_soak::rss(bench_soak::RssArgs {
-                    events,
-                    batch,
-                    connections,
-                    data_dir: cli.data_dir.clone(),
-                }))?,
+                } => {
+                    runtime()?.block_on(shiplog_bench::soak::rss(shiplog_bench::soak::RssArgs {
+                        events,
+                        batch,
+                        connections,
+                        data_dir: cli.data_dir.clone(),
+                    }))?
+                }
                 BenchCommand::Freshness {
                     samples,
                     background_rate,
-                } => runtime()?.block_on(bench::freshness(samples, background_rate))?,
+                } => runtime()?
+                    .block_on(shiplog_bench::ingest::freshness(samples, background_rate))?,
                 // the projection goes to the global --data-dir (reused when it holds one),
                 // else <tmp>/shiplog-bench-dashboards-<events>
                 BenchCommand::Dashboards {
                     events,
                     runs,
                     pages,
-                } => bench_dashboards::run(bench_dashboards::Args {
-                    events,
-                    data_dir: cli.data_dir.clone(),
-                    runs,
-                    pages,
-                })?,
+                } => shiplog_bench::dashboards::run(
+                    shiplog_bench::dashboards::Args {
+                        events,
+                        data_dir: cli.data_dir.clone(),
+                        runs,
+                        pages,
+                    },
+                    bench::WebDashboards::open,
+                )?,
             }
             Ok(ExitCode::SUCCESS)
         }

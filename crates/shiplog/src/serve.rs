@@ -4,11 +4,11 @@ use crate::config::Config;
 use crate::datadir::{log_dir, DataDirLock};
 use crate::roles::Role;
 use anyhow::{bail, Context, Result};
+use shiplog_ingest::Ingestor;
+use shiplog_ingest::Metrics;
 use shiplog_log::file::{FileLogConfig, SegmentedLog};
 use shiplog_log::Log;
 use shiplog_store::{run_projection, ProjectorConfig, QueryEngine};
-use shiplog_web::ingest::Ingestor;
-use shiplog_web::metrics::Metrics;
 use shiplog_web::{router, AppState};
 use std::sync::Arc;
 use std::time::Instant;
@@ -185,9 +185,143 @@ pub fn projector_config(config: &Config) -> Result<ProjectorConfig> {
 
 /// `shiplog serve`: runs the parts of the pipeline of `role` (see [`crate::roles`]); with
 /// `demo`, seeds demo data first when the data dir has no events.
+///
+/// In order: check what may be served, open the log, start ingest (the dedup index
+/// restored), the projection, the queries and the rules, serve HTTP until SIGTERM, then stop
+/// the projection, snapshot the dedup index and close the log.
 pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
+    let tokens = check_what_may_be_served(&config, demo, role)?;
     let kafka = config.log.is_kafka();
-    if role != Role::All && !kafka {
+    let data_dir = config.server.data_dir.clone();
+    // With Kafka the data dir holds only the Parquet projection (shared by the nodes); its
+    // own lock guards the projector.
+    let _lock = if kafka {
+        None
+    } else {
+        Some(DataDirLock::acquire(&data_dir, "shiplog serve")?)
+    };
+    let log: Arc<dyn Log> = if kafka {
+        Arc::new(open_kafka_log(&config).await?)
+    } else {
+        Arc::new(open_file_log(&config)?)
+    };
+    let (ingestor, metrics) = start_ingest(&config, log.clone(), role).await?;
+    if demo {
+        shiplog_bench::demo::seed_if_empty(&ingestor).await?;
+    }
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let dedup_dir = data_dir.join("dedup");
+    if !kafka {
+        tokio::spawn(snapshot_dedup_periodically(
+            ingestor.clone(),
+            dedup_dir.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let projection = if role.projects() {
+        Some(start_role_projection(&config, log.clone(), role, shutdown_rx).await?)
+    } else {
+        None
+    };
+    let query = if role.serves_web() {
+        Some(open_queries(&config)?)
+    } else {
+        None
+    };
+    let rules = match &query {
+        Some(query) => Some(start_rules(
+            &config,
+            ingestor.clone(),
+            query.clone(),
+            &shutdown_tx,
+        )?),
+        None => None,
+    };
+    let series = projection
+        .as_ref()
+        .map(|p| projection_series(p, log.clone()))
+        .into_iter()
+        .chain(
+            rules
+                .clone()
+                .map(|r| Arc::new(move || r.render_metrics()) as shiplog_web::SeriesFn),
+        )
+        .collect();
+    let state = Arc::new(AppState {
+        ingestor,
+        auth: shiplog_web::auth::Auth::new(tokens),
+        metrics,
+        body_limit: config.server.body_limit,
+        started: Instant::now(),
+        series,
+        query,
+        admission: shiplog_ingest::admission::Admission::new(config.server.max_inflight_bytes),
+        rules,
+    });
+    let app = app(&config, state.clone(), role);
+
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // The URL line is the contract with `make run` and the tests: keep its shape.
+    println!("shiplog listening on http://{addr}/");
+    info!(%addr, data_dir = %data_dir.display(), %role, "serving");
+    serve_http(
+        listener,
+        app,
+        config.server.request_timeout,
+        shutdown_signal(),
+    )
+    .await;
+
+    let _ = shutdown_tx.send(true);
+    stop(&config, projection, &state.ingestor, &dedup_dir, log).await
+}
+
+/// After the HTTP server stopped (the shutdown already signalled): waits for the projection,
+/// writes the dedup snapshot (file log), and drains and syncs the log, each within the
+/// grace period.
+async fn stop(
+    config: &Config,
+    projection: Option<ProjectionSlot>,
+    ingestor: &Ingestor,
+    dedup_dir: &std::path::Path,
+    log: Arc<dyn Log>,
+) -> Result<()> {
+    let grace = config.server.shutdown_grace;
+    info!("stopping the projection");
+    if let Some(projection) = projection {
+        match tokio::time::timeout(grace, projection.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "projection stopped with an error"),
+            Ok(Err(e)) => warn!(error = %e, "projection task failed"),
+            Err(_) => warn!("projection did not stop within the grace period"),
+        }
+    }
+    if !config.log.is_kafka() {
+        snapshot_dedup(ingestor, dedup_dir).await;
+    }
+    info!("draining and syncing the log");
+    match tokio::time::timeout(grace, log.close()).await {
+        Ok(r) => r.context("closing the log")?,
+        Err(_) => warn!("log did not close within the grace period"),
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Refuses what `serve` must not run: a role other than all on the file log (one process
+/// owns it), `--demo` on a partial role, no tokens on a non-loopback address. Returns the
+/// tokens of the config.
+fn check_what_may_be_served(
+    config: &Config,
+    demo: bool,
+    role: Role,
+) -> Result<Vec<shiplog_web::auth::Token>> {
+    if role != Role::All && !config.log.is_kafka() {
         bail!(
             "serve --role {role} needs [log] backend = \"kafka\": the embedded file log is \
              owned (locked) by one process, so separate ingest, process and web nodes cannot \
@@ -206,32 +340,28 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
              listen on 127.0.0.1"
         );
     }
-    let data_dir = config.server.data_dir.clone();
-    // With Kafka the data dir holds only the Parquet projection (shared by the nodes); its
-    // own lock guards the projector.
-    let _lock = if kafka {
-        None
-    } else {
-        Some(DataDirLock::acquire(&data_dir, "shiplog serve")?)
-    };
-    let log: Arc<dyn Log> = if kafka {
-        Arc::new(open_kafka_log(&config).await?)
-    } else {
-        Arc::new(open_file_log(&config)?)
-    };
+    Ok(tokens)
+}
 
+/// The ingest path over `log`, its dedup index restored: from the snapshot and the log
+/// after it (file log), or rebuilt from the topic (Kafka, best effort, ingest roles only).
+async fn start_ingest(
+    config: &Config,
+    log: Arc<dyn Log>,
+    role: Role,
+) -> Result<(Arc<Ingestor>, Arc<Metrics>)> {
     let metrics = Arc::new(Metrics::default());
     let ingestor = Arc::new(Ingestor::new(
-        log.clone(),
+        log,
         config.server.dedup_window,
         metrics.clone(),
     ));
     ingestor.set_dedup_max_keys(config.server.dedup_max_keys);
     let started = Instant::now();
-    // The dedup index's snapshot (file log only): a start reads the log after it.
-    let dedup_dir = data_dir.join("dedup");
-    if !kafka {
-        let restored = ingestor.restore_dedup(&dedup_dir).await?;
+    if !config.log.is_kafka() {
+        let restored = ingestor
+            .restore_dedup(&config.server.data_dir.join("dedup"))
+            .await?;
         if let Some(why) = &restored.rejected {
             warn!(reason = %why, "dedup snapshot not used (deleted): reading the whole log");
         }
@@ -258,186 +388,134 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
             }
         }
     }
-    if demo {
-        crate::demo::seed_if_empty(&ingestor).await?;
-    }
+    Ok((ingestor, metrics))
+}
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    if !kafka {
-        tokio::spawn(snapshot_dedup_periodically(
-            ingestor.clone(),
-            dedup_dir.clone(),
-            shutdown_rx.clone(),
-        ));
+/// The projection of a node that projects: a consumer group's (Kafka with
+/// `log.consumer_group`), else one processor's (a Kafka processor whose Parquet directory
+/// another one holds waits as a standby and takes over when it stops).
+async fn start_role_projection(
+    config: &Config,
+    log: Arc<dyn Log>,
+    role: Role,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<ProjectionSlot> {
+    let kafka = config.log.is_kafka();
+    let data_dir = &config.server.data_dir;
+    let mut pc = projector_config(config)?;
+    if kafka {
+        // Any producer may write to the topic: validate, dedup across ingest nodes.
+        pc.dedup_window = Some(config.server.dedup_window);
+        pc.validate = true;
     }
-    let projection = if role.projects() {
-        let mut pc = projector_config(&config)?;
-        if kafka {
-            // Any producer may write to the topic: validate, dedup across ingest nodes.
-            pc.dedup_window = Some(config.server.dedup_window);
-            pc.validate = true;
-        }
-        match (kafka, config.log.consumer_group.clone()) {
-            (true, Some(group)) => {
-                check_projection_mode(&data_dir, true)?;
-                crate::group::ensure_partitions_dir(&data_dir)?;
-                let h = crate::group::run_group_projection(
-                    config.log.kafka_config()?,
-                    group,
-                    data_dir.clone(),
-                    pc,
-                    shutdown_rx,
-                )
-                .await?;
-                Some(ProjectionSlot {
-                    running: Arc::new(std::sync::Mutex::new(Some((h.metrics, h.progress)))),
-                    task: h.task,
-                })
-            }
-            _ => {
-                if kafka {
-                    check_projection_mode(&data_dir, false)?;
-                }
-                // A Kafka processor whose Parquet directory is held by another one waits
-                // as a standby and takes over when it stops.
-                let standby = kafka && role == Role::Process;
-                Some(
-                    start_projection(log.clone(), data_dir.clone(), pc, shutdown_rx, standby)
-                        .await?,
-                )
-            }
-        }
-    } else {
-        None
-    };
-    let query = if role.serves_web() {
-        if kafka && config.log.consumer_group.is_some() {
-            crate::group::ensure_partitions_dir(&data_dir)?;
-        }
-        Some(Arc::new(
-            QueryEngine::open_with_memory(&data_dir, config.server.query_memory_mb)
-                .context("cannot open DuckDB")?,
-        ))
-    } else {
-        None
-    };
-    let rules = match &query {
-        None => None,
-        Some(query) => Some(
-            shiplog_rules::RulesEngine::start(
-                shiplog_rules::validate(&config.rules, &config.rules_settings)
-                    .map_err(anyhow::Error::msg)?,
-                shiplog_rules::RulesSettings {
-                    // The rules state's snapshot: a start reads only the log after it.
-                    state_dir: Some(data_dir.join("rules")),
-                    ..config.rules_settings.clone()
-                },
-                ingestor.clone(),
-                Some(query.clone()),
-                shutdown_tx.subscribe(),
+    match (kafka, config.log.consumer_group.clone()) {
+        (true, Some(group)) => {
+            check_projection_mode(data_dir, true)?;
+            crate::group::ensure_partitions_dir(data_dir)?;
+            let h = crate::group::run_group_projection(
+                config.log.kafka_config()?,
+                group,
+                data_dir.clone(),
+                pc,
+                shutdown,
             )
-            .map_err(anyhow::Error::msg)
-            .context("cannot start the rules engine")?,
-        ),
-    };
+            .await?;
+            Ok(ProjectionSlot {
+                running: Arc::new(std::sync::Mutex::new(Some((h.metrics, h.progress)))),
+                task: h.task,
+            })
+        }
+        _ => {
+            if kafka {
+                check_projection_mode(data_dir, false)?;
+            }
+            let standby = kafka && role == Role::Process;
+            start_projection(log, data_dir.clone(), pc, shutdown, standby).await
+        }
+    }
+}
 
-    let projection_series: Option<shiplog_web::SeriesFn> = projection.as_ref().map(|projection| {
-        let (running, log) = (projection.running.clone(), log.clone());
-        Arc::new(move || {
-            let Some((metrics, progress)) = running.lock().unwrap().clone() else {
-                return "# HELP shiplog_projection_standby 1 while this processor waits for the active one to stop.\n\
-                        # TYPE shiplog_projection_standby gauge\nshiplog_projection_standby 1\n"
-                    .to_string();
-            };
-            let projected: u64 = progress.borrow().values().sum();
-            let end: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
-            format!(
-                "{}# HELP shiplog_projection_lag_events Durable events not yet in Parquet.\n\
-                 # TYPE shiplog_projection_lag_events gauge\nshiplog_projection_lag_events {}\n",
-                metrics.render_prometheus(),
-                end.saturating_sub(projected)
-            )
-        }) as shiplog_web::SeriesFn
-    });
-    let state = Arc::new(AppState {
+/// DuckDB over the projection, for the query API, the dashboards and the rules.
+fn open_queries(config: &Config) -> Result<Arc<QueryEngine>> {
+    let data_dir = &config.server.data_dir;
+    if config.log.is_kafka() && config.log.consumer_group.is_some() {
+        crate::group::ensure_partitions_dir(data_dir)?;
+    }
+    Ok(Arc::new(
+        QueryEngine::open_with_memory(data_dir, config.server.query_memory_mb)
+            .context("cannot open DuckDB")?,
+    ))
+}
+
+/// The rules engine, its state snapshot in `<data_dir>/rules` (a start reads only the log
+/// after it).
+fn start_rules(
+    config: &Config,
+    ingestor: Arc<Ingestor>,
+    query: Arc<QueryEngine>,
+    shutdown: &tokio::sync::watch::Sender<bool>,
+) -> Result<shiplog_rules::RulesEngine> {
+    shiplog_rules::RulesEngine::start(
+        shiplog_rules::validate(&config.rules, &config.rules_settings)
+            .map_err(anyhow::Error::msg)?,
+        shiplog_rules::RulesSettings {
+            state_dir: Some(config.server.data_dir.join("rules")),
+            ..config.rules_settings.clone()
+        },
         ingestor,
-        auth: shiplog_web::auth::Auth::new(tokens),
-        metrics,
-        body_limit: config.server.body_limit,
-        started: Instant::now(),
-        series: projection_series
-            .into_iter()
-            .chain(
-                rules
-                    .clone()
-                    .map(|r| Arc::new(move || r.render_metrics()) as shiplog_web::SeriesFn),
-            )
-            .collect(),
-        query,
-        admission: shiplog_web::admission::Admission::new(config.server.max_inflight_bytes),
-    });
-    let dashboards = Arc::new(shiplog_web::dashboards::DashboardState::new(
-        state.auth.clone(),
-        state.query.clone(),
-        config.dashboards_dir.as_deref(),
-        config.effective_thresholds(),
-    ));
+        Some(query),
+        shutdown.subscribe(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("cannot start the rules engine")
+}
+
+/// The projection's series of `/metrics`: its counters and lag, or that it stands by.
+fn projection_series(projection: &ProjectionSlot, log: Arc<dyn Log>) -> shiplog_web::SeriesFn {
+    let running = projection.running.clone();
+    Arc::new(move || {
+        let Some((metrics, progress)) = running.lock().unwrap().clone() else {
+            return "# HELP shiplog_projection_standby 1 while this processor waits for the active one to stop.\n\
+                    # TYPE shiplog_projection_standby gauge\nshiplog_projection_standby 1\n"
+                .to_string();
+        };
+        let projected: u64 = progress.borrow().values().sum();
+        let end: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
+        format!(
+            "{}# HELP shiplog_projection_lag_events Durable events not yet in Parquet.\n\
+             # TYPE shiplog_projection_lag_events gauge\nshiplog_projection_lag_events {}\n",
+            metrics.render_prometheus(),
+            end.saturating_sub(projected)
+        )
+    })
+}
+
+/// The HTTP application of the node: web's routes (dashboards where the rules run), ingest
+/// refused on roles that do not ingest, the request timeout, the loopback-host check when
+/// no tokens are configured, and a trace span per request.
+fn app(config: &Config, state: Arc<AppState>, role: Role) -> axum::Router {
     let mut app = router(state.clone());
-    if let Some(rules) = rules {
-        app = app
-            .merge(shiplog_web::dashboards::routes(dashboards))
-            .merge(crate::gate::routes(state.clone(), rules));
+    if state.rules.is_some() {
+        let dashboards = Arc::new(shiplog_web::dashboards::DashboardState::new(
+            state.auth.clone(),
+            state.query.clone(),
+            config.dashboards_dir.as_deref(),
+            config.effective_thresholds(),
+        ));
+        app = app.merge(shiplog_web::dashboards::routes(dashboards));
     }
     if !role.ingests() {
         app = app.layer(axum::middleware::from_fn(crate::roles::refuse_ingest));
     }
-    let app = app
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            config.server.request_timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.auth.clone(),
-            shiplog_web::auth::loopback_host_only,
-        ))
-        .layer(TraceLayer::new_for_http());
-
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
-    // The URL line is the contract with `make run` and the tests: keep its shape.
-    println!("shiplog listening on http://{addr}/");
-    info!(%addr, data_dir = %data_dir.display(), %role, "serving");
-
-    let grace = config.server.shutdown_grace;
-    serve_http(
-        listener,
-        app,
+    app.layer(TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
         config.server.request_timeout,
-        shutdown_signal(),
-    )
-    .await;
-    info!("stopping the projection");
-    let _ = shutdown_tx.send(true);
-    if let Some(projection) = projection {
-        match tokio::time::timeout(grace, projection.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => warn!(error = %e, "projection stopped with an error"),
-            Ok(Err(e)) => warn!(error = %e, "projection task failed"),
-            Err(_) => warn!("projection did not stop within the grace period"),
-        }
-    }
-    if !kafka {
-        snapshot_dedup(&state.ingestor, &dedup_dir).await;
-    }
-    info!("draining and syncing the log");
-    match tokio::time::timeout(grace, log.close()).await {
-        Ok(r) => r.context("closing the log")?,
-        Err(_) => warn!("log did not close within the grace period"),
-    }
-    info!("stopped");
-    Ok(())
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.auth.clone(),
+        shiplog_web::auth::loopback_host_only,
+    ))
+    .layer(TraceLayer::new_for_http())
 }
 
 /// How often serve considers a dedup snapshot, and how many keys committed since the last

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use shiplog_events::{format_rfc3339, Event, Origin};
 use shiplog_log::{Log, Offset, Partition};
 use shiplog_store::QueryEngine;
-use shiplog_web::ingest::Ingestor;
+use shiplog_ingest::Ingestor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,6 @@
-//! Request decoding for `POST /v1/events`: content type and encoding → events.
+//! Request decoding for `POST /v1/events`: content type and encoding → events. The HTTP
+//! server (`shiplog-web`) reads the headers and the body and answers with the status a
+//! [`DecodeError`] names; everything between is here.
 //!
 //! Pure functions (no I/O) so they can be fuzzed and property-tested: any byte string
 //! either decodes into per-event results or is refused with a 4xx status and a reason;

@@ -9,19 +9,42 @@
 //! closed days compacted as the nightly compaction of a server does. A data dir that
 //! already holds a projection is reused.
 
+use crate::history::{event, Rng};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use chrono::{DateTime, Duration as CDuration, Utc};
+use chrono::Utc;
 use serde_json::Value;
 use shiplog_events::Kind;
 use shiplog_log::LogEntry;
 use shiplog_store::{ParquetProjector, ProjectorConfig, QueryEngine, ENVELOPE_COLUMNS};
-use shiplog_web::dashboards::{self, engine, Ctx, Dashboard, DashboardState};
-use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// One page as shiplog's dashboards engine runs it: its panels' SQL and parameters,
+/// expanded exactly as the engine does.
+pub struct Page {
+    pub label: String,
+    pub panels: Vec<(String, Vec<Value>)>,
+}
+
+/// What shiplog's engine returned for one panel of a page.
+pub struct PanelRun {
+    pub rows: usize,
+    /// The value judged against the thresholds.
+    pub value: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// shiplog's dashboards engine, as the web server runs it. The binary implements it over
+/// `shiplog-web`, which no crate but the binary depends on.
+pub trait DashboardEngine {
+    /// The pages to time: the built-in dashboards over 30 and 90 days, and the page of
+    /// `deployment` (as the `/deployments/{id}` route builds it).
+    fn pages(&self, deployment: &str) -> Result<Vec<Page>>;
+    /// Runs page `index` of [`DashboardEngine::pages`] as the web server does.
+    fn run(&self, index: usize) -> Vec<PanelRun>;
+}
 
 pub struct Args {
     pub events: u64,
@@ -29,159 +52,6 @@ pub struct Args {
     pub runs: usize,
     /// Only the pages whose label (`builds 30d`, `deployment …`) contains one of these.
     pub pages: Vec<String>,
-}
-
-/// xorshift64*: deterministic and cheap.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-const PROJECTS: [&str; 4] = ["web-app", "checkout", "api", "docs"];
-
-/// Event `i` of `n`, spread evenly over the 90 days before `end`. Consecutive groups of 40
-/// events share a project, environment, commit and deployment (a deploy's build, checks,
-/// costs …), so joins by commit and deployment find their partners.
-fn event(rng: &mut Rng, i: u64, n: u64, end: DateTime<Utc>, out: &mut String) {
-    out.clear();
-    let span_us = 90 * 86_400 * 1_000_000i64;
-    let t = end - CDuration::microseconds(span_us)
-        + CDuration::microseconds((i as i128 * span_us as i128 / n.max(1) as i128) as i64);
-    let time = shiplog_events::format_rfc3339(&t);
-    let g = i / 40;
-    let project = PROJECTS[(g % 4) as usize];
-    let env = match g % 10 {
-        0..=5 => "production",
-        6..=8 => "preview",
-        _ => "staging",
-    };
-    let dep = format!("dpl_{g:09x}");
-    let commit = format!("{:016x}{:016x}", g.wrapping_mul(0x9E37_79B9_7F4A_7C15), g);
-    let r = rng.below(100);
-    let (kind, source, data) = if r < 55 {
-        let data = match rng.below(4) {
-            0 => format!(
-                r#"{{"name":"smoke","passed":{},"unit":"bool"}}"#,
-                rng.below(20) != 0
-            ),
-            1 => format!(
-                r#"{{"name":"health","passed":{},"value":200,"unit":"status"}}"#,
-                rng.below(50) != 0
-            ),
-            2 => format!(
-                r#"{{"name":"error_rate","passed":true,"value":{},"unit":"ratio"}}"#,
-                rng.below(300) as f64 / 10000.0
-            ),
-            _ => format!(
-                r#"{{"name":"latency_p95","passed":true,"value":{},"unit":"ms"}}"#,
-                80.0 + rng.below(4000) as f64 / 10.0
-            ),
-        };
-        ("check", "checks/probe", data)
-    } else if r < 70 {
-        // builds slow down and grow over the 90 days
-        let age = i as f64 / n.max(1) as f64;
-        let dur = 25_000 + (age * 40_000.0) as u64 + rng.below(50_000);
-        let bundle = 600_000 + (age * 500_000.0) as u64 + rng.below(300_000);
-        let mut chunks = String::new();
-        for c in 0..(2 + rng.below(3)) {
-            if c > 0 {
-                chunks.push(',');
-            }
-            let _ = write!(
-                chunks,
-                r#"{{"name":"assets/chunk-{c}-{:06x}.js","bytes":{},"gzip_bytes":{}}}"#,
-                rng.below(1 << 24),
-                20_000 + rng.below(200_000),
-                6_000 + rng.below(60_000)
-            );
-        }
-        let data = format!(
-            r#"{{"tool":"vite","tool_version":"8.3.0","mode":"production","success":{},"duration_ms":{dur},"phases":[{{"name":"transform","duration_ms":{}}},{{"name":"render","duration_ms":{}}},{{"name":"write","duration_ms":{}}}],"modules_transformed":{},"modules_total":4000,"bundle_bytes":{bundle},"gzip_bytes":{},"chunks":[{chunks}],"assets":[{{"name":"index.html","bytes":1200}}],"ci":{{"provider":"github","run_id":"{}","url":"https://github.com/acme/{project}/actions/runs/{}"}}}}"#,
-            rng.below(20) != 0,
-            dur * 6 / 10,
-            dur * 3 / 10,
-            dur / 20,
-            500 + rng.below(3000),
-            bundle * 3 / 10,
-            9_000_000_000u64 + i,
-            9_000_000_000u64 + i
-        );
-        ("build", "vite-plugin", data)
-    } else if r < 82 {
-        let (provider, model, price) = match rng.below(4) {
-            0 => ("openai", "gpt-4.1-mini", 0.000_000_4),
-            1 => ("openai", "gpt-4.1", 0.000_002),
-            2 => ("anthropic", "claude-sonnet-4", 0.000_003),
-            _ => ("anthropic", "claude-haiku-4", 0.000_001),
-        };
-        let feature = ["summaries", "search", "chat", "tagging"][rng.below(4) as usize];
-        let inp = 200 + rng.below(20_000);
-        let outp = rng.below(4_000);
-        let data = format!(
-            r#"{{"provider":"{provider}","model":"{model}","input_tokens":{inp},"output_tokens":{outp},"cached_tokens":{},"requests":1,"cost_usd":{},"feature":"{feature}"}}"#,
-            rng.below(inp / 2),
-            (inp as f64 + 4.0 * outp as f64) * price
-        );
-        ("api_cost", "app/worker", data)
-    } else if r < 92 {
-        let status = match rng.below(100) {
-            0..=29 => "started",
-            30..=74 => "succeeded",
-            75..=82 => "failed",
-            83..=87 => "rolled_back",
-            _ => "promoted",
-        };
-        let data = format!(
-            r#"{{"status":"{status}","url":"https://{project}-{dep}.vercel.app","provider":"vercel","previous_deployment_id":"dpl_{:09x}","duration_ms":{},"triggered_by":"ci"}}"#,
-            g.saturating_sub(1),
-            30_000 + rng.below(60_000)
-        );
-        ("deploy", "vercel", data)
-    } else if r < 97 {
-        let ok = rng.below(15) != 0;
-        let data = format!(
-            r#"{{"tool":"alembic","database":"main","version":"2026{:05}","name":"add_orders_index","status":"{}","duration_ms":{},"error":{},"checksum":"{:016x}"}}"#,
-            rng.below(100_000),
-            if ok { "applied" } else { "failed" },
-            rng.below(60_000),
-            if ok {
-                "null"
-            } else {
-                r#""relation \"orders\" does not exist""#
-            },
-            rng.next()
-        );
-        ("migration", "shiplog-migrate", data)
-    } else {
-        let (verdict, action, outcome) = match rng.below(10) {
-            0 => ("degraded", "\"rollback\"", "\"rolled_back\""),
-            1 => ("alert", "\"notify\"", "\"sent\""),
-            _ => ("healthy", "null", "null"),
-        };
-        let data = format!(
-            r#"{{"rule":"error-rate-after-deploy","verdict":"{verdict}","metric":"error_rate","value":{},"baseline":0.01,"threshold":0.02,"samples":{},"action":{action},"outcome":{outcome},"dry_run":{}}}"#,
-            rng.below(400) as f64 / 10000.0,
-            50 + rng.below(500),
-            rng.below(5) == 0
-        );
-        ("decision", "shiplog-rules", data)
-    };
-    let _ = write!(
-        out,
-        r#"{{"id":"bench-{i:012}","kind":"{kind}","source":"{source}","time":"{time}","received_at":"{time}","project":"{project}","env":"{env}","commit":"{commit}","branch":"main","deployment_id":"{dep}","data":{data}}}"#
-    );
 }
 
 fn parquet_files(dir: &Path) -> (u64, u64) {
@@ -340,7 +210,11 @@ struct Row {
     raw_par_ms: f64,
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// `shiplog bench dashboards`; `open_engine` gives shiplog's engine over the projection.
+pub fn run(
+    args: Args,
+    open_engine: impl FnOnce(Arc<QueryEngine>) -> Result<Box<dyn DashboardEngine>>,
+) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("shiplog-bench-dashboards-{}", args.events))
     });
@@ -358,24 +232,13 @@ pub fn run(args: Args) -> Result<()> {
         bytes as f64 / 1048576.0
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let t = Instant::now();
     let qe = Arc::new(QueryEngine::open(&data_dir)?);
     println!(
         "QueryEngine::open: {:.1} ms",
         t.elapsed().as_secs_f64() * 1000.0
     );
-    // the built-ins, or a folder's overrides (as `dashboards_dir` in the config)
-    let state = DashboardState::new(
-        shiplog_web::auth::Auth::new(vec![]),
-        Some(qe.clone()),
-        std::env::var_os("SHIPLOG_DASHBOARDS_DIR")
-            .map(PathBuf::from)
-            .as_deref(),
-        engine::Thresholds::new(engine::default_thresholds(), &engine::default_budgets()),
-    );
+    let engine = open_engine(qe.clone())?;
     let raw = raw_connection(qe.parquet_dir())?;
     let total: i64 = raw.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
     println!("events in the views: {total}");
@@ -384,53 +247,24 @@ pub fn run(args: Args) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
-
-    let now = Utc::now();
-    let mut cases: Vec<(String, &Dashboard, Ctx)> = Vec::new();
-    for range in ["30d", "90d"] {
-        let q: HashMap<String, String> = [("range".to_string(), range.to_string())].into();
-        let ctx = dashboards::parse_ctx(&q, now).map_err(anyhow::Error::msg)?;
-        for name in [
-            "overview",
-            "builds",
-            "deploys",
-            "migrations",
-            "costs",
-            "decisions",
-        ] {
-            let d = state
-                .dashboards
-                .get(name)
-                .with_context(|| format!("no built-in dashboard {name}"))?;
-            cases.push((format!("{name} {range}"), d, ctx.clone()));
-        }
-    }
-    {
-        // as the `/deployments/{id}` route does
-        let mut ctx = dashboards::parse_ctx(&HashMap::new(), now).map_err(anyhow::Error::msg)?;
-        ctx.deployment = Some(deployment.clone());
-        ctx.range = "90d".into();
-        ctx.from = ctx.to - CDuration::days(365);
-        let d = state.dashboards.get("deployment").context("deployment")?;
-        cases.push((format!("deployment {deployment}"), d, ctx));
-    }
+    let pages = engine.pages(&deployment)?;
 
     let runs = args.runs.max(1);
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    for (label, d, ctx) in &cases {
+    for (index, page) in pages.iter().enumerate() {
+        let label = &page.label;
         if !args.pages.is_empty() && !args.pages.iter().any(|p| label.contains(p.as_str())) {
             continue;
         }
-        let mut prepared = Vec::new();
-        for p in d.panels.iter() {
-            let spec = p.as_ref().map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
-            let (sql, params) = engine::expand(&spec.sql, ctx).map_err(anyhow::Error::msg)?;
-            prepared.push(Prepared {
-                sql,
+        let prepared: Vec<Prepared> = page
+            .panels
+            .iter()
+            .map(|(sql, params)| Prepared {
+                sql: sql.clone(),
                 params: params.iter().map(json_to_duck).collect(),
-            });
-        }
+            })
+            .collect();
         let conns: Vec<std::sync::Mutex<duckdb::Connection>> = prepared
             .iter()
             .map(|_| raw.try_clone().map(std::sync::Mutex::new))
@@ -438,16 +272,16 @@ pub fn run(args: Args) -> Result<()> {
 
         let shiplog_once = || -> Result<(f64, Vec<usize>, Vec<Option<f64>>)> {
             let t = Instant::now();
-            let out = rt.block_on(dashboards::run_dashboard(&state, d, ctx));
+            let out = engine.run(index);
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             let mut counts = Vec::new();
             let mut values = Vec::new();
             for o in &out {
-                values.push(o.data.value);
-                if let Some(e) = &o.data.error {
+                values.push(o.value);
+                if let Some(e) = &o.error {
                     bail!("{label}: {e}");
                 }
-                counts.push(o.data.rows.len());
+                counts.push(o.rows);
             }
             Ok((ms, counts, values))
         };

@@ -11,7 +11,7 @@
 //!   was rendered, and again after a restart (which rebuilds the dedup index and the rules
 //!   state from the log).
 
-use crate::bench::BodyTemplate;
+use crate::sample::BodyTemplate;
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -181,7 +181,7 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
                 args.connections, args.batch
             );
             // Ids of another run than the soak's, so none repeats.
-            let load = crate::bench::drive(
+            let load = crate::ingest::drive(
                 &format!("{}/v1/events", server.url),
                 args.connections,
                 args.batch,

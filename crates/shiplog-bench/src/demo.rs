@@ -1,0 +1,218 @@
+//! `shiplog demo` and `shiplog serve --demo`: 90 days of realistic, deterministic data for
+//! three projects, written through the real ingest path (validation, dedup, the log).
+//!
+//! The story the dashboards should tell:
+//! - `web-app` (Vite on Vercel): builds slow down from ~45 s to ~80 s after a dependency
+//!   upgrade 24 days ago (production builds go from good to warning), and the bundle grows
+//!   steadily, with a jump at the upgrade; daily production deploys, one failed deploy
+//!   (15 days ago) and one rollback by the rollback rule (8 days ago: error rate and p95
+//!   latency regressed); the `summaries` feature switched from gpt-4o-mini to
+//!   claude-sonnet-4 20 days ago, and API spend doubled;
+//! - `api` (Python, Alembic migrations, Fly): a migration failed 12 days ago with the
+//!   error text, which failed that deploy; a slow backfill migration 27 days ago;
+//! - `admin` (a small Vite app): steady builds and a deploy every few days.
+//!
+//! Deterministic: a fixed seed, and times relative to today's UTC midnight.
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Duration, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use shiplog_events::{Event, Origin};
+use shiplog_ingest::Ingestor;
+
+mod kinds;
+mod story;
+
+pub const DAYS: i64 = 90;
+const SEED: u64 = 0x5111_9106;
+
+/// The generated events (JSON, as collectors would send them), oldest first.
+pub fn events(now: DateTime<Utc>) -> Vec<Value> {
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(SEED),
+        out: Vec::new(),
+        now,
+        start: (now - Duration::days(DAYS - 1))
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc(),
+        n: 0,
+    };
+    g.web_app();
+    g.api();
+    g.admin();
+    g.costs();
+    g.out.retain(|e| {
+        e["time"]
+            .as_str()
+            .is_some_and(|t| t < now.to_rfc3339().as_str())
+    });
+    g.out
+        .sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    g.out
+}
+
+struct Gen {
+    rng: StdRng,
+    out: Vec<Value>,
+    now: DateTime<Utc>,
+    start: DateTime<Utc>,
+    n: u64,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+struct Deploy<'a> {
+    project: &'a str,
+    env: &'a str,
+    provider: &'a str,
+    id: String,
+    prev: Option<String>,
+    commit: String,
+    branch: &'a str,
+    at: DateTime<Utc>,
+}
+
+impl Gen {
+    fn id(&mut self, prefix: &str) -> String {
+        self.n += 1;
+        format!("demo-{prefix}-{:06}", self.n)
+    }
+
+    fn commit(&mut self) -> String {
+        (0..40)
+            .map(|_| std::char::from_digit(self.rng.gen_range(0..16), 16).unwrap())
+            .collect()
+    }
+
+    /// Day `d` (0 = 89 days ago) at `h` hours.
+    fn at(&self, d: i64, h: f64) -> DateTime<Utc> {
+        self.start + Duration::days(d) + Duration::seconds((h * 3600.0) as i64)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        kind: &str,
+        source: &str,
+        project: &str,
+        env: Option<&str>,
+        commit: Option<&str>,
+        branch: Option<&str>,
+        deployment: Option<&str>,
+        time: DateTime<Utc>,
+        data: Value,
+    ) {
+        let id = self.id(kind);
+        let mut e = json!({"id": id, "kind": kind, "source": source, "project": project, "time": ts(time), "data": data});
+        for (k, v) in [
+            ("env", env),
+            ("commit", commit),
+            ("branch", branch),
+            ("deployment_id", deployment),
+        ] {
+            if let Some(v) = v {
+                e[k] = json!(v);
+            }
+        }
+        self.out.push(e);
+    }
+
+    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+        // Box-Muller
+        let u1: f64 = self.rng.gen_range(1e-9..1.0);
+        let u2: f64 = self.rng.gen();
+        mean + sd * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// Validates and ingests the demo events (collector kinds as a collector would send them,
+/// decisions as the rules engine writes them). Returns how many were accepted.
+pub async fn seed(ingestor: &Ingestor, now: DateTime<Utc>) -> Result<usize> {
+    let events = events(now);
+    let mut accepted = 0;
+    for chunk in events.chunks(2000) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for (i, v) in chunk.iter().enumerate() {
+            let origin = if v["kind"] == "decision" {
+                Origin::Internal
+            } else {
+                Origin::Collector
+            };
+            let e = Event::from_json(v.clone(), origin).map_err(|e| {
+                anyhow::anyhow!("demo event {i} is invalid at {}: {}", e.field, e.error)
+            })?;
+            batch.push(e);
+        }
+        let o = ingestor
+            .ingest(batch)
+            .await
+            .context("writing demo events to the log")?;
+        accepted += o.accepted;
+    }
+    Ok(accepted)
+}
+
+/// Seeds when the log holds no record; says what it did.
+pub async fn seed_if_empty(ingestor: &Ingestor) -> Result<()> {
+    let log = ingestor.log();
+    let records: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
+    if records > 0 {
+        tracing::info!(
+            records,
+            "--demo: the data dir already has events; not adding demo data"
+        );
+        return Ok(());
+    }
+    let n = seed(ingestor, Utc::now()).await?;
+    tracing::info!(
+        events = n,
+        days = DAYS,
+        "--demo: wrote demo data through the ingest path"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_valid_and_in_the_past() {
+        let now = DateTime::parse_from_rfc3339("2026-03-15T12:34:56Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let a = events(now);
+        let b = events(now);
+        assert_eq!(a, b);
+        assert!(a.len() > 5_000, "{}", a.len());
+        for v in &a {
+            let origin = if v["kind"] == "decision" {
+                Origin::Internal
+            } else {
+                Origin::Collector
+            };
+            Event::from_json(v.clone(), origin).unwrap_or_else(|e| panic!("{v}: {e:?}"));
+            assert!(v["time"].as_str().unwrap() < "2026-03-15T12:34:56");
+        }
+        for kind in [
+            "build",
+            "deploy",
+            "migration",
+            "api_cost",
+            "check",
+            "decision",
+        ] {
+            assert!(a.iter().any(|v| v["kind"] == kind), "{kind}");
+        }
+        assert!(a.iter().any(|v| v["data"]["status"] == "rolled_back"));
+        assert!(a.iter().any(|v| v["kind"] == "migration"
+            && v["data"]["status"] == "failed"
+            && v["data"]["error"].is_string()));
+    }
+}
