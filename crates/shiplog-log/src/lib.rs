@@ -12,6 +12,7 @@
 //!   position.
 //! - Consumer positions ([`PositionStore`]) are replaced atomically.
 
+pub mod durable;
 pub mod file;
 pub mod kafka;
 mod positions;

@@ -1,8 +1,13 @@
+use super::recovery::*;
 use super::*;
+use crate::LogEntry;
+use bytes::Bytes;
 use futures::future::join_all;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::time::Duration;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
