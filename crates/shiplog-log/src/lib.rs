@@ -10,16 +10,15 @@
 //!   break by accident.
 //! - Readers only ever see durable records, in offset order, each exactly once per read
 //!   position.
-//! - Consumer positions ([`PositionStore`]) are replaced atomically.
+//! - State files are replaced atomically and directories locked by one mechanism each
+//!   ([`durable`]), which every shiplog crate uses.
 
 pub mod durable;
 pub mod file;
 pub mod kafka;
-mod positions;
 
 pub use file::{FileLogConfig, RecoveryReport, SegmentedLog, VerifyReport};
 pub use kafka::{KafkaLog, KafkaLogConfig};
-pub use positions::PositionStore;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
