@@ -2,7 +2,10 @@
 //! committed exactly once through `_state.json` (see the crate docs for the protocol).
 
 use crate::convert::{decode_envelope, KindBatchBuilder};
-use crate::fsutil::{create_dir_durable, list_dir, remove_file_if_exists, sync_dir, DirLock, IoAt};
+use crate::fsutil::{
+    create_dir_durable, list_dir, lock_projection_dir, remove_file_if_exists, sync_dir, DirLock,
+    IoAt,
+};
 use crate::pricing::PriceTable;
 use crate::schema::kind_schema;
 use crate::state::State;
@@ -254,7 +257,7 @@ impl ParquetProjector {
     pub fn open(data_dir: &Path, config: ProjectorConfig) -> Result<ParquetProjector, StoreError> {
         let root = parquet_dir(data_dir);
         create_dir_durable(&root)?;
-        let lock = DirLock::acquire(&root)?;
+        let lock = lock_projection_dir(&root)?;
         Self::open_locked(root, config, lock)
     }
 

@@ -1,7 +1,7 @@
 //! The projection task of `serve` ([`run_projection`]) and [`replay`].
 
 use crate::check::describe_gaps;
-use crate::fsutil::{create_dir_durable, list_dir, DirLock, IoAt};
+use crate::fsutil::{create_dir_durable, list_dir, lock_projection_dir, IoAt};
 use crate::projector::{parquet_dir, FlushReport, ParquetProjector, ProjectorConfig};
 use crate::StoreError;
 use chrono::Utc;
@@ -579,7 +579,7 @@ pub async fn replay(
     let start = Instant::now();
     let root = parquet_dir(data_dir);
     create_dir_durable(&root)?;
-    let lock = DirLock::acquire(&root)?;
+    let lock = lock_projection_dir(&root)?;
     for entry in list_dir(&root)? {
         if entry.file_name().is_some_and(|n| n == "_lock") {
             continue;
