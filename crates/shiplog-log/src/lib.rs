@@ -1,7 +1,8 @@
 //! The shiplog durable log: the source of truth.
 //!
 //! Owns the [`Log`] trait and its embedded backend, the segmented file log
-//! ([`file::SegmentedLog`]); the Kafka backend plugs in behind the same trait.
+//! ([`file::SegmentedLog`]); the Kafka backend (crate `shiplog-kafka`) plugs in behind the
+//! same trait.
 //!
 //! Guarantees:
 //! - [`Log::append`] resolves only once every record of the batch is durable (fsynced for
@@ -15,10 +16,8 @@
 
 pub mod durable;
 pub mod file;
-pub mod kafka;
 
 pub use file::{FileLogConfig, RecoveryReport, SegmentedLog, VerifyReport};
-pub use kafka::{KafkaLog, KafkaLogConfig};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;

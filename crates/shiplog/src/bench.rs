@@ -258,10 +258,10 @@ pub async fn ingest(args: IngestBenchArgs) -> Result<()> {
     let mut _mock = None;
     let log: Arc<dyn Log> = if args.kafka_mock {
         let mock = rdkafka::mocking::MockCluster::new(3)?;
-        mock.create_topic(shiplog_log::kafka::DEFAULT_TOPIC, 3, 1)?;
-        let kc = shiplog_log::KafkaLogConfig::new(mock.bootstrap_servers());
+        mock.create_topic(shiplog_kafka::DEFAULT_TOPIC, 3, 1)?;
+        let kc = shiplog_kafka::KafkaLogConfig::new(mock.bootstrap_servers());
         _mock = Some(mock);
-        Arc::new(tokio::task::spawn_blocking(move || shiplog_log::KafkaLog::open(kc)).await??)
+        Arc::new(tokio::task::spawn_blocking(move || shiplog_kafka::KafkaLog::open(kc)).await??)
     } else {
         let (log, _) = SegmentedLog::open(&dir.path().join("log"), FileLogConfig::default())?;
         Arc::new(log)

@@ -155,7 +155,7 @@ impl Default for LogConfig {
             backend: "file".into(),
             segment_bytes: 64 << 20,
             brokers: None,
-            topic: shiplog_log::kafka::DEFAULT_TOPIC.into(),
+            topic: shiplog_kafka::DEFAULT_TOPIC.into(),
             kafka: BTreeMap::new(),
             consumer_group: None,
         }
@@ -169,13 +169,13 @@ impl LogConfig {
     }
 
     /// The Kafka client settings of `[log]` (backend `kafka`).
-    pub fn kafka_config(&self) -> Result<shiplog_log::KafkaLogConfig> {
+    pub fn kafka_config(&self) -> Result<shiplog_kafka::KafkaLogConfig> {
         let brokers = self
             .brokers
             .clone()
             .filter(|b| !b.trim().is_empty())
             .context("log.brokers is required with log.backend = \"kafka\"")?;
-        let mut c = shiplog_log::KafkaLogConfig::new(brokers);
+        let mut c = shiplog_kafka::KafkaLogConfig::new(brokers);
         c.topic = self.topic.clone();
         for (k, v) in &self.kafka {
             let v = match v {

@@ -11,7 +11,6 @@ mod config;
 mod datadir;
 mod demo;
 mod gate;
-mod group;
 mod migrate;
 mod ops;
 mod roles;
