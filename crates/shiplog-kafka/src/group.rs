@@ -98,13 +98,13 @@ impl ClientContext for GroupContext {}
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let s = &self.shared;
+        let parts: Vec<Partition> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.partition() as Partition)
+            .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts: Vec<Partition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition() as Partition)
-                    .collect();
                 match s.flush(Some(&parts)) {
                     Ok(next) => s.commit(c, &next),
                     Err(e) => {
@@ -120,11 +120,6 @@ impl ConsumerContext for GroupContext {
                 let _ = c.unassign();
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<Partition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition() as Partition)
-                    .collect();
                 let mut assigned = TopicPartitionList::new();
                 for p in &parts {
                     match s.open_projector(*p) {
