@@ -412,7 +412,7 @@ impl Log for KafkaLog {
             bytes: self.shared.bytes.load(Relaxed),
             records: self.shared.records.load(Relaxed),
             syncs: 0,
-            segments: 0,
+            ..LogStats::default()
         }
     }
 }

@@ -64,6 +64,13 @@ pub struct LogStats {
     pub syncs: u64,
     /// Number of segments (file log).
     pub segments: u64,
+    /// Bytes the segments hold uncompressed (file log; equals `bytes` when none is
+    /// compressed).
+    pub raw_bytes: u64,
+    /// Segments stored compressed (file log).
+    pub compressed_segments: u64,
+    /// The first offset the log holds (file log; 0 for Kafka).
+    pub first_offset: Offset,
 }
 
 /// Records a reader skipped because the bytes holding them are damaged (a corrupt byte in

@@ -35,9 +35,9 @@
 //! - Keys are at most 65,535 bytes; key + value at most [`FileLogConfig::max_record_bytes`](super::FileLogConfig::max_record_bytes).
 //!
 
-use std::fs::{self, File};
+use super::compress::{is_compressed, SegmentFile, COMPRESSED_SUFFIX};
+use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::{LogError, Offset};
@@ -77,7 +77,10 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>, LogErr
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(digits) = name.strip_suffix(SEGMENT_SUFFIX) else {
+        let Some(digits) = name
+            .strip_suffix(SEGMENT_SUFFIX)
+            .or_else(|| name.strip_suffix(COMPRESSED_SUFFIX))
+        else {
             continue;
         };
         if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -89,6 +92,15 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(Offset, PathBuf)>, LogErr
         segments.push((base, entry.path()));
     }
     segments.sort();
+    // A segment in both forms: the compressor renamed its complete `.zseg` into place but
+    // did not delete the `.seg` yet. Both hold the same records; list the `.zseg`.
+    segments.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same && is_compressed(&later.1) {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
     Ok(segments)
 }
 
@@ -106,7 +118,7 @@ pub(super) enum Header {
     Torn(String),
 }
 
-pub(super) fn read_header(file: &File, file_len: u64) -> io::Result<Vec<u8>> {
+pub(super) fn read_header(file: &SegmentFile, file_len: u64) -> io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; file_len.min(SEGMENT_HEADER_LEN) as usize];
     file.read_exact_at(&mut bytes, 0)?;
     Ok(bytes)

@@ -27,10 +27,12 @@
 //! The directory's `LOCK` file is held with [`crate::durable::DirLock`] while a
 //! [`SegmentedLog`] has the directory open, so two processes never write the same log.
 
+pub mod compress;
 pub mod format;
 pub mod reader;
 pub mod recovery;
 pub mod scan;
+pub mod status;
 pub mod verify;
 pub mod writer;
 
@@ -54,6 +56,7 @@ pub use format::{
     FORMAT_VERSION, FRAME_OVERHEAD, INDEX_INTERVAL, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 pub use recovery::RecoveryReport;
+pub use status::{status, LogStatus};
 pub use verify::{verify, SegmentDamage, VerifyReport};
 
 use format::*;
@@ -62,7 +65,7 @@ use recovery::recover_tail;
 use scan::Damage;
 use writer::{AppendRequest, Faults, Writer};
 
-/// Sizes of the file log.
+/// Sizes and background work of the file log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileLogConfig {
     /// A segment is rolled before a frame would take it past this size (default 64 MiB).
@@ -72,6 +75,8 @@ pub struct FileLogConfig {
     /// Largest sum of frames written by one group commit (default 8 MiB). The first request
     /// of a group is always taken, whatever its size.
     pub max_batch_bytes: usize,
+    /// Compress sealed segments in the background ([`compress`]; default off).
+    pub compress_sealed: bool,
 }
 
 impl Default for FileLogConfig {
@@ -80,6 +85,7 @@ impl Default for FileLogConfig {
             segment_bytes: 64 << 20,
             max_record_bytes: 16 << 20,
             max_batch_bytes: 8 << 20,
+            compress_sealed: false,
         }
     }
 }
@@ -90,6 +96,7 @@ pub struct SegmentedLog {
     shared: Arc<Shared>,
     sender: Mutex<Option<mpsc::Sender<AppendRequest>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    compressor: Mutex<Option<compress::Compressor>>,
     stopped: watch::Receiver<()>,
     dir: PathBuf,
     config: FileLogConfig,
@@ -115,6 +122,7 @@ impl SegmentedLog {
         validate_config(&config)?;
         fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
+        compress::finish_interrupted(dir)?;
         let dir_file = File::open(dir)?;
         let mut segments = list_segments(dir)?;
         let mut report = RecoveryReport::default();
@@ -123,13 +131,16 @@ impl SegmentedLog {
         let mut infos: Vec<SegmentInfo> = segments[..segments.len() - 1]
             .iter()
             .map(|(base, path)| -> Result<SegmentInfo, LogError> {
+                let file = compress::SegmentFile::open(path)?;
                 Ok(SegmentInfo {
                     base: *base,
                     path: path.clone(),
-                    len: fs::metadata(path)?.len(),
+                    len: file.len()?,
+                    disk_len: file.disk_len()?,
                     index: Vec::new(),
                     indexed: false,
                     damage: Vec::new(),
+                    keep_plain: false,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -143,9 +154,11 @@ impl SegmentedLog {
             base: tail_base,
             path: tail_path.clone(),
             len: tail.len,
+            disk_len: tail.len,
             index: tail.index,
             indexed: true,
             damage: tail.damage,
+            keep_plain: false,
         });
         let table = Table { segments: infos };
         if let Some(missing) = table.missing_below(dir, 0) {
@@ -195,10 +208,17 @@ impl SegmentedLog {
             shared,
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
+            compressor: Mutex::new(None),
             stopped,
             dir: dir.to_path_buf(),
             config,
         };
+        if log.config.compress_sealed {
+            *self::lock(&log.compressor) = Some(compress::Compressor::start(
+                log.shared.clone(),
+                log.dir.clone(),
+            )?);
+        }
         Ok((log, report))
     }
 
@@ -210,6 +230,19 @@ impl SegmentedLog {
     /// The directory holding the log.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Compresses every sealed segment that can be, now, on the calling thread (what the
+    /// background compressor does, for `shiplog log compress` and benchmarks). Returns the
+    /// figures of the segments compressed by this call.
+    pub fn compress_sealed_now(&self) -> compress::CompressSummary {
+        let started = std::time::Instant::now();
+        let mut summary = compress::CompressSummary::default();
+        while let Some(r) = compress::compress_next(&self.shared, &self.dir) {
+            summary.add(r);
+        }
+        summary.elapsed = started.elapsed();
+        summary
     }
 
     /// The first offset the log holds.
@@ -229,6 +262,9 @@ impl Drop for SegmentedLog {
         lock(&self.sender).take();
         if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
+        }
+        if let Some(compressor) = lock(&self.compressor).take() {
+            compressor.stop();
         }
     }
 }
@@ -343,7 +379,14 @@ impl Log for SegmentedLog {
     fn stats(&self) -> LogStats {
         let table = read_lock(&self.shared.table);
         LogStats {
-            bytes: table.segments.iter().map(|s| s.len).sum(),
+            bytes: table.segments.iter().map(|s| s.disk_len).sum(),
+            raw_bytes: table.segments.iter().map(|s| s.len).sum(),
+            first_offset: table.segments[0].base,
+            compressed_segments: table
+                .segments
+                .iter()
+                .filter(|s| compress::is_compressed(&s.path))
+                .count() as u64,
             records: *self.shared.durable.borrow(),
             syncs: self.shared.syncs.load(Ordering::Relaxed),
             segments: table.segments.len() as u64,
@@ -458,14 +501,20 @@ fn skipped_range(path: &Path, d: &Damage) -> SkippedRange {
 struct SegmentInfo {
     base: Offset,
     path: PathBuf,
-    /// Durable length in bytes: readers read below it.
+    /// Durable length in bytes of the raw segment (for a compressed one, of the `.seg` it
+    /// was): readers read below it.
     len: u64,
+    /// Bytes on disk.
+    disk_len: u64,
     /// Sparse index: (offset, byte position of its frame), ascending.
     index: Vec<(Offset, u64)>,
     /// Whether `index` is complete (sealed segments found at open are indexed lazily).
     indexed: bool,
     /// Damaged ranges found so far, by start position; readers skip them.
     damage: Vec<Damage>,
+    /// The compressor found damage here: the segment stays plain (readers and `verify`
+    /// name the damaged bytes where they are).
+    keep_plain: bool,
 }
 
 fn map_io_error(error: &io::Error) -> LogError {
@@ -475,5 +524,7 @@ fn map_io_error(error: &io::Error) -> LogError {
     }
 }
 
+#[cfg(test)]
+mod compress_tests;
 #[cfg(test)]
 mod tests;

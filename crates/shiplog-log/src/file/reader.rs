@@ -42,8 +42,7 @@
 //! and names every damaged or missing range, not only the first of a segment, each as the
 //! next open and readers will treat it.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use super::compress::SegmentFile;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +78,7 @@ pub(super) struct SegmentReader {
 
 pub(super) struct ReadCursor {
     pub(super) base: Offset,
-    pub(super) file: File,
+    pub(super) file: SegmentFile,
     /// Read but not yet returned bytes; starts at a frame boundary.
     pub(super) buf: Bytes,
     /// File position just after `buf`.
@@ -133,7 +132,7 @@ impl SegmentReader {
             let upper = table.segments.get(i + 1).map(|n| n.base);
             (s.base, s.path.clone(), s.len, s.indexed, upper)
         };
-        let file = File::open(&path)?;
+        let file = SegmentFile::open(&path)?;
         if !indexed {
             let scan = scan_sealed(&file, base, len, upper)?;
             if let Some((position, reason)) = scan.stop {

@@ -40,6 +40,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::compress::SegmentFile;
 use super::format::*;
 use super::scan::{scan_newest, Damage};
 use crate::{LogError, Offset, SkippedRange};
@@ -99,7 +100,10 @@ pub(super) fn recover_tail(
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let file_len = file.metadata()?.len();
         let only = segments.len() == 1;
-        let (records, stop) = match check_header(&read_header(&file, file_len)?, base) {
+        let (records, stop) = match check_header(
+            &read_header(&SegmentFile::Plain(file.try_clone()?), file_len)?,
+            base,
+        ) {
             Err(reason) => {
                 return Err(LogError::Corrupt {
                     location: format!("{} byte 0", path.display()),
@@ -112,7 +116,11 @@ pub(super) fn recover_tail(
                 // Valid frames after it are kept, as after any damage: the header is
                 // written again.
                 let scan = match file_len > SEGMENT_HEADER_LEN {
-                    true => Some(scan_newest(&file, base, file_len)?),
+                    true => Some(scan_newest(
+                        &SegmentFile::Plain(file.try_clone()?),
+                        base,
+                        file_len,
+                    )?),
                     false => None,
                 };
                 match scan {
@@ -132,7 +140,7 @@ pub(super) fn recover_tail(
                 }
             }
             Ok(Header::Valid) => {
-                let scan = scan_newest(&file, base, file_len)?;
+                let scan = scan_newest(&SegmentFile::Plain(file.try_clone()?), base, file_len)?;
                 let stop = scan.stop.clone();
                 (Some(scan), stop)
             }

@@ -3,9 +3,8 @@
 //! resynchronising search that finds where valid frames resume after damage (see
 //! [`super::reader`] for how readers use it).
 
-use std::fs::File;
+use super::compress::SegmentFile;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use super::format::*;
 use crate::Offset;
@@ -36,14 +35,14 @@ pub(super) struct Damage {
 
 /// Walks the frames of a segment from its header to `file_len`, checking CRCs and offsets;
 /// stops at the first damage (tail recovery: what follows is a torn write).
-pub(super) fn scan_segment(file: &File, base: Offset, file_len: u64) -> io::Result<Scan> {
+pub(super) fn scan_segment(file: &SegmentFile, base: Offset, file_len: u64) -> io::Result<Scan> {
     scan_from(file, base, SEGMENT_HEADER_LEN, base, file_len)
 }
 
 /// Walks the frames of a segment from byte `start` (where offset `next` is expected) to
 /// `file_len`, stopping at the first damage.
 pub(super) fn scan_from(
-    file: &File,
+    file: &SegmentFile,
     base: Offset,
     start: u64,
     next: Offset,
@@ -119,7 +118,7 @@ pub(super) fn scan_from(
 /// records up to `upper`, and a segment that ends early loses the rest. Without it (the
 /// last segment) such damage is left in `stop`: its extent is unknown.
 pub(super) fn scan_sealed(
-    file: &File,
+    file: &SegmentFile,
     base: Offset,
     len: u64,
     upper: Option<Offset>,
@@ -132,12 +131,12 @@ pub(super) fn scan_sealed(
 /// [`Resync::Newest`]) is recorded in `damage` and skipped, like damage in a sealed
 /// segment; the first damage that no valid frame follows is the torn tail, left in `stop`
 /// (recovery truncates the file at `valid_len`, the end of the last valid frame).
-pub(super) fn scan_newest(file: &File, base: Offset, len: u64) -> io::Result<Scan> {
+pub(super) fn scan_newest(file: &SegmentFile, base: Offset, len: u64) -> io::Result<Scan> {
     scan_skipping(file, base, len, None, Resync::Newest)
 }
 
 pub(super) fn scan_skipping(
-    file: &File,
+    file: &SegmentFile,
     base: Offset,
     len: u64,
     upper: Option<Offset>,
@@ -225,7 +224,7 @@ pub(super) enum Resync {
 /// of the length, key length and offset checks; record values are JSON, which never holds
 /// the zero bytes a frame header of a plausible length has.
 pub(super) fn resync(
-    file: &File,
+    file: &SegmentFile,
     from: u64,
     len: u64,
     expected: Offset,

@@ -1,7 +1,7 @@
 //! The full check behind `shiplog log verify`: every segment scanned, every damaged or
 //! missing range named as readers and the next open will treat it.
 
-use std::fs::File;
+use super::compress::SegmentFile;
 use std::path::{Path, PathBuf};
 
 use super::format::*;
@@ -84,9 +84,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
         let (base, path) = (*base, path.clone());
         let upper = segments.get(i + 1).map(|s| s.0);
         report.segments += 1;
-        let file = File::open(&path)?;
-        let len = file.metadata()?.len();
-        report.bytes += len;
+        let file = SegmentFile::open(&path)?;
+        let len = file.len()?;
+        report.bytes += file.disk_len()?;
         let damage =
             |position: u64, end: u64, lost: Option<std::ops::Range<Offset>>, reason: String| {
                 SegmentDamage {
@@ -161,13 +161,19 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
             ));
         }
         report.records += scan.records;
+        let bad_blocks = file.bad_blocks();
         for d in &scan.damage {
-            report.damage.push(damage(
-                d.start,
-                d.end,
-                Some(d.first..d.resume),
-                d.reason.clone(),
-            ));
+            // In a compressed segment, name the block that does not check out.
+            let reason = match bad_blocks.iter().find(|b| b.raw.contains(&d.start)) {
+                Some(b) => format!(
+                    "{} (raw bytes {}..{}, file bytes {}..{}); {}",
+                    b.reason, b.raw.start, b.raw.end, b.file.start, b.file.end, d.reason
+                ),
+                None => d.reason.clone(),
+            };
+            report
+                .damage
+                .push(damage(d.start, d.end, Some(d.first..d.resume), reason));
         }
         expected_base = match scan.stop {
             Some((position, reason)) => {

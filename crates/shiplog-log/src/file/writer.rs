@@ -279,15 +279,18 @@ impl Writer {
                 match table.segments.last_mut() {
                     Some(last) if last.base == update.base => {
                         last.len = update.len;
+                        last.disk_len = update.len;
                         last.index.extend(update.index);
                     }
                     _ => table.segments.push(SegmentInfo {
                         base: update.base,
                         path: update.path,
                         len: update.len,
+                        disk_len: update.len,
                         index: update.index,
                         indexed: true,
                         damage: Vec::new(),
+                        keep_plain: false,
                     }),
                 }
             }
