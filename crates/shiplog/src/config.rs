@@ -136,6 +136,8 @@ pub struct LogConfig {
     pub backend: String,
     /// Segment size of the file log, in bytes.
     pub segment_bytes: u64,
+    /// File log: compress sealed segments with zstd in the background (docs/operations.md).
+    pub compress: bool,
     /// Kafka: `bootstrap.servers`, `host:port[,host:port…]` (required with `kafka`).
     pub brokers: Option<String>,
     /// Kafka: the topic (default `shiplog.events`); it must exist.
@@ -154,6 +156,7 @@ impl Default for LogConfig {
         LogConfig {
             backend: "file".into(),
             segment_bytes: 64 << 20,
+            compress: false,
             brokers: None,
             topic: shiplog_kafka::DEFAULT_TOPIC.into(),
             kafka: BTreeMap::new(),

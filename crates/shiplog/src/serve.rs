@@ -21,6 +21,7 @@ pub fn open_file_log(config: &Config) -> Result<SegmentedLog> {
     let dir = log_dir(&config.server.data_dir);
     let file_config = FileLogConfig {
         segment_bytes: config.log.segment_bytes,
+        compress_sealed: config.log.compress,
         ..FileLogConfig::default()
     };
     let (log, report) = SegmentedLog::open(&dir, file_config)
