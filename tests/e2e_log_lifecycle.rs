@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{event, http, query, TestServer, BIN};
+use support::{event, get_text, http, query, TestServer, BIN};
 
 const ENV: [(&str, &str); 2] = [
     ("SHIPLOG_LOG__COMPRESS", "true"),
@@ -117,6 +117,18 @@ async fn sigkill_during_compression_under_load_keeps_every_acknowledged_event_on
         acked.len(),
         &missing[..missing.len().min(5)]
     );
+    // Disk usage on /metrics: compressed segments, fewer bytes on disk than raw.
+    let metrics = get_text(&client, &format!("{}/metrics", server.url)).await;
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(gauge("shiplog_log_compressed_segments") > 0.0);
+    assert!(gauge("shiplog_log_bytes") < gauge("shiplog_log_raw_bytes"));
+    assert_eq!(gauge("shiplog_log_first_offset"), 0.0);
     assert_eq!(server.stop(), Some(0));
 
     let (code, out) = shiplog(&["log", "verify"], &data);

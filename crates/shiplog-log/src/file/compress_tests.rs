@@ -2,18 +2,10 @@
 
 use super::compress::*;
 use super::format::*;
+use super::tests::{read_all_skipping, runtime};
 use super::*;
-use crate::LogEntry;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// JSON-like records, compressible as events are.
 fn event(i: u64) -> LogRecord {
@@ -31,22 +23,6 @@ fn config(compress: bool) -> FileLogConfig {
         segment_bytes: 64 << 10,
         compress_sealed: compress,
         ..FileLogConfig::default()
-    }
-}
-
-async fn read_from(log: &SegmentedLog, from: Offset) -> (Vec<LogEntry>, Vec<SkippedRange>) {
-    let mut reader = log.reader(0, from).unwrap();
-    let (mut out, mut skipped) = (Vec::new(), Vec::new());
-    loop {
-        let batch = reader
-            .next_batch(500, 1 << 20, Duration::ZERO)
-            .await
-            .unwrap();
-        skipped.extend(reader.take_skipped());
-        if batch.is_empty() {
-            return (out, skipped);
-        }
-        out.extend(batch);
     }
 }
 
@@ -99,7 +75,7 @@ fn compressed_segments_read_seek_and_verify_like_plain_ones() {
         stats.raw_bytes
     );
     for from in [0, 1, 777, 4096, n - 1] {
-        let (entries, skipped) = rt.block_on(read_from(&log, from));
+        let (entries, skipped) = rt.block_on(read_all_skipping(&log, from));
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(entries.len() as u64, n - from);
         for e in &entries {
@@ -152,7 +128,7 @@ fn a_flipped_byte_in_a_compressed_block_is_named_by_verify_and_skipped_by_reader
 
     let rt = runtime();
     let (log, _) = SegmentedLog::open(dir.path(), config(false)).unwrap();
-    let (entries, skipped) = rt.block_on(read_from(&log, 0));
+    let (entries, skipped) = rt.block_on(read_all_skipping(&log, 0));
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert_eq!((skipped[0].first, skipped[0].end), (base, upper));
     assert!(
@@ -201,7 +177,7 @@ fn an_interrupted_compression_leaves_one_complete_form_at_the_next_open() {
     assert!(compressed_path(dir.path(), b0).exists());
     assert!(!tmp.exists(), "a partial .zseg.tmp is removed");
     assert!(segment_path(dir.path(), b1).exists());
-    let (entries, skipped) = rt.block_on(read_from(&log, 0));
+    let (entries, skipped) = rt.block_on(read_all_skipping(&log, 0));
     assert!(skipped.is_empty(), "{skipped:?}");
     assert_eq!(entries.len() as u64, n);
     assert!(entries.iter().all(|e| e.value == event(e.offset).value));

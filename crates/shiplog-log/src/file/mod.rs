@@ -10,15 +10,19 @@
 //!   damage;
 //! - [`scan`]: walking a segment's frames and resynchronising after damage;
 //! - [`reader`]: reading from any offset, and skipping damage (and saying so);
-//! - [`verify`](mod@verify): the full check behind `shiplog log verify`.
+//! - [`verify`](mod@verify): the full check behind `shiplog log verify`;
+//! - [`compress`]: sealed segments stored as seekable zstd blocks (`<base>.zseg`);
+//! - [`status`]: disk usage and extent, read-only.
 //!
 //! # Who creates and deletes files
 //!
 //! Only the log's writer thread creates, extends and truncates segments, and only
 //! [`SegmentedLog::open`] (recovery) deletes one: an empty or header-torn *trailing* segment
 //! left by a crash during a roll. On a failed group commit (a write or sync error) the writer
-//! deletes the segments it created during that very group. Nothing else deletes segments:
-//! retention (dropping whole sealed segments, oldest first) is not part of this version.
+//! deletes the segments it created during that very group. The compressor thread
+//! (`[log] compress`) replaces a sealed `<base>.seg` by `<base>.zseg` holding the same
+//! records, crash-safely (see [`compress`]). Nothing else deletes segments: retention
+//! (dropping whole sealed segments, oldest first) is not part of this version.
 //! So a log always starts at offset 0; when the first segment file's base is above 0, the
 //! files before it were deleted by hand (to free disk, say). The log then opens at the
 //! first offset it has: a warning names the missing offsets, and readers report them like

@@ -121,18 +121,27 @@ impl SegmentReader {
     /// Opens the segment holding `offset` at the nearest index entry at or before it.
     /// A sealed segment found at open is scanned (and its damage recorded) on first use.
     fn open_at(&self, offset: Offset) -> Result<ReadCursor, LogError> {
-        let (base, path, len, indexed, upper) = {
-            let table = read_lock(&self.shared.table);
-            let start = table.segments[0].base;
-            let end = *self.durable.borrow();
-            let i = table
-                .find(offset)
-                .ok_or(LogError::OutOfRange { offset, start, end })?;
-            let s = &table.segments[i];
-            let upper = table.segments.get(i + 1).map(|n| n.base);
-            (s.base, s.path.clone(), s.len, s.indexed, upper)
+        let mut attempt = 0;
+        let (base, path, len, indexed, upper, file) = loop {
+            let (base, path, len, indexed, upper) = {
+                let table = read_lock(&self.shared.table);
+                let start = table.segments[0].base;
+                let end = *self.durable.borrow();
+                let i = table
+                    .find(offset)
+                    .ok_or(LogError::OutOfRange { offset, start, end })?;
+                let s = &table.segments[i];
+                let upper = table.segments.get(i + 1).map(|n| n.base);
+                (s.base, s.path.clone(), s.len, s.indexed, upper)
+            };
+            match SegmentFile::open(&path) {
+                Ok(file) => break (base, path, len, indexed, upper, file),
+                // The compressor replaced the `.seg` by its `.zseg` meanwhile: the table
+                // names the new file now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+                Err(e) => return Err(e.into()),
+            }
         };
-        let file = SegmentFile::open(&path)?;
         if !indexed {
             let scan = scan_sealed(&file, base, len, upper)?;
             if let Some((position, reason)) = scan.stop {
