@@ -337,10 +337,13 @@ pub struct CompressReport {
 /// to the rename and the directory fsync; the caller then switches readers over and
 /// deletes the `.seg`). `Ok(None)` when the segment has damage (it stays plain, so that
 /// readers and `verify` keep naming the damaged bytes where they are).
+/// `cancelled` is asked between blocks: when it says so, the temp file is removed and the
+/// segment stays plain (`Interrupted`).
 pub(super) fn compress_segment(
     dir: &Path,
     base: Offset,
     upper: Offset,
+    cancelled: &dyn Fn() -> bool,
 ) -> io::Result<Option<CompressReport>> {
     let path = segment_path(dir, base);
     let file = File::open(&path)?;
@@ -373,6 +376,12 @@ pub(super) fn compress_segment(
         let header_len = SEGMENT_HEADER_LEN as usize;
         let (mut start, mut pos, mut first, mut next) = (header_len, header_len, base, base);
         while start < raw.len() {
+            if cancelled() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "the log is closing",
+                ));
+            }
             while pos < raw.len() && (pos - start < BLOCK_BYTES) {
                 match parse_frame(&raw[pos..]) {
                     Parsed::Frame { total, .. } => {
@@ -455,20 +464,9 @@ impl Compressor {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("shiplog-log-compressor".into())
-            .spawn(move || loop {
-                while compress_next(&shared, &dir).is_some() {
-                    if *super::lock(&flag.0) {
-                        return;
-                    }
-                }
-                let stopped = super::lock(&flag.0);
-                let (stopped, _) = flag
-                    .1
-                    .wait_timeout(stopped, COMPRESS_EVERY)
-                    .unwrap_or_else(|e| e.into_inner());
-                if *stopped {
-                    return;
-                }
+            .spawn(move || {
+                lowest_cpu_priority();
+                compressor_loop(&shared, &dir, &flag)
             })?;
         Ok(Compressor { stop, thread })
     }
@@ -478,6 +476,38 @@ impl Compressor {
         *super::lock(&self.stop.0) = true;
         self.stop.1.notify_all();
         let _ = self.thread.join();
+    }
+}
+
+/// Compresses what there is, then waits [`COMPRESS_EVERY`] or until stopped.
+fn compressor_loop(shared: &Shared, dir: &Path, flag: &(Mutex<bool>, Condvar)) {
+    loop {
+        let stopping = || *super::lock(&flag.0);
+        while compress_next(shared, dir, &stopping).is_some() {
+            if *super::lock(&flag.0) {
+                return;
+            }
+        }
+        let stopped = super::lock(&flag.0);
+        let (stopped, _) = flag
+            .1
+            .wait_timeout(stopped, COMPRESS_EVERY)
+            .unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
+    }
+}
+
+/// Runs the calling thread at the idle scheduling class (Linux `SCHED_IDLE`): compression
+/// only uses CPU time nothing else wants, so acknowledgements do not slow down while it
+/// runs; under full load it falls behind and catches up when the load drops.
+fn lowest_cpu_priority() {
+    // SAFETY: sched_setscheduler on the calling thread (0) with a valid parameter struct.
+    let param = libc::sched_param { sched_priority: 0 };
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "the log compressor keeps its normal priority");
     }
 }
 
@@ -503,7 +533,11 @@ impl CompressSummary {
 /// Compresses the oldest sealed plain segment whose successor holds records: `None` when
 /// there is none (or it failed: retried on the next round), `Some(None)` when it was left
 /// plain (damaged).
-pub(super) fn compress_next(shared: &Shared, dir: &Path) -> Option<Option<CompressReport>> {
+pub(super) fn compress_next(
+    shared: &Shared,
+    dir: &Path,
+    cancelled: &dyn Fn() -> bool,
+) -> Option<Option<CompressReport>> {
     let candidate = {
         let table = super::read_lock(&shared.table);
         let s = &table.segments;
@@ -518,7 +552,7 @@ pub(super) fn compress_next(shared: &Shared, dir: &Path) -> Option<Option<Compre
     };
     let (base, upper) = candidate?;
     let started = std::time::Instant::now();
-    match compress_segment(dir, base, upper) {
+    match compress_segment(dir, base, upper, cancelled) {
         Ok(Some(report)) => {
             {
                 let mut table = super::write_lock(&shared.table);
@@ -548,6 +582,7 @@ pub(super) fn compress_next(shared: &Shared, dir: &Path) -> Option<Option<Compre
             }
             Some(None)
         }
+        Err(error) if error.kind() == io::ErrorKind::Interrupted => None,
         Err(error) => {
             tracing::warn!(%error, segment = base, "compressing a sealed log segment failed; retrying later");
             None

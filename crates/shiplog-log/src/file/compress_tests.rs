@@ -155,10 +155,10 @@ fn an_interrupted_compression_leaves_one_complete_form_at_the_next_open() {
     // Segment 0: killed after the rename (both forms on disk). Segment 1: killed before it
     // (a partial temp file). Segment 2: not started.
     let (b0, b1) = (segments[0].0, segments[1].0);
-    compress_segment(dir.path(), b0, segments[1].0)
+    compress_segment(dir.path(), b0, segments[1].0, &|| false)
         .unwrap()
         .unwrap();
-    compress_segment(dir.path(), b1, segments[2].0)
+    compress_segment(dir.path(), b1, segments[2].0, &|| false)
         .unwrap()
         .unwrap();
     let z1 = compressed_path(dir.path(), b1);
