@@ -1,7 +1,8 @@
 //! The shiplog durable log: the source of truth.
 //!
 //! Owns the [`Log`] trait and its embedded backend, the segmented file log
-//! ([`file::SegmentedLog`]); the Kafka backend plugs in behind the same trait.
+//! ([`file::SegmentedLog`]); the Kafka backend (crate `shiplog-kafka`) plugs in behind the
+//! same trait.
 //!
 //! Guarantees:
 //! - [`Log::append`] resolves only once every record of the batch is durable (fsynced for
@@ -10,15 +11,13 @@
 //!   break by accident.
 //! - Readers only ever see durable records, in offset order, each exactly once per read
 //!   position.
-//! - Consumer positions ([`PositionStore`]) are replaced atomically.
+//! - State files are replaced atomically and directories locked by one mechanism each
+//!   ([`durable`]), which every shiplog crate uses.
 
+pub mod durable;
 pub mod file;
-pub mod kafka;
-mod positions;
 
 pub use file::{FileLogConfig, RecoveryReport, SegmentedLog, VerifyReport};
-pub use kafka::{KafkaLog, KafkaLogConfig};
-pub use positions::PositionStore;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -65,6 +64,13 @@ pub struct LogStats {
     pub syncs: u64,
     /// Number of segments (file log).
     pub segments: u64,
+    /// Bytes the segments hold uncompressed (file log; equals `bytes` when none is
+    /// compressed).
+    pub raw_bytes: u64,
+    /// Segments stored compressed (file log).
+    pub compressed_segments: u64,
+    /// The first offset the log holds (file log; 0 for Kafka).
+    pub first_offset: Offset,
 }
 
 /// Records a reader skipped because the bytes holding them are damaged (a corrupt byte in

@@ -9,7 +9,9 @@
 use crate::convert::decode_envelope;
 use crate::fsutil::{list_dir, IoAt};
 use crate::projector::{
-    date_of_micros, file_name, footer_rows, parse_file_name, ParquetProjector, DEAD_LETTER_DIR,
+    file_name,
+    layout::{date_of_micros, footer_rows},
+    parse_file_name, ParquetProjector, DEAD_LETTER_DIR,
 };
 use crate::StoreError;
 use chrono::{DateTime, NaiveDate, Utc};

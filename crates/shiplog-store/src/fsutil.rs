@@ -1,10 +1,11 @@
-//! Small durable-filesystem helpers: fsync of files and directories, atomic replace,
-//! and the exclusive lock of a projection directory.
+//! Small filesystem helpers of the store, on top of [`shiplog_log::durable`] (the one
+//! atomic replace and the one directory lock of every crate): errors that name the path,
+//! durable directory creation, listing, and the projection directory's lock.
 
 use crate::StoreError;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::io::AsRawFd;
+pub(crate) use shiplog_log::durable::DirLock;
+use shiplog_log::durable::{self, LockError};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 pub(crate) trait IoAt<T> {
@@ -22,7 +23,7 @@ impl<T> IoAt<T> for std::io::Result<T> {
 
 /// fsyncs a directory, making renames and creations inside it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|f| f.sync_all()).at(dir)
+    durable::sync_dir(dir).at(dir)
 }
 
 /// Creates `dir` (and parents) and makes the new entries durable.
@@ -44,44 +45,19 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` atomically ([`durable::write_atomic`]: temp file, fsync, rename,
+/// fsync of the directory).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    fs::rename(&tmp, path).at(path)?;
-    sync_dir(path.parent().expect("state file has a parent"))
+    durable::write_atomic(path, bytes).at(path)
 }
 
-/// An exclusive advisory lock (flock) on `<dir>/_lock`, held while the value lives.
-#[derive(Debug)]
-pub(crate) struct DirLock {
-    _file: File,
-}
-
-impl DirLock {
-    pub(crate) fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
-        let path = dir.join("_lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .at(&path)?;
-        // SAFETY: flock on a valid, owned file descriptor.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(StoreError::Locked(dir.to_path_buf()));
-            }
-            return Err(err).at(&path);
-        }
-        Ok(DirLock { _file: file })
-    }
+/// Takes the exclusive lock of a projection directory, `<dir>/_lock`, held while the value
+/// lives ([`DirLock`]); [`StoreError::Locked`] when another process or projector holds it.
+pub(crate) fn lock_projection_dir(dir: &Path) -> Result<DirLock, StoreError> {
+    DirLock::acquire(&dir.join("_lock")).map_err(|e| match e {
+        LockError::Held { .. } => StoreError::Locked(dir.to_path_buf()),
+        LockError::Io { path, source } => StoreError::Io { path, source },
+    })
 }
 
 /// Lists the entries of a directory (empty when it does not exist), sorted by name.

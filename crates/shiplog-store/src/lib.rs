@@ -126,8 +126,9 @@ pub use check::{
 };
 pub use pricing::{CostSource, PriceTable};
 pub use projector::{
-    apply_retention, compact, file_name, parquet_dir, parse_file_name, CompactionReport,
-    CrashPoint, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport, SCHEMA_VERSION,
+    apply_retention, compact, ensure_group_layout, file_name, group_partition_dir, parquet_dir,
+    parse_file_name, projection_layout, CompactionReport, CrashPoint, FlushReport,
+    ParquetProjector, ProjectionLayout, ProjectorConfig, RetentionReport, SCHEMA_VERSION,
 };
 pub use query::{
     QueryEngine, QueryError, QueryResult, DEFAULT_MEMORY_MB as DEFAULT_QUERY_MEMORY_MB,

@@ -1,7 +1,8 @@
 //! `QueryEngine`: DuckDB views over the Parquet projection, and a confined, read-only
 //! query surface for users.
 
-use crate::projector::{parquet_dir, write_schema_files};
+use crate::projector::layout::write_schema_files;
+use crate::projector::parquet_dir;
 use crate::schema::{data_fields, ENVELOPE_COLUMNS};
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, TimeUnit};

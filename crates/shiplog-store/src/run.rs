@@ -1,8 +1,10 @@
 //! The projection task of `serve` ([`run_projection`]) and [`replay`].
 
 use crate::check::describe_gaps;
-use crate::fsutil::{create_dir_durable, list_dir, DirLock, IoAt};
-use crate::projector::{parquet_dir, FlushReport, ParquetProjector, ProjectorConfig};
+use crate::fsutil::{create_dir_durable, list_dir, lock_projection_dir, IoAt};
+use crate::projector::{
+    parquet_dir, CompactionReport, FlushReport, ParquetProjector, ProjectorConfig, RetentionReport,
+};
 use crate::StoreError;
 use chrono::Utc;
 use shiplog_log::{Log, LogError, LogReader, Offset, Partition};
@@ -46,7 +48,10 @@ pub struct ProjectionMetrics {
 }
 
 impl ProjectionMetrics {
-    fn record_flush(&self, r: &FlushReport) {
+    /// Counts a committed flush: rows, files, bytes, skipped entries, dropped duplicates,
+    /// log records lost to damage, and its duration. Every projection (the single one,
+    /// each partition of a consumer group) records its flushes here.
+    pub fn record_flush(&self, r: &FlushReport) {
         self.rows_written.fetch_add(r.rows, Relaxed);
         self.files_written.fetch_add(r.files, Relaxed);
         self.bytes_written.fetch_add(r.bytes, Relaxed);
@@ -57,6 +62,19 @@ impl ProjectionMetrics {
         let us = r.elapsed.as_micros() as u64;
         self.last_flush_micros.store(us, Relaxed);
         self.flush_micros_total.fetch_add(us, Relaxed);
+    }
+
+    /// Counts the small files merged after a flush.
+    pub fn record_merge(&self, c: &CompactionReport) {
+        self.files_compacted.fetch_add(c.files_in, Relaxed);
+    }
+
+    /// Counts a scheduled compaction and the retention pass that follows it.
+    pub fn record_compaction(&self, c: &CompactionReport, r: &RetentionReport) {
+        self.compactions.fetch_add(1, Relaxed);
+        self.files_compacted.fetch_add(c.files_in, Relaxed);
+        self.partitions_deleted
+            .fetch_add(r.partitions_deleted.len() as u64, Relaxed);
     }
 
     /// The counters in Prometheus text exposition format.
@@ -514,7 +532,7 @@ async fn merge_small_blocking(
     .await;
     let c = r?;
     if c.files_in > 0 {
-        metrics.files_compacted.fetch_add(c.files_in, Relaxed);
+        metrics.record_merge(&c);
         tracing::debug!(
             files_in = c.files_in,
             files_out = c.files_out,
@@ -530,17 +548,11 @@ async fn compact_blocking(
 ) -> Result<ParquetProjector, StoreError> {
     let span = tracing::info_span!("compaction");
     let (p, r) = on_blocking_thread(p, span.clone(), |p| {
-        let now = Utc::now();
-        p.compact(now)
-            .and_then(|c| Ok((c, p.apply_retention(now)?)))
+        p.compact_and_apply_retention(Utc::now())
     })
     .await;
     let (c, ret) = r?;
-    metrics.compactions.fetch_add(1, Relaxed);
-    metrics.files_compacted.fetch_add(c.files_in, Relaxed);
-    metrics
-        .partitions_deleted
-        .fetch_add(ret.partitions_deleted.len() as u64, Relaxed);
+    metrics.record_compaction(&c, &ret);
     tracing::info!(parent: &span, files_in = c.files_in, files_out = c.files_out, deleted = ret.partitions_deleted.len(), "compacted");
     Ok(p)
 }
@@ -579,7 +591,7 @@ pub async fn replay(
     let start = Instant::now();
     let root = parquet_dir(data_dir);
     create_dir_durable(&root)?;
-    let lock = DirLock::acquire(&root)?;
+    let lock = lock_projection_dir(&root)?;
     for entry in list_dir(&root)? {
         if entry.file_name().is_some_and(|n| n == "_lock") {
             continue;

@@ -341,9 +341,27 @@ async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     let series = vec![
         ExternalSeries {
             name: "shiplog_log_bytes",
-            help: "Bytes held by the log.",
+            help: "Bytes the log holds on disk.",
             kind: "gauge",
             value: stats.bytes as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_raw_bytes",
+            help: "Bytes the log's segments hold uncompressed (equals shiplog_log_bytes when none is compressed).",
+            kind: "gauge",
+            value: stats.raw_bytes as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_compressed_segments",
+            help: "Sealed segments stored compressed ([log] compress).",
+            kind: "gauge",
+            value: stats.compressed_segments as f64,
+        },
+        ExternalSeries {
+            name: "shiplog_log_first_offset",
+            help: "The first offset the log holds.",
+            kind: "gauge",
+            value: stats.first_offset as f64,
         },
         ExternalSeries {
             name: "shiplog_log_records",

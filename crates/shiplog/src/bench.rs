@@ -38,10 +38,10 @@ pub async fn ingest(
     let mut _mock = None;
     if kafka_mock {
         let mock = rdkafka::mocking::MockCluster::new(3)?;
-        mock.create_topic(shiplog_log::kafka::DEFAULT_TOPIC, 3, 1)?;
-        let kc = shiplog_log::KafkaLogConfig::new(mock.bootstrap_servers());
+        mock.create_topic(shiplog_kafka::DEFAULT_TOPIC, 3, 1)?;
+        let kc = shiplog_kafka::KafkaLogConfig::new(mock.bootstrap_servers());
         _mock = Some(mock);
-        let log = tokio::task::spawn_blocking(move || shiplog_log::KafkaLog::open(kc)).await??;
+        let log = tokio::task::spawn_blocking(move || shiplog_kafka::KafkaLog::open(kc)).await??;
         args.log = Some((
             Arc::new(log) as Arc<dyn Log>,
             "Kafka mock cluster, idempotent producer, acks=all".into(),

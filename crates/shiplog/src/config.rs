@@ -136,6 +136,8 @@ pub struct LogConfig {
     pub backend: String,
     /// Segment size of the file log, in bytes.
     pub segment_bytes: u64,
+    /// File log: compress sealed segments with zstd in the background (docs/operations.md).
+    pub compress: bool,
     /// Kafka: `bootstrap.servers`, `host:port[,host:port…]` (required with `kafka`).
     pub brokers: Option<String>,
     /// Kafka: the topic (default `shiplog.events`); it must exist.
@@ -154,8 +156,9 @@ impl Default for LogConfig {
         LogConfig {
             backend: "file".into(),
             segment_bytes: 64 << 20,
+            compress: false,
             brokers: None,
-            topic: shiplog_log::kafka::DEFAULT_TOPIC.into(),
+            topic: shiplog_kafka::DEFAULT_TOPIC.into(),
             kafka: BTreeMap::new(),
             consumer_group: None,
         }
@@ -169,13 +172,13 @@ impl LogConfig {
     }
 
     /// The Kafka client settings of `[log]` (backend `kafka`).
-    pub fn kafka_config(&self) -> Result<shiplog_log::KafkaLogConfig> {
+    pub fn kafka_config(&self) -> Result<shiplog_kafka::KafkaLogConfig> {
         let brokers = self
             .brokers
             .clone()
             .filter(|b| !b.trim().is_empty())
             .context("log.brokers is required with log.backend = \"kafka\"")?;
-        let mut c = shiplog_log::KafkaLogConfig::new(brokers);
+        let mut c = shiplog_kafka::KafkaLogConfig::new(brokers);
         c.topic = self.topic.clone();
         for (k, v) in &self.kafka {
             let v = match v {

@@ -9,7 +9,7 @@ mod config;
 mod datadir;
 mod demo;
 mod gate;
-mod group;
+mod logcmd;
 mod migrate;
 mod ops;
 mod roles;
@@ -133,6 +133,12 @@ enum LogCommand {
     /// across segments) and name any damage by segment and byte. Read-only: safe while the
     /// server runs. Exit 0 when clean, 1 when damaged.
     Verify,
+    /// Disk usage: bytes on disk and uncompressed, first and last offset, oldest event
+    /// kept. Read-only: safe while the server runs.
+    Status,
+    /// Compress every sealed segment now (server stopped): what `[log] compress` does in
+    /// the background.
+    Compress,
 }
 
 #[derive(Subcommand)]
@@ -260,9 +266,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => ops::query(&url, token.as_deref(), &sql, format),
         Command::Replay => ops::replay(&config),
         Command::Verify => ops::verify(&config),
-        Command::Log {
-            which: LogCommand::Verify,
-        } => ops::verify_log(&config),
+        Command::Log { which } => match which {
+            LogCommand::Verify => ops::verify_log(&config),
+            LogCommand::Status => logcmd::status(&config),
+            LogCommand::Compress => logcmd::compress(&config),
+        },
         Command::MigrateLog { to, accept_loss } => migrate::migrate_log(&config, to, accept_loss),
         Command::Demo => {
             demo::run(&config)?;

@@ -21,6 +21,7 @@ pub fn open_file_log(config: &Config) -> Result<SegmentedLog> {
     let dir = log_dir(&config.server.data_dir);
     let file_config = FileLogConfig {
         segment_bytes: config.log.segment_bytes,
+        compress_sealed: config.log.compress,
         ..FileLogConfig::default()
     };
     let (log, report) = SegmentedLog::open(&dir, file_config)
@@ -41,10 +42,10 @@ pub fn open_file_log(config: &Config) -> Result<SegmentedLog> {
 }
 
 /// Connects to the Kafka log of the config (`[log] backend = "kafka"`).
-pub async fn open_kafka_log(config: &Config) -> Result<shiplog_log::KafkaLog> {
+pub async fn open_kafka_log(config: &Config) -> Result<shiplog_kafka::KafkaLog> {
     let kc = config.log.kafka_config()?;
     let (brokers, topic) = (kc.brokers.clone(), kc.topic.clone());
-    let log = tokio::task::spawn_blocking(move || shiplog_log::KafkaLog::open(kc))
+    let log = tokio::task::spawn_blocking(move || shiplog_kafka::KafkaLog::open(kc))
         .await
         .context("Kafka open task failed")?
         .with_context(|| format!("cannot open the Kafka log (brokers {brokers}, topic {topic})"))?;
@@ -56,33 +57,20 @@ pub async fn open_kafka_log(config: &Config) -> Result<shiplog_log::KafkaLog> {
 /// (`parquet/_state.json`) or a consumer group (`parquet/_partitions/p<P>/`).
 fn check_projection_mode(data_dir: &std::path::Path, group: bool) -> Result<()> {
     let root = shiplog_store::parquet_dir(data_dir);
-    if group {
-        let state: serde_json::Value = match std::fs::read(root.join("_state.json")) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-            Err(_) => serde_json::Value::Null,
-        };
-        let projected = state["offsets"]
-            .as_object()
-            .is_some_and(|o| o.values().any(|v| v.as_u64().unwrap_or(0) > 0));
-        if projected {
-            bail!(
-                "{} was projected by a single processor: a consumer group would project the \
-                 same events again. Unset log.consumer_group, or use a new data dir",
-                root.display()
-            );
-        }
-    } else {
-        let grouped = std::fs::read_dir(root.join("_partitions")).is_ok_and(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with('p'))
-        });
-        if grouped {
-            bail!(
-                "{} was projected by a consumer group (log.consumer_group): set it again, or \
-                 use a new data dir",
-                root.display()
-            );
-        }
+    let layout = shiplog_store::projection_layout(data_dir);
+    if group && layout.single_projected {
+        bail!(
+            "{} was projected by a single processor: a consumer group would project the same \
+             events again. Unset log.consumer_group, or use a new data dir",
+            root.display()
+        );
+    }
+    if !group && layout.group_partitions {
+        bail!(
+            "{} was projected by a consumer group (log.consumer_group): set it again, or use \
+             a new data dir",
+            root.display()
+        );
     }
     Ok(())
 }
@@ -411,8 +399,9 @@ async fn start_role_projection(
     match (kafka, config.log.consumer_group.clone()) {
         (true, Some(group)) => {
             check_projection_mode(data_dir, true)?;
-            crate::group::ensure_partitions_dir(data_dir)?;
-            let h = crate::group::run_group_projection(
+            shiplog_store::ensure_group_layout(data_dir)
+                .context("cannot create the partitions' directory")?;
+            let h = shiplog_kafka::run_group_projection(
                 config.log.kafka_config()?,
                 group,
                 data_dir.clone(),
@@ -439,7 +428,8 @@ async fn start_role_projection(
 fn open_queries(config: &Config) -> Result<Arc<QueryEngine>> {
     let data_dir = &config.server.data_dir;
     if config.log.is_kafka() && config.log.consumer_group.is_some() {
-        crate::group::ensure_partitions_dir(data_dir)?;
+        shiplog_store::ensure_group_layout(data_dir)
+            .context("cannot create the partitions' directory")?;
     }
     Ok(Arc::new(
         QueryEngine::open_with_memory(data_dir, config.server.query_memory_mb)

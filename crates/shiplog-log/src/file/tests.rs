@@ -1,10 +1,15 @@
+use super::recovery::*;
 use super::*;
+use crate::LogEntry;
+use bytes::Bytes;
 use futures::future::join_all;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::time::Duration;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(super) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -525,7 +530,10 @@ fn recovery_handles_torn_headers_and_empty_segments() {
 }
 
 /// Reads everything from `from` to the end, with the ranges the reader skipped.
-async fn read_all_skipping(log: &SegmentedLog, from: Offset) -> (Vec<LogEntry>, Vec<SkippedRange>) {
+pub(super) async fn read_all_skipping(
+    log: &SegmentedLog,
+    from: Offset,
+) -> (Vec<LogEntry>, Vec<SkippedRange>) {
     let mut reader = log.reader(0, from).unwrap();
     let (mut out, mut skipped) = (Vec::new(), Vec::new());
     loop {

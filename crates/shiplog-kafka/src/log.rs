@@ -20,9 +20,6 @@
 //! `.` (`sasl_mechanism` = `sasl.mechanism`, so the keys can come from environment
 //! variables).
 
-use crate::{
-    Log, LogEntry, LogError, LogReader, LogRecord, LogStats, Offset, Partition, RecordPosition,
-};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use rdkafka::config::ClientConfig;
@@ -31,6 +28,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Message, TopicPartitionList};
+use shiplog_log::{
+    Log, LogEntry, LogError, LogReader, LogRecord, LogStats, Offset, Partition, RecordPosition,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -412,7 +412,7 @@ impl Log for KafkaLog {
             bytes: self.shared.bytes.load(Relaxed),
             records: self.shared.records.load(Relaxed),
             syncs: 0,
-            segments: 0,
+            ..LogStats::default()
         }
     }
 }

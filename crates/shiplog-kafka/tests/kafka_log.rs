@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use rdkafka::mocking::MockCluster;
-use shiplog_log::{KafkaLog, KafkaLogConfig, Log, LogEntry, LogError, LogRecord, Partition};
+use shiplog_kafka::{KafkaLog, KafkaLogConfig};
+use shiplog_log::{Log, LogEntry, LogError, LogRecord, Partition};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -234,4 +235,45 @@ async fn round_trip_against_a_real_broker_when_given() {
             .iter()
             .any(|e| e.partition == pos.partition && e.offset == pos.offset && e.value == r.value));
     }
+}
+
+/// migrate-log's copy: every record of a file log lands in the topic once, keys and
+/// values unchanged, and the report's count is the topic's growth.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_log_copies_a_file_log_record_for_record_and_verifies_the_count() {
+    let mock = cluster();
+    let kafka = KafkaLog::open(config(mock.bootstrap_servers())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = shiplog_log::SegmentedLog::open(
+        dir.path(),
+        shiplog_log::FileLogConfig {
+            segment_bytes: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let records: Vec<LogRecord> = (0..300)
+        .map(|i| rec(&format!("project-{}", i % 5), format!("{{\"n\":{i}}}")))
+        .collect();
+    file.append(records.clone()).await.unwrap();
+    let mut copied_seen = 0;
+    let report = shiplog_kafka::copy_log(&file, &kafka, &mut |p| {
+        if let shiplog_kafka::MigrateProgress::Copied { copied, .. } = p {
+            copied_seen = copied;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.copied, 300);
+    assert_eq!(copied_seen, 300);
+    assert!(report.lost.is_empty());
+    let mut got: Vec<(Bytes, Bytes)> = read_all(&kafka)
+        .await
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    let mut want: Vec<(Bytes, Bytes)> = records.into_iter().map(|r| (r.key, r.value)).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
 }

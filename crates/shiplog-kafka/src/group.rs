@@ -11,29 +11,22 @@
 //! committed offsets only serve lag monitoring. A processor killed mid-batch loses only
 //! uncommitted temp files; whoever gets the partition next resumes at its state.
 
-use anyhow::{Context, Result};
+use crate::{Error, KafkaLogConfig};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use shiplog_log::{LogEntry, Partition};
 use shiplog_store::{
-    ParquetProjector, ProjectedOffsets, ProjectionHandle, ProjectionMetrics, ProjectorConfig,
-    StoreError,
+    group_partition_dir, ParquetProjector, ProjectedOffsets, ProjectionHandle, ProjectionMetrics,
+    ProjectorConfig, StoreError,
 };
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
-
-/// The projection directory of one partition in group mode.
-pub fn partition_data_dir(data_dir: &Path, p: Partition) -> PathBuf {
-    shiplog_store::parquet_dir(data_dir)
-        .join("_partitions")
-        .join(format!("p{p}"))
-}
 
 struct Shared {
     topic: String,
@@ -54,16 +47,8 @@ impl Shared {
                 continue;
             }
             if p.buffered() > 0 {
-                let r = p.flush()?;
-                let m = &self.metrics;
-                m.rows_written.fetch_add(r.rows, Relaxed);
-                m.files_written.fetch_add(r.files, Relaxed);
-                m.bytes_written.fetch_add(r.bytes, Relaxed);
-                m.events_skipped.fetch_add(r.skipped, Relaxed);
-                m.duplicates_dropped.fetch_add(r.duplicates, Relaxed);
-                m.flushes.fetch_add(1, Relaxed);
-                let c = p.merge_small_files()?;
-                m.files_compacted.fetch_add(c.files_in, Relaxed);
+                self.metrics.record_flush(&p.flush()?);
+                self.metrics.record_merge(&p.merge_small_files()?);
             }
             next.insert(part, p.committed_offsets().get(&part).copied().unwrap_or(0));
         }
@@ -90,7 +75,7 @@ impl Shared {
     }
 
     fn open_projector(&self, p: Partition) -> Result<ParquetProjector, StoreError> {
-        let dir = partition_data_dir(&self.data_dir, p);
+        let dir = group_partition_dir(&self.data_dir, p);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match ParquetProjector::open(&dir, self.config.clone()) {
@@ -113,13 +98,13 @@ impl ClientContext for GroupContext {}
 impl ConsumerContext for GroupContext {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let s = &self.shared;
+        let parts: Vec<Partition> = tpl
+            .elements()
+            .iter()
+            .map(|e| e.partition() as Partition)
+            .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts: Vec<Partition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition() as Partition)
-                    .collect();
                 match s.flush(Some(&parts)) {
                     Ok(next) => s.commit(c, &next),
                     Err(e) => {
@@ -135,11 +120,6 @@ impl ConsumerContext for GroupContext {
                 let _ = c.unassign();
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let parts: Vec<Partition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition() as Partition)
-                    .collect();
                 let mut assigned = TopicPartitionList::new();
                 for p in &parts {
                     match s.open_projector(*p) {
@@ -170,38 +150,21 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// Makes sure the query views include the partitions' directories: creates
-/// `parquet/_partitions/_base/` (schema-only files, so the views' second glob always
-/// matches). Call before opening a [`shiplog_store::QueryEngine`] in group mode.
-pub fn ensure_partitions_dir(data_dir: &Path) -> Result<()> {
-    let base = shiplog_store::parquet_dir(data_dir)
-        .join("_partitions")
-        .join("_base");
-    let mut last = None;
-    for _ in 0..5 {
-        match shiplog_store::QueryEngine::open(&base) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(last.expect("an error")).context("cannot create the partitions' directory")
-}
-
 /// Starts a group processor on a dedicated thread; the handle's task ends after
-/// `shutdown` (the partitions are flushed and their offsets committed first).
+/// `shutdown` (the partitions are flushed and their offsets committed first). Call
+/// [`shiplog_store::ensure_group_layout`] first, so the query views see the partitions.
 pub async fn run_group_projection(
-    kafka: shiplog_log::KafkaLogConfig,
+    kafka: KafkaLogConfig,
     group: String,
     data_dir: PathBuf,
     config: ProjectorConfig,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<ProjectionHandle> {
+) -> Result<ProjectionHandle, Error> {
     let schedule: cron::Schedule = config.compaction_schedule.parse().map_err(|e| {
-        anyhow::anyhow!(
+        StoreError::Config(format!(
             "projection.compaction_schedule {:?}: {e}",
             config.compaction_schedule
-        )
+        ))
     })?;
     let (tx, rx) = watch::channel(ProjectedOffsets::new());
     let metrics = Arc::new(ProjectionMetrics::default());
@@ -218,10 +181,16 @@ pub async fn run_group_projection(
         .create_with_context(GroupContext {
             shared: shared.clone(),
         })
-        .context("cannot create the Kafka group consumer")?;
+        .map_err(|e| Error::Client {
+            what: "cannot create the Kafka group consumer",
+            source: e,
+        })?;
     consumer
         .subscribe(&[&kafka.topic])
-        .context("cannot subscribe to the topic")?;
+        .map_err(|e| Error::Client {
+            what: "cannot subscribe to the topic",
+            source: e,
+        })?;
     info!(%group, topic = %kafka.topic, "joined the processors' consumer group");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -267,17 +236,8 @@ fn group_loop(
             // Each partition's directory is compacted (and retention applied) by its owner.
             let now = chrono::Utc::now();
             for (part, p) in s.projectors.lock().unwrap().iter_mut() {
-                let r = p
-                    .compact(now)
-                    .and_then(|c| Ok((c, p.apply_retention(now)?)));
-                match r {
-                    Ok((c, ret)) => {
-                        s.metrics.compactions.fetch_add(1, Relaxed);
-                        s.metrics.files_compacted.fetch_add(c.files_in, Relaxed);
-                        s.metrics
-                            .partitions_deleted
-                            .fetch_add(ret.partitions_deleted.len() as u64, Relaxed);
-                    }
+                match p.compact_and_apply_retention(now) {
+                    Ok((c, ret)) => s.metrics.record_compaction(&c, &ret),
                     Err(e) => warn!(partition = part, error = %e, "compaction failed"),
                 }
             }
