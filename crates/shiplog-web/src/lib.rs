@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod compare;
 pub mod dashboards;
 pub mod decode;
 pub mod dedup;

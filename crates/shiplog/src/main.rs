@@ -6,7 +6,9 @@
 mod bench;
 mod bench_dashboards;
 mod bench_soak;
+mod budgets;
 mod collect;
+mod compare;
 mod config;
 mod datadir;
 mod demo;
@@ -120,6 +122,10 @@ enum Command {
         #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Compare a build with the latest successful build of the base branch (build time,
+    /// bundle and gzip sizes, chunks) and judge the [[budgets]]: exit 1 on a breach.
+    #[command(after_help = compare::EXIT_CODES, after_long_help = compare::EXIT_CODES)]
+    Compare(compare::CompareArgs),
     /// Benchmarks that print figures (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -336,6 +342,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Collect(c) => collect::run(c, &config),
+        Command::Compare(a) => compare::run(a),
     }
 }
 

@@ -386,7 +386,11 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     if let Some(rules) = rules {
         app = app
             .merge(shiplog_web::dashboards::routes(dashboards))
-            .merge(crate::gate::routes(state.clone(), rules));
+            .merge(crate::gate::routes(state.clone(), rules))
+            .merge(shiplog_web::compare::routes(
+                state.clone(),
+                config.build_budgets(),
+            ));
     }
     if !role.ingests() {
         app = app.layer(axum::middleware::from_fn(crate::roles::refuse_ingest));

@@ -116,7 +116,11 @@ fn chunk_rows(c: &Comparison, max: usize) -> Vec<[String; 4]> {
                 format!("{} {}", status_word(ch), ch.name),
                 cell(ch.bytes.base, bytes),
                 cell(ch.bytes.head, bytes),
-                change(&ch.bytes, bytes),
+                match ch.status {
+                    ChunkStatus::Added => signed(ch.bytes.head.unwrap_or(0), bytes),
+                    ChunkStatus::Removed => signed(-ch.bytes.base.unwrap_or(0), bytes),
+                    _ => change(&ch.bytes, bytes),
+                },
             ]
         })
         .collect()

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use ci::Ci;
+pub use ci::{detect as detect_ci, Ci};
 
 /// Exit code: the server refused the event (4xx), or refused the token.
 pub const EXIT_REJECTED: u8 = 3;
