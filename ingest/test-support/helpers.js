@@ -48,9 +48,9 @@ export async function cleanupAll() {
  * Starts `shiplog serve` on a free port; resolves once it prints its URL.
  * @returns {Promise<{url: string, dataDir: string, stop: () => Promise<void>}>}
  */
-export async function startServer(dataDir = tempDir('shiplog-data-')) {
+export async function startServer(dataDir = tempDir('shiplog-data-'), extraArgs = []) {
   const bin = shiplogBin();
-  const child = spawn(bin, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
+  const child = spawn(bin, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });
