@@ -60,7 +60,7 @@ are warnings on stderr and never change the exit code.";
 #[derive(Subcommand)]
 pub enum CollectCommand {
     /// Report one event (build, deploy, migration, api_cost, check) from flags, a JSON
-    /// file and the CI environment (GitHub Actions, GitLab CI, CircleCI, Vercel).
+    /// file and the CI environment (the ten providers of ingest/core/ci-providers.json).
     #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
     Emit(Box<emit::EmitArgs>),
     /// Send the events spooled while the server was unreachable (oldest first).
