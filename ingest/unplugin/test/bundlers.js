@@ -20,39 +20,33 @@ function runCompiler(compiler) {
   });
 }
 
+/** webpack and Rspack take the same configuration. */
+function webpackConfig({ root, outDir, plugin }, shiplogPlugin) {
+  return {
+    mode: 'production',
+    context: root,
+    entry: { main: './src/main.js' },
+    output: { path: outDir, filename: '[name].[contenthash:8].js', chunkFilename: '[name].[contenthash:8].js', clean: true },
+    devtool: false,
+    infrastructureLogging: quiet,
+    stats: 'none',
+    plugins: plugin ? [shiplogPlugin(plugin)] : [],
+  };
+}
+
 export const BUNDLERS = {
   webpack: {
     source: 'webpack-plugin',
-    async build({ root, outDir, plugin }) {
+    async build(o) {
       const { default: webpack } = await import('webpack');
-      const compiler = webpack({
-        mode: 'production',
-        context: root,
-        entry: { main: './src/main.js' },
-        output: { path: outDir, filename: '[name].[contenthash:8].js', chunkFilename: '[name].[contenthash:8].js', clean: true },
-        devtool: false,
-        infrastructureLogging: quiet,
-        stats: 'none',
-        plugins: plugin ? [shiplogWebpack(plugin)] : [],
-      });
-      return runCompiler(compiler);
+      return runCompiler(webpack(webpackConfig(o, shiplogWebpack)));
     },
   },
   rspack: {
     source: 'rspack-plugin',
-    async build({ root, outDir, plugin }) {
+    async build(o) {
       const { rspack } = await import('@rspack/core');
-      const compiler = rspack({
-        mode: 'production',
-        context: root,
-        entry: { main: './src/main.js' },
-        output: { path: outDir, filename: '[name].[contenthash:8].js', chunkFilename: '[name].[contenthash:8].js', clean: true },
-        devtool: false,
-        infrastructureLogging: quiet,
-        stats: 'none',
-        plugins: plugin ? [shiplogRspack(plugin)] : [],
-      });
-      return runCompiler(compiler);
+      return runCompiler(rspack(webpackConfig(o, shiplogRspack)));
     },
   },
   rollup: {
