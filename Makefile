@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA_DIR ?= ./shiplog-data
 LISTEN ?= 127.0.0.1:7070
 
-.PHONY: all deps build run serve test test-rust test-plugin fmt clippy check bench clean
+.PHONY: all deps build run serve test test-rust test-ingest fmt clippy check bench clean
 
 all: build
 
@@ -24,19 +24,20 @@ build: deps
 run: build
 	./target/release/shiplog serve --demo --data-dir $(DATA_DIR) --listen $(LISTEN)
 
-## test: every test of the project (Rust, end-to-end, the Vite plugin)
-test: test-rust test-plugin
+## test: every test of the project (Rust, end-to-end, the JavaScript collectors)
+test: test-rust test-ingest
 
 test-rust: deps
 	./scripts/setup-test-system.sh
 	./scripts/setup-test-python.sh
 	$(CARGO) test --workspace --all-targets
 
-## test-plugin: the Vite plugin's tests run real vite builds against target/debug/shiplog
+## test-ingest: the JavaScript collectors (ingest/, one npm workspace installed once with
+## `npm ci`): real Vite, webpack, Rspack, Rollup, esbuild builds against target/debug/shiplog
 ## (built with the same features as test-rust, so after it this is a cache hit)
-test-plugin: deps
+test-ingest: deps
 	$(CARGO) test --workspace --all-targets --no-run
-	cd ingest/vite-plugin && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd ingest && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 fmt:
 	$(CARGO) fmt --all

@@ -111,6 +111,7 @@
 //! sets it), an event with neither `time` nor `received_at` is dated 1970-01-01.
 
 mod check;
+pub mod compare;
 mod convert;
 mod dedup;
 mod fsutil;

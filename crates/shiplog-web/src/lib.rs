@@ -15,6 +15,7 @@
 //!   the offending field.
 
 pub mod auth;
+pub mod compare;
 pub mod dashboards;
 pub mod gate;
 pub mod html;

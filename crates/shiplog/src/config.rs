@@ -33,13 +33,19 @@ pub struct Config {
     /// `[[thresholds]]`: good/warning limits per metric, optionally per project and env
     /// (docs/dashboards.md). Metrics not named keep their defaults.
     pub thresholds: Vec<shiplog_web::dashboards::ThresholdRule>,
-    /// `[[budgets]]`: daily/monthly API cost budgets (default: 60 USD/day, 1500 USD/month).
-    pub budgets: Vec<shiplog_web::dashboards::Budget>,
+    /// `[[budgets]]`: daily/monthly API cost budgets (default: 60 USD/day, 1500 USD/month)
+    /// and build budgets (`shiplog compare`), see [`crate::budgets`].
+    pub budgets: Vec<crate::budgets::BudgetEntry>,
     /// A folder of `<name>.toml` dashboards that add to or override the built-in ones.
     pub dashboards_dir: Option<PathBuf>,
 }
 
 impl Config {
+    /// The build budgets of `[[budgets]]` (`GET /v1/compare`).
+    pub fn build_budgets(&self) -> Vec<shiplog_store::compare::BuildBudget> {
+        self.budgets.iter().filter_map(|b| b.build()).collect()
+    }
+
     /// The thresholds the dashboards use: the configured rules, the defaults of metrics
     /// the config does not name, and the budgets (or the default budget).
     pub fn effective_thresholds(&self) -> shiplog_web::dashboards::Thresholds {
@@ -50,10 +56,11 @@ impl Config {
                 rules.push(d);
             }
         }
-        let budgets = if self.budgets.is_empty() {
+        let cost: Vec<_> = self.budgets.iter().filter_map(|b| b.cost()).collect();
+        let budgets = if cost.is_empty() {
             default_budgets()
         } else {
-            self.budgets.clone()
+            cost
         };
         Thresholds::new(rules, &budgets)
     }
@@ -480,8 +487,8 @@ fn validate(config: &Config) -> Result<()> {
         }
     }
     for (i, b) in config.budgets.iter().enumerate() {
-        if b.daily_usd.is_none() && b.monthly_usd.is_none() {
-            bail!("budgets[{i}]: set daily_usd, monthly_usd or both");
+        if let Err(e) = b.check() {
+            bail!("budgets[{i}].{e}");
         }
     }
     Ok(())
@@ -631,6 +638,45 @@ mod tests {
                 .warning,
             300.0
         );
+        assert!(c.build_budgets().is_empty());
+        // A build-only entry keeps the default cost budget; the build limits are read.
+        let (_d, p) = write(
+            "[[budgets]]\nproject = \"web\"\nbundle_bytes = 500000\nchunk_bytes = 200000\n\
+             chunk = \"assets/index-*.js\"\nbuild_time = \"90s\"\ngrowth_percent = 5\n",
+        );
+        let c = load(Some(&p), &[]).unwrap();
+        assert_eq!(
+            c.effective_thresholds()
+                .band("cost_monthly_usd", None, None)
+                .unwrap()
+                .warning,
+            1500.0
+        );
+        let b = &c.build_budgets()[0];
+        assert_eq!(b.project.as_deref(), Some("web"));
+        assert_eq!(b.bundle_bytes, Some(500_000));
+        assert_eq!(b.duration_ms, Some(90_000));
+        assert_eq!(b.growth_percent, Some(5.0));
+        assert_eq!(b.chunk.as_deref(), Some("assets/index-*.js"));
+        for (bad, field) in [
+            (
+                "[[budgets]]\nproject = \"web\"\n",
+                "budgets[0].set a cost limit",
+            ),
+            (
+                "[[budgets]]\nchunk = \"x\"\nbundle_bytes = 1\n",
+                "budgets[0].chunk:",
+            ),
+            (
+                "[[budgets]]\ngrowth_percent = -1\n",
+                "budgets[0].growth_percent:",
+            ),
+            ("[[budgets]]\nbundle_size = 1\n", "bundle_size"),
+        ] {
+            let (_d, p) = write(bad);
+            let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+            assert!(e.contains(field), "{bad}: {e}");
+        }
         assert!(th.band("cost_daily_usd", None, None).is_none());
         let (_d, p) = write("[[thresholds]]\nmetric = \"x\"\ngood = 5\nwarning = 1\n");
         let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());

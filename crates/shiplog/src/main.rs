@@ -4,7 +4,9 @@
 //! server over HTTP or work on a stopped server's data dir.
 
 mod bench;
+mod budgets;
 mod collect;
+mod compare;
 mod config;
 mod datadir;
 mod demo;
@@ -118,6 +120,10 @@ enum Command {
         #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Compare a build with the latest successful build of the base branch (build time,
+    /// bundle and gzip sizes, chunks) and judge the [[budgets]]: exit 1 on a breach.
+    #[command(after_help = compare::EXIT_CODES, after_long_help = compare::EXIT_CODES)]
+    Compare(compare::CompareArgs),
     /// Benchmarks that print figures (see docs/benchmarks.md).
     Bench {
         #[command(subcommand)]
@@ -355,6 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Collect(c) => collect::run(c, &config),
+        Command::Compare(a) => compare::run(a),
     }
 }
 

@@ -492,7 +492,12 @@ fn app(config: &Config, state: Arc<AppState>, role: Role) -> axum::Router {
             config.dashboards_dir.as_deref(),
             config.effective_thresholds(),
         ));
-        app = app.merge(shiplog_web::dashboards::routes(dashboards));
+        app = app
+            .merge(shiplog_web::dashboards::routes(dashboards))
+            .merge(shiplog_web::compare::routes(
+                state.clone(),
+                config.build_budgets(),
+            ));
     }
     if !role.ingests() {
         app = app.layer(axum::middleware::from_fn(crate::roles::refuse_ingest));

@@ -6,9 +6,11 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { dirname, join as joinPath } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
 import shiplog from '../index.js';
 import {
-  FIXTURE,
   blackhole,
   breakFixture,
   captureLogger,
@@ -26,7 +28,9 @@ import {
   startServer,
   tempDir,
   withEnv,
-} from './helpers.js';
+} from '../../test-support/helpers.js';
+
+const FIXTURE = joinPath(dirname(fileURLToPath(import.meta.url)), 'fixture');
 
 /**
  * @param {string} label e.g. 'vite 8 (rolldown)'
@@ -164,7 +168,7 @@ export function viteSuite(label, specifier, expect) {
       assert.equal(d.mode, 'production');
       assert.equal(d.success, true);
       assert.equal(d.error, undefined);
-      assert.deepEqual(d.ci, { provider: 'github', run_id: '11823044512', url: 'https://github.com/acme/web-app/actions/runs/11823044512' });
+      assert.deepEqual(d.ci, { provider: 'github', run_id: '11823044512', url: 'https://github.com/acme/web-app/actions/runs/11823044512', repository: 'acme/web-app' });
       assert.ok(Number.isInteger(d.duration_ms) && d.duration_ms > 0 && d.duration_ms <= r.ms, `duration ${d.duration_ms} within the build's ${r.ms} ms`);
       assert.deepEqual(d.phases.map((p) => p.name), ['config', 'transform', 'render', 'write']);
       for (const p of d.phases) assert.ok(Number.isInteger(p.duration_ms) && p.duration_ms >= 0, JSON.stringify(p));
@@ -282,7 +286,7 @@ export function viteSuite(label, specifier, expect) {
     });
 
     it('reports a failed build with success false and leaves Vite\'s error untouched', async () => {
-      const root = fixtureCopy();
+      const root = fixtureCopy(FIXTURE);
       breakFixture(root);
       const plain = await buildWithoutPlugin(root);
       assert.ok(plain, 'the broken fixture fails to build');

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 mod raw;
 
-use raw::{for_each_element, raw_bool, raw_f64, raw_i64, raw_str};
 pub(crate) use raw::for_each_field;
+use raw::{for_each_element, raw_bool, raw_f64, raw_i64, raw_str};
 use shiplog_events::parse_time_micros;
 
 /// `list<struct<…>>` built from plain child builders (faster than arrow's dyn

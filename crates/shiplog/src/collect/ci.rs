@@ -1,15 +1,26 @@
-//! CI environment detection: GitHub Actions, GitLab CI, CircleCI, Vercel builds.
+//! CI environment detection from the one table every collector shares:
+//! `ingest/core/ci-providers.json` (embedded here, imported by the JavaScript plugins'
+//! core). Ten providers: GitHub Actions, GitLab CI, CircleCI, Buildkite, Bitbucket
+//! Pipelines, Azure Pipelines, Netlify, Vercel, Cloudflare Pages, Jenkins. The file's
+//! `about` says how a template is read; this module implements exactly that, as does
+//! `ingest/core/ci.js`, and both run the same test vectors (`ingest/core/test/ci-vectors.json`).
 //!
-//! Gives the commit, the branch, the run (`data.ci {provider, run_id, url}`) and a run key
-//! that stays the same when a job is retried, for stable event ids.
+//! Gives the commit, the branch (and a pull request's base branch), the run
+//! (`data.ci {provider, run_id, url, …}`) and a run key that stays the same when a job is
+//! retried, for stable event ids.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+/// The shared table, as shipped in the npm package `shiplog-collector-core`.
+const TABLE_JSON: &str = include_str!("../../../../ingest/core/ci-providers.json");
 
 /// What a CI run tells about itself.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ci {
-    /// `github`, `gitlab`, `circleci`, `vercel`.
+    /// The table's provider id: `github`, `gitlab`, `circleci`, … .
     pub provider: &'static str,
     /// The run (`data.ci.run_id`).
     pub run_id: String,
@@ -25,12 +36,80 @@ pub struct Ci {
     pub extra: Map<String, Value>,
     pub commit: Option<String>,
     pub branch: Option<String>,
-    /// The environment, when the CI knows it (Vercel, GitLab environments).
+    /// The branch a pull request targets, when the CI says.
+    pub base_branch: Option<String>,
+    /// The environment, when the CI knows it (Vercel, Netlify, GitLab environments).
     pub env: Option<String>,
-    /// The deployment, when the CI is the deployment (Vercel).
+    /// The deployment, when the CI is the deployment (Vercel, Netlify).
     pub deployment_id: Option<String>,
-    /// The deployment URL, when the CI is the deployment (Vercel).
+    /// The deployment URL, when the CI is the deployment (Vercel, Netlify, Cloudflare).
     pub deployment_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Table {
+    providers: Vec<Provider>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Provider {
+    id: String,
+    #[allow(dead_code)] // documentation in the table
+    name: String,
+    detect: Detect,
+    #[serde(default)]
+    run_id: Vec<String>,
+    #[serde(default)]
+    run_key: Vec<String>,
+    #[serde(default)]
+    url: Vec<String>,
+    #[serde(default)]
+    commit: Vec<String>,
+    #[serde(default)]
+    branch: Vec<String>,
+    #[serde(default)]
+    base_branch: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    deployment_id: Vec<String>,
+    #[serde(default)]
+    deployment_url: Vec<String>,
+    #[serde(default)]
+    job: Vec<String>,
+    #[serde(default)]
+    step: Vec<String>,
+    /// More `data.ci` fields (an object: their order does not matter).
+    #[serde(default)]
+    extra: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Detect {
+    var: String,
+    when: When,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum When {
+    Truthy,
+    Present,
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        serde_json::from_str(TABLE_JSON).expect("ingest/core/ci-providers.json is valid")
+    })
+}
+
+/// The provider ids of the table, in detection order.
+#[cfg(test)]
+fn providers() -> Vec<&'static str> {
+    table().providers.iter().map(|p| p.id.as_str()).collect()
 }
 
 fn get(env: &HashMap<String, String>, k: &str) -> Option<String> {
@@ -43,160 +122,100 @@ fn truthy(env: &HashMap<String, String>, k: &str) -> bool {
     get(env, k).is_some_and(|v| !matches!(v.to_ascii_lowercase().as_str(), "false" | "0"))
 }
 
-/// Detects the CI from the environment; `None` outside CI (or on an unknown CI).
+/// Detects the CI from the environment; `None` outside CI (or on a CI the table lacks).
 pub fn detect(env: &HashMap<String, String>) -> Option<Ci> {
-    let mut ci = if truthy(env, "GITHUB_ACTIONS") {
-        github(env)
-    } else if truthy(env, "GITLAB_CI") {
-        gitlab(env)
-    } else if truthy(env, "CIRCLECI") {
-        circleci(env)
-    } else if truthy(env, "VERCEL") {
-        vercel(env)
-    } else {
-        return None;
-    };
-    if ci.run_key.is_empty() {
-        ci.run_key = ci.run_id.clone();
+    let p = table().providers.iter().find(|p| match p.detect.when {
+        When::Truthy => truthy(env, &p.detect.var),
+        When::Present => get(env, &p.detect.var).is_some(),
+    })?;
+    let text = |alts: &[String]| first(alts, env).map(value_text);
+    let run_id = text(&p.run_id).unwrap_or_default();
+    let mut extra = Map::new();
+    for (k, alts) in &p.extra {
+        if let Some(v) = first(alts, env) {
+            extra.insert(k.clone(), v);
+        }
     }
-    Some(ci)
+    Some(Ci {
+        provider: p.id.as_str(),
+        run_key: text(&p.run_key).unwrap_or_else(|| run_id.clone()),
+        run_id,
+        job: text(&p.job),
+        step: text(&p.step),
+        url: text(&p.url),
+        extra,
+        commit: text(&p.commit),
+        branch: text(&p.branch),
+        base_branch: text(&p.base_branch),
+        env: text(&p.env),
+        deployment_id: text(&p.deployment_id),
+        deployment_url: text(&p.deployment_url),
+    })
 }
 
-fn github(env: &HashMap<String, String>) -> Ci {
-    let run_id = get(env, "GITHUB_RUN_ID").unwrap_or_default();
-    let url = match (
-        get(env, "GITHUB_SERVER_URL"),
-        get(env, "GITHUB_REPOSITORY"),
-        run_id.is_empty(),
-    ) {
-        (Some(server), Some(repo), false) => {
-            let mut u = format!(
-                "{}/{repo}/actions/runs/{run_id}",
-                server.trim_end_matches('/')
-            );
-            if let Some(a) = get(env, "GITHUB_RUN_ATTEMPT") {
-                u.push_str(&format!("/attempts/{a}"));
+fn value_text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// The first template of `alts` whose every placeholder is set.
+fn first(alts: &[String], env: &HashMap<String, String>) -> Option<Value> {
+    alts.iter().find_map(|t| render(t, env))
+}
+
+/// Renders one template (see the table's `about`); `None` when a placeholder is unset.
+fn render(template: &str, env: &HashMap<String, String>) -> Option<Value> {
+    let mut out = String::new();
+    let mut rest = template;
+    let mut alone_int = None;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}')? + open;
+        let inner = &rest[open + 1..close];
+        let (var, filter) = inner.split_once('|').unwrap_or((inner, ""));
+        let value = get(env, var)?;
+        let value = match filter {
+            "" => value,
+            "branch" => value
+                .strip_prefix("refs/heads/")
+                .or_else(|| value.strip_prefix("origin/"))
+                .unwrap_or(&value)
+                .to_string(),
+            "https" => match value.strip_prefix("http://") {
+                Some(r) => format!("https://{r}"),
+                None => value,
+            },
+            "uri" => percent_encode(&value),
+            "int" => {
+                if template == format!("{{{inner}}}") && value.bytes().all(|b| b.is_ascii_digit()) {
+                    alone_int = value.parse::<u64>().ok();
+                }
+                value
             }
-            Some(u)
-        }
-        _ => None,
-    };
-    let mut extra = Map::new();
-    if let Some(a) = get(env, "GITHUB_RUN_ATTEMPT") {
-        extra.insert(
-            "attempt".into(),
-            a.parse::<u64>()
-                .map(Value::from)
-                .unwrap_or(Value::String(a)),
-        );
+            other => panic!("ci-providers.json: unknown filter {other:?} in {template:?}"),
+        };
+        out.push_str(&value);
+        rest = &rest[close + 1..];
     }
-    if let Some(w) = get(env, "GITHUB_WORKFLOW") {
-        extra.insert("workflow".into(), w.into());
-    }
-    if let Some(r) = get(env, "GITHUB_REPOSITORY") {
-        extra.insert("repository".into(), r.into());
-    }
-    let job = get(env, "GITHUB_JOB");
-    if let Some(j) = &job {
-        extra.insert("job".into(), j.clone().into());
-    }
-    Ci {
-        provider: "github",
-        run_key: run_id.clone(),
-        run_id,
-        job,
-        step: get(env, "GITHUB_ACTION"),
-        url,
-        extra,
-        commit: get(env, "GITHUB_SHA"),
-        // On pull requests GITHUB_REF_NAME is `123/merge`; the head branch is the branch.
-        branch: get(env, "GITHUB_HEAD_REF").or_else(|| get(env, "GITHUB_REF_NAME")),
-        ..Default::default()
-    }
+    out.push_str(rest);
+    Some(match alone_int {
+        Some(n) => Value::from(n),
+        None => Value::String(out),
+    })
 }
 
-fn gitlab(env: &HashMap<String, String>) -> Ci {
-    let run_id = get(env, "CI_PIPELINE_ID").unwrap_or_default();
-    let mut extra = Map::new();
-    if let Some(j) = get(env, "CI_JOB_ID") {
-        extra.insert("job_id".into(), j.into());
-    }
-    // A retried GitLab job gets a new CI_JOB_ID: the run key uses the job's name.
-    let job = get(env, "CI_JOB_NAME");
-    if let Some(j) = &job {
-        extra.insert("job".into(), j.clone().into());
-    }
-    if let Some(p) = get(env, "CI_PROJECT_PATH") {
-        extra.insert("repository".into(), p.into());
-    }
-    Ci {
-        provider: "gitlab",
-        run_key: run_id.clone(),
-        run_id,
-        job,
-        url: get(env, "CI_JOB_URL").or_else(|| get(env, "CI_PIPELINE_URL")),
-        extra,
-        commit: get(env, "CI_COMMIT_SHA"),
-        branch: get(env, "CI_COMMIT_REF_NAME"),
-        env: get(env, "CI_ENVIRONMENT_NAME"),
-        ..Default::default()
-    }
-}
-
-fn circleci(env: &HashMap<String, String>) -> Ci {
-    let run_id = get(env, "CIRCLE_WORKFLOW_ID").unwrap_or_default();
-    let mut extra = Map::new();
-    if let Some(n) = get(env, "CIRCLE_BUILD_NUM") {
-        extra.insert(
-            "build_num".into(),
-            n.parse::<u64>()
-                .map(Value::from)
-                .unwrap_or(Value::String(n)),
-        );
-    }
-    let job = get(env, "CIRCLE_JOB");
-    if let Some(j) = &job {
-        extra.insert("job".into(), j.clone().into());
-    }
-    Ci {
-        provider: "circleci",
-        // A rerun workflow gets a new id but keeps its workspace id.
-        run_key: get(env, "CIRCLE_WORKFLOW_WORKSPACE_ID").unwrap_or_else(|| run_id.clone()),
-        run_id,
-        job,
-        url: get(env, "CIRCLE_BUILD_URL"),
-        extra,
-        commit: get(env, "CIRCLE_SHA1"),
-        branch: get(env, "CIRCLE_BRANCH"),
-        ..Default::default()
-    }
-}
-
-fn vercel(env: &HashMap<String, String>) -> Ci {
-    let deployment_url = get(env, "VERCEL_URL").map(|u| {
-        if u.starts_with("http://") || u.starts_with("https://") {
-            u
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
         } else {
-            format!("https://{u}")
+            out.push_str(&format!("%{b:02X}"));
         }
-    });
-    let deployment_id = get(env, "VERCEL_DEPLOYMENT_ID");
-    let run_id = deployment_id
-        .clone()
-        .or_else(|| get(env, "VERCEL_URL"))
-        .unwrap_or_default();
-    Ci {
-        provider: "vercel",
-        run_key: run_id.clone(),
-        run_id,
-        url: deployment_url.clone(),
-        commit: get(env, "VERCEL_GIT_COMMIT_SHA"),
-        branch: get(env, "VERCEL_GIT_COMMIT_REF"),
-        env: get(env, "VERCEL_ENV"),
-        deployment_id,
-        deployment_url,
-        ..Default::default()
     }
+    out
 }
 
 impl Ci {
@@ -235,6 +254,35 @@ impl Ci {
             super::digest(&all)
         )
     }
+
+    /// The detection result as the test vectors write it (absent fields left out).
+    #[cfg(test)]
+    fn to_vector(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("provider".into(), self.provider.into());
+        m.insert("run_id".into(), self.run_id.clone().into());
+        m.insert("run_key".into(), self.run_key.clone().into());
+        let opt = [
+            ("url", &self.url),
+            ("commit", &self.commit),
+            ("branch", &self.branch),
+            ("base_branch", &self.base_branch),
+            ("env", &self.env),
+            ("deployment_id", &self.deployment_id),
+            ("deployment_url", &self.deployment_url),
+            ("job", &self.job),
+            ("step", &self.step),
+        ];
+        for (k, v) in opt {
+            if let Some(v) = v {
+                m.insert(k.into(), v.clone().into());
+            }
+        }
+        if !self.extra.is_empty() {
+            m.insert("extra".into(), Value::Object(self.extra.clone()));
+        }
+        Value::Object(m)
+    }
 }
 
 #[cfg(test)]
@@ -248,28 +296,44 @@ mod tests {
             .collect()
     }
 
+    const VECTORS: &str = include_str!("../../../../ingest/core/test/ci-vectors.json");
+
+    /// Every vector of the shared file (the JavaScript core runs the same ones).
     #[test]
-    fn github_actions() {
+    fn shared_vectors() {
+        let v: Value = serde_json::from_str(VECTORS).unwrap();
+        let vectors = v["vectors"].as_array().unwrap();
+        let mut covered = std::collections::BTreeSet::new();
+        for vector in vectors {
+            let name = vector["name"].as_str().unwrap();
+            let e: HashMap<String, String> = vector["env"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            let got = detect(&e).map(|c| c.to_vector()).unwrap_or(Value::Null);
+            assert_eq!(got, vector["expect"], "vector {name:?}");
+            if let Some(p) = vector["expect"]["provider"].as_str() {
+                covered.insert(p.to_string());
+            }
+        }
+        let all: std::collections::BTreeSet<String> =
+            providers().into_iter().map(String::from).collect();
+        assert_eq!(covered, all, "every provider of the table has a vector");
+        assert_eq!(all.len(), 10);
+    }
+
+    #[test]
+    fn github_retry_keeps_the_id() {
         let e = env(&[
             ("GITHUB_ACTIONS", "true"),
-            ("GITHUB_SHA", "abc"),
-            ("GITHUB_REF_NAME", "main"),
             ("GITHUB_RUN_ID", "42"),
             ("GITHUB_RUN_ATTEMPT", "2"),
             ("GITHUB_JOB", "deploy"),
-            ("GITHUB_SERVER_URL", "https://github.com"),
-            ("GITHUB_REPOSITORY", "acme/web"),
         ]);
         let ci = detect(&e).unwrap();
-        assert_eq!(ci.provider, "github");
-        assert_eq!(ci.commit.as_deref(), Some("abc"));
-        assert_eq!(ci.branch.as_deref(), Some("main"));
-        assert_eq!(
-            ci.url.as_deref(),
-            Some("https://github.com/acme/web/actions/runs/42/attempts/2")
-        );
         assert_eq!(ci.data()["attempt"], 2);
-        // The attempt is not part of the id.
         let mut e2 = e.clone();
         e2.insert("GITHUB_RUN_ATTEMPT".into(), "3".into());
         let ci2 = detect(&e2).unwrap();
@@ -281,11 +345,6 @@ mod tests {
             ci.stable_id(&["deploy", "started"]),
             ci.stable_id(&["deploy", "succeeded"])
         );
-    }
-
-    #[test]
-    fn none_outside_ci() {
-        assert!(detect(&env(&[("CI", "true"), ("GITHUB_ACTIONS", "false")])).is_none());
     }
 
     #[test]
@@ -305,5 +364,16 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(a.stable_id(&["deploy"]), b.stable_id(&["deploy"]));
+    }
+
+    #[test]
+    fn templates() {
+        let e = env(&[("A", "x y/z"), ("B", ""), ("N", "0012"), ("M", "12a")]);
+        assert_eq!(render("{A|uri}", &e), Some("x%20y%2Fz".into()));
+        assert_eq!(render("pre-{B}", &e), None, "an empty variable is unset");
+        assert_eq!(render("{N|int}", &e), Some(12.into()));
+        assert_eq!(render("{M|int}", &e), Some("12a".into()));
+        assert_eq!(render("#{N|int}", &e), Some("#0012".into()));
+        assert_eq!(render("plain", &e), Some("plain".into()));
     }
 }

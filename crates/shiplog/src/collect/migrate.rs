@@ -7,27 +7,15 @@
 //! killed by signal N); reporting problems are warnings.
 
 use super::ci::{self, Ci};
-use super::send::Sender;
+use super::wrapped::{self, Run};
 use super::{ClientArgs, EnvelopeArgs};
 use crate::config::Config;
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc;
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Output kept for error texts: at most this many bytes and lines.
-const TAIL_BYTES: usize = 64 * 1024;
-const TAIL_LINES: usize = 50;
-/// Longest `error` reported, and its lines.
-const ERROR_BYTES: usize = 2048;
-const ERROR_LINES: usize = 20;
-/// Longest `output_tail` reported with a failure.
-const OUTPUT_TAIL_BYTES: usize = 8192;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tool {
@@ -111,7 +99,7 @@ pub fn run(args: MigrateArgs, config: &Config, env: &HashMap<String, String>) ->
     }
 
     let run = execute(&args.command);
-    let code = run.exit_code;
+    let code = run.run.exit_code;
 
     if reporting {
         let events = events(&args, &base, ci.as_ref(), tool, &run);
@@ -221,263 +209,29 @@ pub fn parse_line(line: &str) -> Option<LineInfo> {
     None
 }
 
-/// What running the command gave.
+/// A run of the migration command, with the migrations its output named.
 #[derive(Debug, Default)]
-pub struct Run {
-    pub exit_code: u8,
-    /// Killed by this signal.
-    pub signal: Option<i32>,
-    /// Could not start.
-    pub spawn_error: Option<String>,
-    pub started: Option<SystemTime>,
-    pub duration: Duration,
+pub struct MigrationRun {
+    pub run: Run,
     /// Migrations in order, with when their line came.
     pub seen: Vec<(Seen, Instant, SystemTime)>,
     pub up_to_date: Option<&'static str>,
-    /// The last lines of stderr, and of stdout.
-    pub stderr_tail: Tail,
-    pub stdout_tail: Tail,
-    pub ended: Option<Instant>,
 }
 
-/// The last lines of a stream, bounded in lines and bytes.
-#[derive(Debug, Default)]
-pub struct Tail {
-    lines: VecDeque<String>,
-    bytes: usize,
-}
-
-impl Tail {
-    fn push(&mut self, line: String) {
-        self.bytes += line.len();
-        self.lines.push_back(line);
-        while self.lines.len() > TAIL_LINES || self.bytes > TAIL_BYTES {
-            let Some(l) = self.lines.pop_front() else {
-                break;
-            };
-            self.bytes -= l.len();
-        }
+/// Runs the command (see [`wrapped::execute`]), parsing each line for migrations.
+pub fn execute(command: &[OsString]) -> MigrationRun {
+    let mut seen = Vec::new();
+    let mut up_to_date = None;
+    let run = wrapped::execute(command, |l| match parse_line(l.text) {
+        Some(LineInfo::Migration(s)) => seen.push((s, l.at, l.wall)),
+        Some(LineInfo::UpToDate(t)) => up_to_date = Some(t),
+        None => {}
+    });
+    MigrationRun {
+        run,
+        seen,
+        up_to_date,
     }
-
-    fn is_empty(&self) -> bool {
-        self.lines.iter().all(|l| l.trim().is_empty())
-    }
-
-    /// The tail as text, cut from the front to at most `max` bytes at a line boundary.
-    pub fn text(&self, max: usize) -> String {
-        let mut out: VecDeque<&str> = VecDeque::new();
-        let mut n = 0;
-        for l in self.lines.iter().rev() {
-            if n + l.len() + 1 > max && !out.is_empty() {
-                break;
-            }
-            n += l.len() + 1;
-            out.push_front(l);
-        }
-        let mut s = out.into_iter().collect::<Vec<_>>().join("\n");
-        if s.len() > max {
-            let mut cut = s.len() - max;
-            while !s.is_char_boundary(cut) {
-                cut += 1;
-            }
-            s = s[cut..].to_string();
-        }
-        s.trim().to_string()
-    }
-}
-
-static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Sent by a process (kill, a CI runner): forward it. Sent by the kernel (a terminal's
-    // Ctrl-C reaches the whole process group, the child included): the child has it.
-    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO.
-    let from_process = info.is_null() || unsafe { (*info).si_code } <= 0;
-    if from_process {
-        PENDING_SIGNAL.store(sig, Ordering::SeqCst);
-    }
-}
-
-fn install_forwarding() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a plain sigaction with a handler that only stores to an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-enum Msg {
-    Line(bool, String, Instant, SystemTime),
-}
-
-/// Copies a pipe to our own stream unchanged, and sends its lines (lossy UTF-8).
-fn pump(mut from: impl Read, is_err: bool, tx: mpsc::Sender<Msg>) {
-    let mut buf = [0u8; 8192];
-    let mut line: Vec<u8> = Vec::new();
-    let send_line = |line: &mut Vec<u8>| {
-        let mut s = String::from_utf8_lossy(line).into_owned();
-        if s.ends_with('\r') {
-            s.pop();
-        }
-        let _ = tx.send(Msg::Line(is_err, s, Instant::now(), SystemTime::now()));
-        line.clear();
-    };
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let chunk = &buf[..n];
-        // Pass-through first, unchanged.
-        if is_err {
-            let mut e = std::io::stderr().lock();
-            let _ = e.write_all(chunk);
-            let _ = e.flush();
-        } else {
-            let mut o = std::io::stdout().lock();
-            let _ = o.write_all(chunk);
-            let _ = o.flush();
-        }
-        for &b in chunk {
-            if b == b'\n' {
-                send_line(&mut line);
-            } else if line.len() < TAIL_BYTES {
-                line.push(b);
-            }
-        }
-    }
-    if !line.is_empty() {
-        send_line(&mut line);
-    }
-}
-
-/// Runs the command with pass-through and parsing.
-pub fn execute(command: &[OsString]) -> Run {
-    let mut run = Run {
-        started: Some(SystemTime::now()),
-        ..Default::default()
-    };
-    let start = Instant::now();
-    install_forwarding();
-    let mut child = match Command::new(&command[0])
-        .args(&command[1..])
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let prog = command[0].to_string_lossy();
-            eprintln!("shiplog: cannot run {prog}: {e}");
-            run.exit_code = match e.kind() {
-                std::io::ErrorKind::NotFound => 127,
-                _ => 126,
-            };
-            run.spawn_error = Some(format!("cannot run {prog}: {e}"));
-            run.ended = Some(Instant::now());
-            run.duration = start.elapsed();
-            return run;
-        }
-    };
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped");
-    let err = child.stderr.take().expect("piped");
-    let tx2 = tx.clone();
-    let t_out = std::thread::spawn(move || pump(out, false, tx));
-    let t_err = std::thread::spawn(move || pump(err, true, tx2));
-
-    let handle = |run: &mut Run, msg: Msg| {
-        let Msg::Line(is_err, line, at, wall) = msg;
-        match parse_line(&line) {
-            Some(LineInfo::Migration(seen)) => run.seen.push((seen, at, wall)),
-            Some(LineInfo::UpToDate(t)) => run.up_to_date = Some(t),
-            None => {}
-        }
-        if is_err {
-            run.stderr_tail.push(line);
-        } else {
-            run.stdout_tail.push(line);
-        }
-    };
-    let status = loop {
-        match rx.recv_timeout(Duration::from_millis(25)) {
-            Ok(msg) => handle(&mut run, msg),
-            Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
-        }
-        let sig = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
-        if sig != 0 {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, sig);
-            }
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) => {}
-            Err(_) => break None,
-        }
-    };
-    run.ended = Some(Instant::now());
-    // The rest of the output. A grandchild may keep the pipes open: wait a little only.
-    let drain_until = Instant::now() + Duration::from_secs(2);
-    while let Ok(msg) = rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
-        handle(&mut run, msg);
-    }
-    if t_out.is_finished() {
-        let _ = t_out.join();
-    }
-    if t_err.is_finished() {
-        let _ = t_err.join();
-    }
-    run.duration = start.elapsed();
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Some(s) => {
-            if let Some(c) = s.code() {
-                run.exit_code = (c & 0xff) as u8;
-            } else if let Some(sig) = s.signal() {
-                run.signal = Some(sig);
-                run.exit_code = (128 + sig).min(255) as u8;
-            }
-        }
-        None => run.exit_code = 1,
-    }
-    run
-}
-
-/// The error text of a failed run: the exception of a Python traceback (Alembic) when the
-/// output ends with one, else the last lines.
-pub fn error_text(tail: &Tail) -> String {
-    let lines: Vec<&String> = tail.lines.iter().collect();
-    // A traceback's frames (`  File "…", line N`) are indented (its header may have left
-    // the tail); the exception follows the last indented line.
-    if let Some(tb) = lines.iter().position(|l| {
-        l.starts_with("Traceback (most recent call last)") || l.starts_with("  File \"")
-    }) {
-        let after = &lines[tb..];
-        if let Some(last_frame) = after.iter().rposition(|l| l.starts_with(' ')) {
-            let exc: Vec<&str> = after[last_frame + 1..].iter().map(|l| l.as_str()).collect();
-            let text = exc.join("\n");
-            if !text.trim().is_empty() {
-                let mut t = Tail::default();
-                exc.iter().for_each(|l| t.push(l.to_string()));
-                return t.text(ERROR_BYTES);
-            }
-        }
-    }
-    let mut t = Tail::default();
-    for l in lines.iter().skip(lines.len().saturating_sub(ERROR_LINES)) {
-        t.push(l.to_string());
-    }
-    t.text(ERROR_BYTES)
 }
 
 fn event(
@@ -509,30 +263,14 @@ pub fn events(
     base: &Map<String, Value>,
     ci: Option<&Ci>,
     tool: Option<&'static str>,
-    run: &Run,
+    mrun: &MigrationRun,
 ) -> Vec<Value> {
-    let failed = run.exit_code != 0 || run.signal.is_some() || run.spawn_error.is_some();
-    let error = if let Some(e) = &run.spawn_error {
-        Some(e.clone())
-    } else if let Some(sig) = run.signal {
-        Some(format!("killed by signal {sig}"))
-    } else if failed {
-        let tail = error_text(if run.stderr_tail.is_empty() {
-            &run.stdout_tail
-        } else {
-            &run.stderr_tail
-        });
-        Some(if tail.is_empty() {
-            format!("exited with code {}", run.exit_code)
-        } else {
-            tail
-        })
-    } else {
-        None
-    };
+    let run = &mrun.run;
+    let failed = run.failed();
+    let error = run.error();
     let tool = tool
-        .or_else(|| run.seen.first().map(|(s, _, _)| s.tool))
-        .or(run.up_to_date)
+        .or_else(|| mrun.seen.first().map(|(s, _, _)| s.tool))
+        .or(mrun.up_to_date)
         .unwrap_or("custom");
     let program = std::path::Path::new(&args.command[0])
         .file_name()
@@ -548,10 +286,10 @@ pub fn events(
         Option<SystemTime>,
     );
     let mut rows: Vec<Row> = Vec::new();
-    if run.seen.is_empty() {
+    if mrun.seen.is_empty() {
         let status = if failed {
             "failed"
-        } else if run.up_to_date.is_some() && args.migration_version.is_none() {
+        } else if mrun.up_to_date.is_some() && args.migration_version.is_none() {
             "skipped"
         } else {
             "applied"
@@ -565,9 +303,9 @@ pub fn events(
         ));
     } else {
         let end = run.ended.unwrap_or_else(Instant::now);
-        for (i, (seen, at, wall)) in run.seen.iter().enumerate() {
-            let next = run.seen.get(i + 1).map(|(_, t, _)| *t).unwrap_or(end);
-            let last = i + 1 == run.seen.len();
+        for (i, (seen, at, wall)) in mrun.seen.iter().enumerate() {
+            let next = mrun.seen.get(i + 1).map(|(_, t, _)| *t).unwrap_or(end);
+            let last = i + 1 == mrun.seen.len();
             let status = match (last && failed, seen.down) {
                 (true, _) => "failed",
                 (false, true) => "rolled_back",
@@ -605,11 +343,7 @@ pub fn events(
                 data.insert("error".into(), e.clone().into());
             }
             data.insert("exit_code".into(), run.exit_code.into());
-            let tail = if run.stderr_tail.is_empty() {
-                run.stdout_tail.text(OUTPUT_TAIL_BYTES)
-            } else {
-                run.stderr_tail.text(OUTPUT_TAIL_BYTES)
-            };
+            let tail = run.output_tail();
             if !tail.is_empty() {
                 data.insert("output_tail".into(), tail.into());
             }
@@ -649,50 +383,26 @@ pub fn events(
 }
 
 fn report(args: &MigrateArgs, config: &Config, env: &HashMap<String, String>, events: &[Value]) {
-    for e in events {
-        if let Err(err) = super::validate(e) {
-            eprintln!(
-                "shiplog: warning: migration not reported: {}: {}",
-                err.field, err.error
-            );
-            return;
-        }
-    }
-    if args.dry_run {
-        for e in events {
-            eprintln!("{e}");
-        }
-        return;
-    }
-    let server = super::server_url(args.url.as_deref(), config);
-    let result = (|| -> anyhow::Result<()> {
-        let sender = Sender::new(&server, &args.client, env)?;
-        let r = super::runtime()?.block_on(sender.deliver(events));
-        let summary: Vec<String> = events
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e["data"]["version"].as_str().unwrap_or("-"),
-                    e["data"]["status"].as_str().unwrap_or("")
-                )
-            })
-            .collect();
-        eprintln!(
-            "shiplog: {} migration event(s) [{}]: {} accepted, {} duplicate, {} rejected, {} spooled",
-            events.len(),
-            summary.join(", "),
-            r.accepted,
-            r.duplicates,
-            r.rejected.len(),
-            r.spooled
-        );
-        r.warn(&sender);
-        Ok(())
-    })();
-    if let Err(e) = result {
-        eprintln!("shiplog: warning: migration not reported: {e:#}");
-    }
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["data"]["version"].as_str().unwrap_or("-"),
+                e["data"]["status"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let what = format!("migration event(s) [{}]", summary.join(", "));
+    super::send::report_wrapped(
+        &what,
+        args.url.as_deref(),
+        args.dry_run,
+        &args.client,
+        config,
+        env,
+        events,
+    );
 }
 
 #[cfg(test)]
@@ -747,38 +457,5 @@ mod tests {
         assert_eq!(s.version, None);
         assert_eq!(s.name.as_deref(), Some("views"));
         assert!(parse_line("hello").is_none());
-    }
-
-    #[test]
-    fn error_text_of_a_traceback() {
-        let mut t = Tail::default();
-        for l in [
-            "INFO  [alembic.runtime.migration] Running upgrade a -> b, x",
-            "Traceback (most recent call last):",
-            "  File \"x.py\", line 1, in <module>",
-            "    foo()",
-            "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such table: t",
-            "[SQL: ALTER TABLE t ADD COLUMN c TEXT]",
-        ] {
-            t.push(l.to_string());
-        }
-        assert_eq!(
-            error_text(&t),
-            "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) no such table: t\n[SQL: ALTER TABLE t ADD COLUMN c TEXT]"
-        );
-        let mut t = Tail::default();
-        t.push("ERROR: relation \"users\" already exists".into());
-        assert_eq!(error_text(&t), "ERROR: relation \"users\" already exists");
-    }
-
-    #[test]
-    fn tail_is_bounded() {
-        let mut t = Tail::default();
-        for i in 0..200 {
-            t.push(format!("line {i}"));
-        }
-        assert_eq!(t.lines.len(), TAIL_LINES);
-        assert!(t.text(20).ends_with("line 199"));
-        assert!(t.text(20).len() <= 20);
     }
 }

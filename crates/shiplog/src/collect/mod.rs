@@ -1,4 +1,4 @@
-//! Collectors built into the binary: `emit`, `flush`, `migrate`, `probe`.
+//! Collectors built into the binary: `emit`, `flush`, `migrate`, `build`, `probe`.
 //!
 //! They build events of the public contract (PRODUCT.md) from flags and the CI environment,
 //! validate them locally with [`shiplog_events::Event::from_json`], and send them to a
@@ -8,13 +8,17 @@
 //!
 //! Exit codes of `emit`, `flush` and `probe` ([`EXIT_CODES`]): 0 sent or spooled, 2 invalid
 //! input or usage, 3 refused by the server (4xx), 4 not delivered with `--strict`.
-//! `migrate` always exits with the wrapped command's code.
+//! `migrate` and `build` always exit with the wrapped command's code.
 
+mod build;
 mod ci;
 mod emit;
 mod migrate;
+mod nextjs;
+mod outputs;
 mod probe;
 mod send;
+mod wrapped;
 
 use crate::config::Config;
 use anyhow::Result;
@@ -25,7 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use ci::Ci;
+pub use ci::{detect as detect_ci, Ci};
 
 /// Exit code: the server refused the event (4xx), or refused the token.
 pub const EXIT_REJECTED: u8 = 3;
@@ -47,11 +51,16 @@ reported as failed with error \"killed by signal N\"); a command that cannot be 
 exits 127 (not found) or 126 (not executable). shiplog's own problems (server down, invalid
 flags after the command ran) are warnings on stderr and never change the exit code.";
 
+const BUILD_EXIT_CODES: &str = "\
+Exit code: always the command's own (128+N when killed by signal N; 127 not found, 126 not
+executable). The event is spooled when the server cannot be reached; shiplog's own problems
+are warnings on stderr and never change the exit code.";
+
 // Boxed: the argument structs are large, and `Command` embeds this enum.
 #[derive(Subcommand)]
 pub enum CollectCommand {
     /// Report one event (build, deploy, migration, api_cost, check) from flags, a JSON
-    /// file and the CI environment (GitHub Actions, GitLab CI, CircleCI, Vercel).
+    /// file and the CI environment (the ten providers of ingest/core/ci-providers.json).
     #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
     Emit(Box<emit::EmitArgs>),
     /// Send the events spooled while the server was unreachable (oldest first).
@@ -61,6 +70,11 @@ pub enum CollectCommand {
     /// report one `migration` event per migration it ran (Alembic, Supabase CLI, Flyway).
     #[command(after_long_help = MIGRATE_EXIT_CODES, after_help = MIGRATE_EXIT_CODES)]
     Migrate(Box<migrate::MigrateArgs>),
+    /// Run a build command (no shell), pass its output and exit code through, and report
+    /// one `build` event: duration, success or the error's tail, and the stats the build
+    /// left (Next.js `.next/` with Turbopack or webpack, and every `--out` folder).
+    #[command(after_long_help = BUILD_EXIT_CODES, after_help = BUILD_EXIT_CODES)]
+    Build(Box<build::BuildArgs>),
     /// Probe a deployment's URL and report `check` events (latency_p95, error_rate,
     /// health) for each round of samples.
     #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
@@ -74,6 +88,7 @@ pub fn run(cmd: CollectCommand, config: &Config) -> Result<ExitCode> {
         CollectCommand::Emit(a) => emit::run(*a, config, &env),
         CollectCommand::Flush(a) => send::run_flush(*a, config, &env),
         CollectCommand::Migrate(a) => Ok(migrate::run(*a, config, &env)),
+        CollectCommand::Build(a) => Ok(build::run(*a, config, &env)),
         CollectCommand::Probe(a) => probe::run(*a, config, &env),
     }
 }

@@ -582,3 +582,50 @@ pub fn run_flush(
     };
     Ok(ExitCode::from(code))
 }
+
+/// Reports the events of a wrapped command (`migrate`, `build`): validated, then printed
+/// (`--dry-run`) or sent, with one summary line on stderr. Never fails: a problem is a
+/// warning, since the command's exit code is what the caller passes on.
+pub fn report_wrapped(
+    what: &str,
+    url: Option<&str>,
+    dry_run: bool,
+    client: &ClientArgs,
+    config: &Config,
+    env: &HashMap<String, String>,
+    events: &[Value],
+) {
+    for e in events {
+        if let Err(err) = super::validate(e) {
+            eprintln!(
+                "shiplog: warning: {what} not reported: {}: {}",
+                err.field, err.error
+            );
+            return;
+        }
+    }
+    if dry_run {
+        for e in events {
+            eprintln!("{e}");
+        }
+        return;
+    }
+    let server = super::server_url(url, config);
+    let result = (|| -> anyhow::Result<()> {
+        let sender = Sender::new(&server, client, env)?;
+        let r = super::runtime()?.block_on(sender.deliver(events));
+        eprintln!(
+            "shiplog: {} {what}: {} accepted, {} duplicate, {} rejected, {} spooled",
+            events.len(),
+            r.accepted,
+            r.duplicates,
+            r.rejected.len(),
+            r.spooled
+        );
+        r.warn(&sender);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!("shiplog: warning: {what} not reported: {e:#}");
+    }
+}

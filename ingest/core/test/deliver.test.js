@@ -7,8 +7,8 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { deliver, detectCi, detectGit, errorText, spoolDirFor } from '../index.js';
-import { cleanupAll, tempDir } from './helpers.js';
+import { deliver, errorText, spoolDirFor } from '../index.js';
+import { cleanupAll, tempDir } from '../../test-support/helpers.js';
 
 /** An HTTP server that answers each request with the next scripted [status, body]. */
 async function scripted(script) {
@@ -149,44 +149,6 @@ describe('delivery and spool', () => {
 });
 
 describe('event fields', () => {
-  it('detects CI providers', () => {
-    assert.equal(detectCi({}), null);
-    assert.deepEqual(detectCi({ GITLAB_CI: 'true', CI_PIPELINE_ID: '884213', CI_PIPELINE_URL: 'https://gitlab.com/acme/docs-site/-/pipelines/884213' }), {
-      provider: 'gitlab',
-      run_id: '884213',
-      url: 'https://gitlab.com/acme/docs-site/-/pipelines/884213',
-    });
-    assert.deepEqual(detectCi({ CIRCLECI: 'true', CIRCLE_WORKFLOW_ID: 'wf-1', CIRCLE_BUILD_URL: 'https://circleci.com/gh/acme/web/42' }), {
-      provider: 'circleci',
-      run_id: 'wf-1',
-      url: 'https://circleci.com/gh/acme/web/42',
-    });
-    assert.deepEqual(detectCi({ VERCEL: '1', VERCEL_URL: 'web-abc.vercel.app', VERCEL_DEPLOYMENT_ID: 'dpl_123' }), {
-      provider: 'vercel',
-      run_id: 'dpl_123',
-      url: 'https://web-abc.vercel.app',
-    });
-    assert.equal(detectCi({ CI: 'true' }).provider, 'other');
-    assert.equal(detectCi({ CI: 'false' }), null);
-  });
-
-  it('takes commit and branch from CI variables first', () => {
-    const dir = tempDir(); // not a git repository: git gives nothing
-    assert.deepEqual(detectGit({ CI_COMMIT_SHA: 'abc', CI_COMMIT_REF_NAME: 'feat/x' }, dir), { commit: 'abc', branch: 'feat/x' });
-    assert.deepEqual(detectGit({ CIRCLE_SHA1: 'c1', CIRCLE_BRANCH: 'main' }, dir), { commit: 'c1', branch: 'main' });
-    assert.deepEqual(detectGit({ VERCEL_GIT_COMMIT_SHA: 'v1', VERCEL_GIT_COMMIT_REF: 'preview' }, dir), { commit: 'v1', branch: 'preview' });
-    assert.deepEqual(detectGit({ GITHUB_SHA: 'g1', GITHUB_REF_NAME: '12/merge', GITHUB_HEAD_REF: 'feat/pay' }, dir), { commit: 'g1', branch: 'feat/pay' });
-    assert.deepEqual(detectGit({}, dir), { commit: null, branch: null });
-    // No git binary at all: silently nothing.
-    const path = process.env.PATH;
-    process.env.PATH = dir;
-    try {
-      assert.deepEqual(detectGit({}, process.cwd()), { commit: null, branch: null });
-    } finally {
-      process.env.PATH = path;
-    }
-  });
-
   it('cuts the error to 2 KB of UTF-8 without colours', () => {
     const long = `\u001b[31m[PARSE_ERROR]\u001b[0m ${'é'.repeat(3000)}`;
     const t = errorText(new Error(long));

@@ -1,4 +1,5 @@
-// Test helpers: a real shiplog server, temp folders, the fixture app, a capturing logger.
+// Test helpers every collector package's tests share: a real shiplog server (the binary
+// built by cargo), temp folders, servers that refuse or never answer, files on disk.
 
 import { spawn, execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -8,15 +9,17 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 
-export const PKG_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-export const FIXTURE = join(PKG_DIR, 'test', 'fixture');
+import { ciProviders } from 'shiplog-collector-core';
+
+/** The ingest/ folder (the npm workspace). */
+export const INGEST_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 /** The shiplog binary: SHIPLOG_BIN, else ../../target/debug/shiplog. */
 export function shiplogBin() {
-  const bin = process.env.SHIPLOG_BIN || resolve(PKG_DIR, '..', '..', 'target', 'debug', 'shiplog');
+  const bin = process.env.SHIPLOG_BIN || resolve(INGEST_DIR, '..', 'target', 'debug', 'shiplog');
   if (!existsSync(bin)) {
     throw new Error(
-      `shiplog binary not found at ${bin}: build it first (cd ${resolve(PKG_DIR, '..', '..')} && cargo build -p shiplog) or set SHIPLOG_BIN`,
+      `shiplog binary not found at ${bin}: build it first (cd ${resolve(INGEST_DIR, '..')} && cargo build -p shiplog) or set SHIPLOG_BIN`,
     );
   }
   return bin;
@@ -45,9 +48,9 @@ export async function cleanupAll() {
  * Starts `shiplog serve` on a free port; resolves once it prints its URL.
  * @returns {Promise<{url: string, dataDir: string, stop: () => Promise<void>}>}
  */
-export async function startServer(dataDir = tempDir('shiplog-data-')) {
+export async function startServer(dataDir = tempDir('shiplog-data-'), extraArgs = []) {
   const bin = shiplogBin();
-  const child = spawn(bin, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
+  const child = spawn(bin, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
   });
@@ -154,14 +157,14 @@ export async function query(url, sql) {
   return JSON.parse(body);
 }
 
-/** A copy of the fixture app in a temp folder (for builds that change its sources). */
-export function fixtureCopy() {
+/** A copy of a fixture app in a temp folder (for builds that change its sources). */
+export function fixtureCopy(fixture) {
   const d = tempDir('shiplog-fixture-');
-  cpSync(FIXTURE, d, { recursive: true });
+  cpSync(fixture, d, { recursive: true });
   return d;
 }
 
-/** Adds a module with a syntax error, imported by main.js. */
+/** Adds a module with a syntax error, imported by src/main.js. */
 export function breakFixture(root) {
   writeFileSync(join(root, 'src', 'broken.js'), 'export const answer = ;\n');
   const main = join(root, 'src', 'main.js');
@@ -224,15 +227,13 @@ export function captureLogger() {
   return logger;
 }
 
-/** CI variables that would change the event: removed for the tests, restored after. */
+/** Variables that would change the event (every one the CI table reads, SHIPLOG_*): removed for the tests, restored after. */
 const CI_VARS = [
-  'CI', 'GITHUB_ACTIONS', 'GITHUB_SHA', 'GITHUB_REF_NAME', 'GITHUB_HEAD_REF', 'GITHUB_RUN_ID', 'GITHUB_RUN_ATTEMPT',
-  'GITHUB_REPOSITORY', 'GITHUB_SERVER_URL', 'GITLAB_CI', 'CI_COMMIT_SHA', 'CI_COMMIT_REF_NAME', 'CI_PIPELINE_ID',
-  'CI_PIPELINE_URL', 'CI_JOB_ID', 'CI_JOB_URL', 'CIRCLECI', 'CIRCLE_SHA1', 'CIRCLE_BRANCH', 'CIRCLE_WORKFLOW_ID',
-  'CIRCLE_BUILD_NUM', 'CIRCLE_BUILD_URL', 'VERCEL', 'VERCEL_ENV', 'VERCEL_URL', 'VERCEL_DEPLOYMENT_ID',
-  'VERCEL_GIT_COMMIT_SHA', 'VERCEL_GIT_COMMIT_REF', 'NETLIFY', 'BUILDKITE', 'BITBUCKET_BUILD_NUMBER', 'JENKINS_URL',
-  'TF_BUILD', 'SHIPLOG_URL', 'SHIPLOG_TOKEN', 'SHIPLOG_PROJECT', 'SHIPLOG_ENV', 'SHIPLOG_DISABLED', 'SHIPLOG_COMMIT',
-  'SHIPLOG_BRANCH', 'GIT_COMMIT', 'GIT_BRANCH', 'BUILDKITE_COMMIT', 'BUILDKITE_BRANCH', 'BITBUCKET_COMMIT', 'BITBUCKET_BRANCH',
+  ...new Set([
+    'CI',
+    'SHIPLOG_URL', 'SHIPLOG_TOKEN', 'SHIPLOG_PROJECT', 'SHIPLOG_ENV', 'SHIPLOG_DISABLED', 'SHIPLOG_COMMIT', 'SHIPLOG_BRANCH',
+    ...ciProviders().flatMap((p) => [p.detect.var, ...JSON.stringify(p).matchAll(/\{([A-Z0-9_]+)/g)].map((m) => (typeof m === 'string' ? m : m[1]))),
+  ]),
 ];
 
 export function isolateEnv() {

@@ -1,0 +1,3 @@
+import { esbuild } from './index.js';
+
+export default esbuild;

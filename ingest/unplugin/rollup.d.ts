@@ -1,0 +1,3 @@
+import { rollup } from './index.js';
+
+export default rollup;

@@ -1,0 +1,3 @@
+import { rspack } from './index.js';
+
+export default rspack;

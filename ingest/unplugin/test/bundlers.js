@@ -1,0 +1,96 @@
+// How each bundler builds the fixture with the plugin (or without it, for the benchmark
+// and for comparing errors): real webpack, Rspack, Rollup and esbuild from the registry.
+
+import { join } from 'node:path';
+
+import shiplogEsbuild from '../esbuild.js';
+import shiplogRollup from '../rollup.js';
+import shiplogRspack from '../rspack.js';
+import shiplogWebpack from '../webpack.js';
+
+const quiet = { level: 'none' };
+
+/** Runs a webpack-like compiler to its end; resolves with the build error (or null). */
+function runCompiler(compiler) {
+  return new Promise((done) => {
+    compiler.run((err, stats) => {
+      const error = err || (stats?.hasErrors() ? new Error(stats.toString({ all: false, errors: true })) : null);
+      compiler.close(() => done(error));
+    });
+  });
+}
+
+/** webpack and Rspack take the same configuration. */
+function webpackConfig({ root, outDir, plugin }, shiplogPlugin) {
+  return {
+    mode: 'production',
+    context: root,
+    entry: { main: './src/main.js' },
+    output: { path: outDir, filename: '[name].[contenthash:8].js', chunkFilename: '[name].[contenthash:8].js', clean: true },
+    devtool: false,
+    infrastructureLogging: quiet,
+    stats: 'none',
+    plugins: plugin ? [shiplogPlugin(plugin)] : [],
+  };
+}
+
+export const BUNDLERS = {
+  webpack: {
+    source: 'webpack-plugin',
+    async build(o) {
+      const { default: webpack } = await import('webpack');
+      return runCompiler(webpack(webpackConfig(o, shiplogWebpack)));
+    },
+  },
+  rspack: {
+    source: 'rspack-plugin',
+    async build(o) {
+      const { rspack } = await import('@rspack/core');
+      return runCompiler(rspack(webpackConfig(o, shiplogRspack)));
+    },
+  },
+  rollup: {
+    source: 'rollup-plugin',
+    async build({ root, outDir, plugin }) {
+      const { rollup } = await import('rollup');
+      let bundle = null;
+      try {
+        bundle = await rollup({
+          input: join(root, 'src', 'main.js'),
+          plugins: plugin ? [shiplogRollup(plugin)] : [],
+          onwarn: () => {},
+        });
+        await bundle.write({ dir: outDir, format: 'es', entryFileNames: '[name]-[hash].js', chunkFileNames: '[name]-[hash].js' });
+        return null;
+      } catch (e) {
+        return e;
+      } finally {
+        await bundle?.close();
+      }
+    },
+  },
+  esbuild: {
+    source: 'esbuild-plugin',
+    async build({ root, outDir, plugin }) {
+      const esbuild = await import('esbuild');
+      try {
+        await esbuild.build({
+          absWorkingDir: root,
+          entryPoints: ['src/main.js'],
+          bundle: true,
+          splitting: true,
+          format: 'esm',
+          minify: true,
+          outdir: outDir,
+          entryNames: '[name]-[hash]',
+          chunkNames: 'chunk-[hash]',
+          logLevel: 'silent',
+          plugins: plugin ? [shiplogEsbuild(plugin)] : [],
+        });
+        return null;
+      } catch (e) {
+        return e;
+      }
+    },
+  },
+};

@@ -1,0 +1,3 @@
+import { webpack } from './index.js';
+
+export default webpack;
