@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+
+pub mod faults;
+pub mod security;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,4 +159,42 @@ pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
 /// `GET url` and the body as JSON (panics on a transport or decode error).
 pub async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
     client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The action recorder: a script that rule actions run, writing each call's arguments
+/// (one per line) to a file of `dir`, and the calls it recorded.
+/// A recording script: each call writes its arguments, NUL-separated, to its own file.
+pub fn recorder(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let calls = dir.join("calls");
+    std::fs::create_dir_all(&calls).unwrap();
+    let script = dir.join("rec.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nf='{}'/call.$$\nprintf '%s\\0' \"$@\" > \"$f.tmp\" && mv \"$f.tmp\" \"$f\"\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, calls)
+}
+
+pub fn recorded(dir: &Path) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).unwrap();
+        let mut args: Vec<String> = bytes
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        args.pop(); // after the last NUL
+        out.push(args);
+    }
+    out
 }
