@@ -385,6 +385,12 @@ pub const ROUTES: &[Case] = &[
         "/v1/gate?project=proj-a&env=production",
         Need::Scope(Scope::Read),
     ),
+    case(
+        "GET",
+        "/v1/compare",
+        "/v1/compare?project=proj-a&base=main",
+        Need::Scope(Scope::Read),
+    ),
     case("GET", "/login", "/login", Need::Public(200)),
     Case {
         body: Body::EmptyForm,

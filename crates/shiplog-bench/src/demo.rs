@@ -52,7 +52,151 @@ pub fn events(now: DateTime<Utc>) -> Vec<Value> {
     });
     g.out
         .sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    let decisions = decide(&g.out, now);
+    g.out.extend(decisions);
     g.out
+        .sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    g.out
+}
+
+/// The demo's rollback rules (TOML, `[[rules]]`).
+pub const RULES: &str = include_str!("demo/rules.toml");
+
+/// The demo's rules, validated.
+pub fn rules() -> (Vec<shiplog_rules::Rule>, shiplog_rules::RulesSettings) {
+    shiplog_rules::backtest::candidate(RULES, &shiplog_rules::RulesSettings::default())
+        .expect("the demo's rules are valid")
+}
+
+/// The decisions the demo's rules take over `events`, taken by the real judge (the
+/// backtest, which judges each deployment as the engine would have): one per judged
+/// deployment, at the moment the engine would have written it; a rollback that acted
+/// gets its start and outcome as the engine writes them.
+fn decide(events: &[Value], now: DateTime<Utc>) -> Vec<Value> {
+    let parsed: Vec<Event> = events
+        .iter()
+        .filter_map(|v| Event::from_json(v.clone(), Origin::Collector).ok())
+        .collect();
+    let (rules, settings) = rules();
+    let opts = shiplog_rules::backtest::BacktestOptions {
+        since: None,
+        rule: None,
+        now,
+    };
+    let report = shiplog_rules::backtest::run(parsed, &rules, &settings, &opts);
+    let mut out = Vec::new();
+    for r in &report.rules {
+        for row in &r.deployments {
+            let Some(data) = &row.decision else { continue };
+            let id =
+                shiplog_rules::engine::plan::decision_id(&r.rule, &row.deployment_id, data.verdict);
+            let at = data.decided_at.unwrap_or(row.live_at);
+            let event = |d: &shiplog_rules::decision::DecisionData, id: &str, at: DateTime<Utc>| {
+                let mut e = d.event(
+                    id,
+                    &row.project,
+                    row.env.as_deref(),
+                    Some(&row.deployment_id),
+                );
+                e["time"] = json!(ts(at));
+                e
+            };
+            let acted = data.verdict == shiplog_rules::decision::Verdict::Degraded
+                && !data.dry_run
+                && row.baseline_deployment_id.is_some();
+            let mut data = data.clone();
+            if data.verdict == shiplog_rules::decision::Verdict::Degraded {
+                data.action = Some(match (&r.project[..], &row.baseline_deployment_id) {
+                    ("web-app", Some(b)) => format!(
+                        "vercel rollback https://web-app-{}.vercel.app --yes",
+                        b.replace('_', "-")
+                    ),
+                    _ => "https://hooks.example.com/fly/rollback".to_string(),
+                });
+            }
+            if acted {
+                use shiplog_rules::decision::Phase;
+                let start = data.with_phase(Phase::Start, Some("started".into()));
+                out.push(event(&start, &id, at));
+                let mut done =
+                    data.with_phase(Phase::Outcome, Some("succeeded: exit 0 in 4.2 s".into()));
+                done.exit_code = Some(0);
+                done.duration_ms = Some(4200);
+                done.attempts = Some(1);
+                out.push(event(
+                    &done,
+                    &format!("{id}/outcome"),
+                    at + Duration::milliseconds(4300),
+                ));
+                // What the engine writes when a rollback's action succeeded.
+                let target = row.baseline_deployment_id.clone().unwrap_or_default();
+                out.push(json!({
+                    "id": format!("rule/{}/{}/rolled_back", r.rule, row.deployment_id),
+                    "kind": "deploy",
+                    "source": shiplog_rules::SOURCE,
+                    "project": row.project,
+                    "env": row.env,
+                    "deployment_id": row.deployment_id,
+                    "time": ts(at + Duration::milliseconds(4400)),
+                    "data": {
+                        "status": "rolled_back",
+                        "triggered_by": "rule",
+                        "previous_deployment_id": target,
+                        "rolled_back_to": target,
+                        "url": format!("https://web-app-{}.vercel.app", target.replace('_', "-")),
+                        "rule": r.rule,
+                        "decision_id": id,
+                    }
+                }));
+            } else {
+                if data.verdict == shiplog_rules::decision::Verdict::Degraded && data.dry_run {
+                    data.outcome = Some("dry_run".into());
+                }
+                out.push(event(&data, &id, at));
+            }
+        }
+    }
+    out
+}
+
+/// How a deployment behaves in the minutes after it went live.
+#[derive(Clone, Copy)]
+struct Health {
+    /// Samples of each metric, one a minute.
+    samples: u32,
+    /// Requests per minute (mean).
+    requests: f64,
+    /// The error probability (mean, sd across minutes).
+    error_rate: (f64, f64),
+    /// p95 latency in ms (mean, sd).
+    latency: (f64, f64),
+}
+
+impl Health {
+    const WEB: Health = Health {
+        samples: 10,
+        requests: 420.0,
+        error_rate: (0.0045, 0.0008),
+        latency: (215.0, 18.0),
+    };
+    /// The regression that web-app's rule rolls back.
+    const REGRESSED: Health = Health {
+        error_rate: (0.062, 0.01),
+        latency: (780.0, 80.0),
+        ..Health::WEB
+    };
+    const API: Health = Health {
+        samples: 10,
+        requests: 260.0,
+        error_rate: (0.0045, 0.0008),
+        latency: (240.0, 20.0),
+    };
+    const ADMIN: Health = Health {
+        samples: 10,
+        requests: 40.0,
+        error_rate: (0.002, 0.0005),
+        latency: (120.0, 12.0),
+    };
 }
 
 struct Gen {

@@ -10,6 +10,8 @@
 //! deployment it finds degraded is no baseline for the later ones, as live.
 
 use crate::config::{Rule, RuleSpec, RulesSettings};
+use crate::decision::{DecisionData, Verdict};
+use crate::engine::plan::rollback_decision;
 use crate::engine::tail::decode_relevant;
 use crate::judge::MetricVerdict;
 use crate::judgement::assess;
@@ -49,6 +51,11 @@ pub struct BacktestRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_deployment_id: Option<String>,
     pub reason: String,
+    /// The decision the engine would have written (healthy, degraded, inconclusive), at the
+    /// time it would have written it: the deciding sample for a degraded verdict (the
+    /// engine decides on the sample's arrival), the window's end otherwise.
+    #[serde(skip)]
+    pub decision: Option<DecisionData>,
 }
 
 /// One rule's results.
@@ -76,6 +83,32 @@ pub struct BacktestReport {
     pub since: Option<DateTime<Utc>>,
     pub records_read: u64,
     pub rules: Vec<RuleBacktest>,
+}
+
+/// A candidate rule set: the `[[rules]]` (and optional `[rules_settings]`) of a TOML
+/// document such as a shiplog.toml; its other tables are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Candidate {
+    #[serde(default)]
+    rules: Vec<crate::config::RuleConfig>,
+    #[serde(default)]
+    rules_settings: Option<RulesSettings>,
+}
+
+/// Parses and validates a candidate rule set; `current` gives what a file cannot (prices,
+/// hidden variables) and the settings when it has no `[rules_settings]`.
+pub fn candidate(
+    toml_text: &str,
+    current: &RulesSettings,
+) -> Result<(Vec<Rule>, RulesSettings), crate::RulesError> {
+    let c: Candidate = toml::from_str(toml_text)
+        .map_err(|e| crate::RulesError::config("candidate", "toml", e.to_string()))?;
+    let mut settings = c.rules_settings.unwrap_or_else(|| current.clone());
+    settings.prices = current.prices.clone();
+    settings.hide_env = current.hide_env.clone();
+    settings.state_dir = None;
+    let rules = crate::config::validate(&c.rules, &settings)?;
+    Ok((rules, settings))
 }
 
 /// Reads every partition of `log` from its start and backtests `rules` over it.
@@ -217,7 +250,22 @@ pub fn run(
                     ("inconclusive", None)
                 }
             };
-            if matches!(verdict, "healthy" | "degraded" | "inconclusive") {
+            let decision = match verdict {
+                "healthy" => Some(Verdict::Healthy),
+                "degraded" => Some(Verdict::Degraded),
+                "inconclusive" => Some(Verdict::Inconclusive),
+                _ => None,
+            }
+            .map(|v| {
+                let at = match v {
+                    Verdict::Degraded => a.judgement.deciding_time.unwrap_or(end),
+                    _ => end,
+                };
+                let mut data = rollback_decision(rule, spec, &a, v, at);
+                data.dry_run = r.dry_run;
+                data
+            });
+            if decision.is_some() {
                 r.judged += 1;
             }
             r.deployments.push(BacktestRow {
@@ -230,6 +278,7 @@ pub fn run(
                 deciding_sample_time: a.judgement.deciding_time,
                 baseline_deployment_id: a.baseline.as_ref().ok().map(|b| b.id.clone()),
                 reason: a.judgement.reason.clone(),
+                decision,
             });
         }
         out.push(r);
@@ -238,6 +287,32 @@ pub fn run(
         since: opts.since,
         records_read: n,
         rules: out,
+    }
+}
+
+impl RuleBacktest {
+    /// Recounts the totals from `deployments` (after some were left out).
+    pub fn recount(&mut self) {
+        let n = |v: &str| self.deployments.iter().filter(|d| d.verdict == v).count();
+        self.healthy = n("healthy");
+        self.inconclusive = n("inconclusive");
+        self.judging = n("judging");
+        self.superseded = n("superseded");
+        let degraded: Vec<&BacktestRow> = self
+            .deployments
+            .iter()
+            .filter(|d| d.verdict == "degraded")
+            .collect();
+        self.degraded_no_target = degraded
+            .iter()
+            .filter(|d| {
+                d.action
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with("no_safe_target"))
+            })
+            .count();
+        self.would_roll_back = degraded.len() - self.degraded_no_target;
+        self.judged = self.healthy + self.inconclusive + degraded.len();
     }
 }
 

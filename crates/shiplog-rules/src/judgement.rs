@@ -43,8 +43,17 @@ pub fn assess(
         .iter()
         .zip(shares)
         .map(|(m, alpha)| {
+            // API cost: per served request when both sides' checks count requests, else
+            // per API call on both sides (never one unit against the other).
+            let per_call = m.requests_from.as_ref().is_some_and(|from| {
+                !st.reports_requests(d, from, length, None)
+                    || baseline.as_ref().is_ok_and(|b| {
+                        spec.fixed_baseline.is_none()
+                            && !st.reports_requests(b, from, length, st.replaced_at(b))
+                    })
+            });
             let samples = |x: &Deployment, cut: Option<DateTime<Utc>>| match &m.requests_from {
-                Some(from) => st.cost_samples(x, from, length, cut),
+                Some(from) => st.cost_samples(x, from, length, cut, per_call),
                 None => st.window_samples(x, &m.name, length, cut),
             };
             let new = samples(d, None);

@@ -76,7 +76,7 @@
 //! | `deploy` (`deploys`) | `status`, `url`, `provider`, `previous_deployment_id` VARCHAR; `duration_ms` BIGINT; `triggered_by` VARCHAR |
 //! | `migration` (`migrations`) | `tool`, `database`, `version`, `name`, `status` VARCHAR; `duration_ms` BIGINT; `error`, `checksum` VARCHAR |
 //! | `api_cost` (`api_costs`) | `provider`, `model` VARCHAR; `input_tokens`, `output_tokens`, `cached_tokens`, `cache_write_tokens`, `reasoning_tokens`, `requests` BIGINT; `cost_usd` DOUBLE; `cost_source`, `price_version`, `feature` VARCHAR; `usage` VARCHAR (the JSON object as sent) |
-//! | `check` (`checks`) | `name` VARCHAR; `passed` BOOLEAN; `value` DOUBLE; `unit` VARCHAR |
+//! | `check` (`checks`) | `name` VARCHAR; `passed` BOOLEAN; `value` DOUBLE; `unit` VARCHAR; `errors`, `requests` BIGINT |
 //! | `decision` (`decisions`) | `rule`, `verdict`, `metric` VARCHAR; `value`, `baseline`, `threshold` DOUBLE; `samples` BIGINT; `action`, `outcome` VARCHAR; `dry_run` BOOLEAN |
 //!
 //! `api_costs` columns are also derived (see [`pricing`] and docs/costs.md): token columns

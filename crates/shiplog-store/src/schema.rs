@@ -93,6 +93,8 @@ pub(crate) fn data_fields(kind: Kind) -> &'static [(&'static str, ColType)] {
             ("passed", Bool),
             ("value", Float64),
             ("unit", Utf8),
+            ("errors", Int64),
+            ("requests", Int64),
         ],
         Kind::Decision => &[
             ("rule", Utf8),

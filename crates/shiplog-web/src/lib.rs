@@ -15,6 +15,7 @@
 //!   the offending field.
 
 pub mod auth;
+pub mod backtest;
 pub mod compare;
 pub mod dashboards;
 pub mod gate;
@@ -94,7 +95,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/query", post(query::post_query));
     if state.rules.is_some() {
-        router = router.route("/v1/gate", get(gate::get_gate));
+        router = router.route("/v1/gate", get(gate::get_gate)).route(
+            "/v1/rules/backtest",
+            get(backtest::get_backtest).post(backtest::post_backtest),
+        );
     }
     router.with_state(state)
 }

@@ -166,5 +166,21 @@ fn render_text(b: &Value) -> String {
             })
             .collect(),
     );
+    section(
+        &mut out,
+        "deployments still being judged",
+        arr("judging")
+            .iter()
+            .map(|j| {
+                format!(
+                    "{}: {} {} (window ends {})",
+                    j["rule"].as_str().unwrap_or("?"),
+                    j["deployment_id"].as_str().unwrap_or("?"),
+                    j["status"].as_str().unwrap_or("judging"),
+                    j["window_ends"].as_str().unwrap_or("?")
+                )
+            })
+            .collect(),
+    );
     out
 }

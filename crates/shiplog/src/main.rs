@@ -15,6 +15,7 @@ mod logcmd;
 mod migrate;
 mod ops;
 mod roles;
+mod rulescmd;
 mod serve;
 
 use anyhow::Result;
@@ -120,6 +121,11 @@ enum Command {
         #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Rollback rules: `backtest` judges the deployments in the log without acting.
+    Rules {
+        #[command(subcommand)]
+        which: RulesCommand,
+    },
     /// Compare a build with the latest successful build of the base branch (build time,
     /// bundle and gzip sizes, chunks) and judge the [[budgets]]: exit 1 on a breach.
     #[command(after_help = compare::EXIT_CODES, after_long_help = compare::EXIT_CODES)]
@@ -131,6 +137,29 @@ enum Command {
     },
     #[command(flatten)]
     Collect(collect::CollectCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Replay the deployments in the server's log through its rollback rules, or through
+    /// the [[rules]] of --config FILE (a candidate set), without acting; print per rule the
+    /// deployments judged, would roll back, healthy, inconclusive, and the flagged ones.
+    Backtest {
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Deployments that went live in this last span (90d, 12h).
+        #[arg(long, default_value = "90d")]
+        since: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: rulescmd::BacktestFormat,
+        /// The server. Also SHIPLOG_URL.
+        #[arg(long, env = "SHIPLOG_URL", default_value = "http://127.0.0.1:7070")]
+        url: String,
+        /// Bearer token with the read scope. Also SHIPLOG_TOKEN.
+        #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +331,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             url,
             token,
         } => gate::run(&url, token.as_deref(), &project, &env, format),
+        Command::Rules {
+            which:
+                RulesCommand::Backtest {
+                    rule,
+                    since,
+                    format,
+                    url,
+                    token,
+                },
+        } => rulescmd::backtest(rulescmd::BacktestArgs {
+            url: &url,
+            token: token.as_deref(),
+            // A candidate only when --config is on the command line: SHIPLOG_CONFIG names
+            // the server's own configuration, whose rules GET already backtests.
+            candidate: cli.config.as_deref().filter(|_| {
+                std::env::args().any(|a| a == "--config" || a.starts_with("--config="))
+            }),
+            rule: rule.as_deref(),
+            since: &since,
+            format,
+        }),
         Command::Bench { which } => {
             match which {
                 BenchCommand::Ingest {

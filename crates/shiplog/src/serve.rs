@@ -220,6 +220,7 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     let rules = match &query {
         Some(query) => Some(start_rules(
             &config,
+            demo,
             ingestor.clone(),
             query.clone(),
             &shutdown_tx,
@@ -439,18 +440,29 @@ fn open_queries(config: &Config) -> Result<Arc<QueryEngine>> {
 
 /// The rules engine, its state snapshot in `<data_dir>/rules` (a start reads only the log
 /// after it).
+///
+/// With `--demo` and no rules configured, the demo's rules run, all in dry run: the
+/// decisions page then shows how they would have judged (their backtest), and nothing acts.
 fn start_rules(
     config: &Config,
+    demo: bool,
     ingestor: Arc<Ingestor>,
     query: Arc<QueryEngine>,
     shutdown: &tokio::sync::watch::Sender<bool>,
 ) -> Result<shiplog_rules::RulesEngine> {
-    shiplog_rules::RulesEngine::start(
+    let mut settings = config.rules_settings.clone();
+    let rules = if demo && config.rules.is_empty() {
+        settings.dry_run = true;
+        shiplog_bench::demo::rules().0
+    } else {
         shiplog_rules::validate(&config.rules, &config.rules_settings)
-            .map_err(anyhow::Error::msg)?,
+            .map_err(anyhow::Error::msg)?
+    };
+    shiplog_rules::RulesEngine::start(
+        rules,
         shiplog_rules::RulesSettings {
             state_dir: Some(config.server.data_dir.join("rules")),
-            ..config.rules_settings.clone()
+            ..settings
         },
         ingestor,
         Some(query),
@@ -486,12 +498,15 @@ fn projection_series(projection: &ProjectionSlot, log: Arc<dyn Log>) -> shiplog_
 fn app(config: &Config, state: Arc<AppState>, role: Role) -> axum::Router {
     let mut app = router(state.clone());
     if state.rules.is_some() {
-        let dashboards = Arc::new(shiplog_web::dashboards::DashboardState::new(
-            state.auth.clone(),
-            state.query.clone(),
-            config.dashboards_dir.as_deref(),
-            config.effective_thresholds(),
-        ));
+        let dashboards = Arc::new(shiplog_web::dashboards::DashboardState {
+            rules: state.rules.clone(),
+            ..shiplog_web::dashboards::DashboardState::new(
+                state.auth.clone(),
+                state.query.clone(),
+                config.dashboards_dir.as_deref(),
+                config.effective_thresholds(),
+            )
+        });
         app = app
             .merge(shiplog_web::dashboards::routes(dashboards))
             .merge(shiplog_web::compare::routes(

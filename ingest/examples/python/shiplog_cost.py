@@ -18,7 +18,13 @@ docs/costs.md). Pass ``cost_usd`` only when you compute the cost yourself: it th
 
 Configuration: ``SHIPLOG_URL`` (default http://127.0.0.1:7070), ``SHIPLOG_TOKEN`` (a token
 with the ingest scope), ``SHIPLOG_PROJECT`` (default: the current folder's name),
-``SHIPLOG_ENV``; each can also be given as an argument.
+``SHIPLOG_ENV``, ``SHIPLOG_DEPLOYMENT_ID`` (the deployment serving this process: its
+spend and requests are then judged by rollback rules); each can also be given as an
+argument.
+
+``report_requests(errors, requests)`` reports the requests the app served in an interval
+and how many failed, as a ``check``: rollback rules judge error rates on these counts and
+price each served request (``api_cost_per_request``).
 """
 
 from __future__ import annotations
@@ -114,29 +120,84 @@ def report_usage(
             "source": source,
             "project": project or os.environ.get("SHIPLOG_PROJECT")
             or os.path.basename(os.getcwd()) or "default",
-            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": _now(),
             "data": data,
         }
-        env = env or os.environ.get("SHIPLOG_ENV")
-        if env:
-            event["env"] = env
-        if deployment_id:
-            event["deployment_id"] = deployment_id
-        base = (url or os.environ.get("SHIPLOG_URL") or "http://127.0.0.1:7070").rstrip("/")
-        req = urllib.request.Request(
-            base + "/v1/events",
-            data=json.dumps(event).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        token = token or os.environ.get("SHIPLOG_TOKEN")
-        if token:
-            req.add_header("Authorization", "Bearer " + token)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return 200 <= resp.status < 300
+        return _post(event, env, deployment_id, url, token, timeout)
     except Exception as e:  # noqa: BLE001 - reporting must never break the caller
         print(f"shiplog_cost: usage not reported: {e}", file=sys.stderr)
+        return False
+
+
+def _post(event: dict, env: Optional[str], deployment_id: Optional[str], url: Optional[str],
+          token: Optional[str], timeout: float) -> bool:
+    """Adds env and deployment (arguments, else SHIPLOG_ENV and SHIPLOG_DEPLOYMENT_ID) and
+    posts the event; True on a 2xx (the event is durable in shiplog's log)."""
+    env = env or os.environ.get("SHIPLOG_ENV")
+    if env:
+        event["env"] = env
+    deployment_id = deployment_id or os.environ.get("SHIPLOG_DEPLOYMENT_ID")
+    if deployment_id:
+        event["deployment_id"] = deployment_id
+    base = (url or os.environ.get("SHIPLOG_URL") or "http://127.0.0.1:7070").rstrip("/")
+    req = urllib.request.Request(
+        base + "/v1/events",
+        data=json.dumps(event).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    token = token or os.environ.get("SHIPLOG_TOKEN")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return 200 <= resp.status < 300
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def report_requests(
+    errors: int,
+    requests: int,
+    *,
+    name: str = "error_rate",
+    project: Optional[str] = None,
+    env: Optional[str] = None,
+    deployment_id: Optional[str] = None,
+    event_id: Optional[str] = None,
+    url: Optional[str] = None,
+    token: Optional[str] = None,
+    source: str = "app/python",
+    timeout: float = 2.0,
+) -> bool:
+    """Posts one ``check`` event with the requests the app served in an interval and how
+    many failed (``errors``, ``requests``; ``value`` = their ratio). Rollback rules judge
+    the counts with a test on counts, and divide the deployment's API spend by
+    ``requests`` (the ``api_cost_per_request`` metric). Call it once per interval (say a
+    minute) with that interval's counts. Never raises."""
+    try:
+        if requests < 0 or errors < 0 or errors > requests:
+            print(f"shiplog_cost: errors={errors} requests={requests}: need "
+                  "0 <= errors <= requests; not reported", file=sys.stderr)
+            return False
+        data: dict = {"name": name, "errors": int(errors), "requests": int(requests),
+                      "unit": "ratio"}
+        if requests > 0:
+            data["value"] = errors / requests
+        event = {
+            "id": event_id or str(uuid.uuid4()),
+            "kind": "check",
+            "source": source,
+            "project": project or os.environ.get("SHIPLOG_PROJECT")
+            or os.path.basename(os.getcwd()) or "default",
+            "time": _now(),
+            "data": data,
+        }
+        return _post(event, env, deployment_id, url, token, timeout)
+    except Exception as e:  # noqa: BLE001 - reporting must never break the caller
+        print(f"shiplog_cost: requests not reported: {e}", file=sys.stderr)
         return False
 
 
@@ -164,4 +225,5 @@ if __name__ == "__main__":
     }
     ok1 = report_usage(chat, "openai", feature="demo")
     ok2 = report_usage(message, "anthropic", feature="demo")
-    print("reported" if ok1 and ok2 else "not reported (is shiplog serve running?)")
+    ok3 = report_requests(3, 412)
+    print("reported" if ok1 and ok2 and ok3 else "not reported (is shiplog serve running?)")

@@ -19,8 +19,13 @@
  * Pass `costUsd` only when you compute the cost yourself: it then wins.
  *
  * Configuration: `SHIPLOG_URL` (default http://127.0.0.1:7070), `SHIPLOG_TOKEN` (ingest
- * scope), `SHIPLOG_PROJECT`, `SHIPLOG_ENV` from the environment when there is one, or the
- * options.
+ * scope), `SHIPLOG_PROJECT`, `SHIPLOG_ENV`, `SHIPLOG_DEPLOYMENT_ID` (the deployment serving
+ * this process: its spend and requests are then judged by rollback rules) from the
+ * environment when there is one, or the options.
+ *
+ * `reportRequests(errors, requests)` reports the requests the app served in an interval
+ * (say a minute) and how many failed, as a `check`: rollback rules judge error rates on
+ * these counts and price each served request (`api_cost_per_request`).
  */
 
 export interface ReportOptions {
@@ -92,29 +97,65 @@ export async function reportUsage(
       time: new Date().toISOString(),
       data,
     };
-    const env = options.env ?? envVar('SHIPLOG_ENV');
-    if (env) event.env = env;
-    if (options.deploymentId) event.deployment_id = options.deploymentId;
-    const base = (options.url ?? envVar('SHIPLOG_URL') ?? 'http://127.0.0.1:7070').replace(/\/+$/, '');
-    const headers: Record<string, string> = { 'content-type': 'application/json' };
-    const token = options.token ?? envVar('SHIPLOG_TOKEN');
-    if (token) headers.authorization = `Bearer ${token}`;
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), options.timeoutMs ?? 2000);
-    try {
-      const resp = await fetch(`${base}/v1/events`, {
-        method: 'POST',
-        headers,
-        body: JSON.stringify(event),
-        signal: controller.signal,
-      });
-      if (!resp.ok) console.warn(`shiplog-cost: usage not reported: HTTP ${resp.status}`);
-      return resp.ok;
-    } finally {
-      clearTimeout(timer);
-    }
+    return await post(event, options);
   } catch (e) {
     console.warn(`shiplog-cost: usage not reported: ${String(e)}`);
+    return false;
+  }
+}
+
+/** Adds env and deployment (options, else SHIPLOG_ENV and SHIPLOG_DEPLOYMENT_ID) and posts
+ * the event; true on a 2xx (the event is durable in shiplog's log). */
+async function post(event: Json, options: ReportOptions): Promise<boolean> {
+  const env = options.env ?? envVar('SHIPLOG_ENV');
+  if (env) event.env = env;
+  const deploymentId = options.deploymentId ?? envVar('SHIPLOG_DEPLOYMENT_ID');
+  if (deploymentId) event.deployment_id = deploymentId;
+  const base = (options.url ?? envVar('SHIPLOG_URL') ?? 'http://127.0.0.1:7070').replace(/\/+$/, '');
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  const token = options.token ?? envVar('SHIPLOG_TOKEN');
+  if (token) headers.authorization = `Bearer ${token}`;
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), options.timeoutMs ?? 2000);
+  try {
+    const resp = await fetch(`${base}/v1/events`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify(event),
+      signal: controller.signal,
+    });
+    if (!resp.ok) console.warn(`shiplog-cost: ${String(event.kind)} not reported: HTTP ${resp.status}`);
+    return resp.ok;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Posts one `check` event with the requests served in an interval and how many failed
+ * (`errors`, `requests`; `value` = their ratio). Never throws. */
+export async function reportRequests(
+  errors: number,
+  requests: number,
+  options: ReportOptions & { name?: string } = {},
+): Promise<boolean> {
+  try {
+    if (!Number.isInteger(errors) || !Number.isInteger(requests) || errors < 0 || errors > requests) {
+      console.warn(`shiplog-cost: errors=${errors} requests=${requests}: need integers 0 <= errors <= requests; not reported`);
+      return false;
+    }
+    const data: Json = { name: options.name ?? 'error_rate', errors, requests, unit: 'ratio' };
+    if (requests > 0) data.value = errors / requests;
+    const event: Json = {
+      id: options.id ?? globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random()}`,
+      kind: 'check',
+      source: options.source ?? 'app/typescript',
+      project: options.project ?? envVar('SHIPLOG_PROJECT') ?? 'default',
+      time: new Date().toISOString(),
+      data,
+    };
+    return await post(event, options);
+  } catch (e) {
+    console.warn(`shiplog-cost: requests not reported: ${String(e)}`);
     return false;
   }
 }

@@ -1,6 +1,6 @@
 //! The demo's events of each kind: a build, a deploy, its checks, a rule's decision.
 
-use super::{Deploy, Gen};
+use super::{Deploy, Gen, Health};
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -133,8 +133,10 @@ impl Gen {
         );
     }
 
-    /// Checks for 10 minutes after a deploy; `bad` = a regression.
-    pub(super) fn checks(&mut self, d: &Deploy, after: DateTime<Utc>, bad: bool) -> (f64, f64) {
+    /// Checks for 10 minutes after a deploy: a smoke and a health check, then one sample a
+    /// minute of the error rate (with the errors and requests behind it, binomial) and of
+    /// the p95 latency.
+    pub(super) fn checks(&mut self, d: &Deploy, after: DateTime<Utc>, h: Health) {
         let dep = Some(d.id.as_str());
         let (p, env, c) = (d.project, d.env, d.commit.clone());
         self.push(
@@ -159,56 +161,17 @@ impl Gen {
             after + Duration::seconds(25),
             json!({"name": "health", "passed": true, "value": 200, "unit": "status"}),
         );
-        let (mut er_sum, mut lat_sum) = (0.0, 0.0);
-        for m in 1..=10 {
-            let t = after + Duration::seconds(60 * m);
-            let er: f64 = if bad {
-                self.normal(0.062, 0.012).max(0.03)
-            } else {
-                self.normal(0.0045, 0.0012).max(0.0005)
-            };
-            let lat: f64 = if bad {
-                self.normal(780.0, 80.0)
-            } else {
-                self.normal(215.0, 18.0)
-            };
-            er_sum += er;
-            lat_sum += lat;
-            self.push("check", "shiplog-probe", p, Some(env), Some(&c), None, dep, t, json!({"name": "error_rate", "value": (er * 10000.0).round() / 10000.0, "unit": "ratio", "passed": er < 0.02}));
+        for m in 1..=h.samples {
+            let t = after + Duration::seconds(60 * m as i64);
+            let requests = self.normal(h.requests, h.requests * 0.1).max(20.0).round() as u64;
+            let rate = self.normal(h.error_rate.0, h.error_rate.1).max(0.0);
+            let errors = (0..requests)
+                .filter(|_| self.rng.gen_bool(rate.min(1.0)))
+                .count() as u64;
+            let er = errors as f64 / requests as f64;
+            let lat = self.normal(h.latency.0, h.latency.1).max(1.0);
+            self.push("check", "shiplog-probe", p, Some(env), Some(&c), None, dep, t, json!({"name": "error_rate", "value": (er * 10000.0).round() / 10000.0, "errors": errors, "requests": requests, "unit": "ratio", "passed": er < 0.02}));
             self.push("check", "shiplog-probe", p, Some(env), Some(&c), None, dep, t + Duration::seconds(2), json!({"name": "latency_p95", "value": lat.round(), "unit": "ms", "passed": lat < 500.0}));
         }
-        (er_sum / 10.0, lat_sum / 10.0)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn decision(
-        &mut self,
-        d: &Deploy,
-        at: DateTime<Utc>,
-        rule: &str,
-        verdict: &str,
-        metric: &str,
-        value: f64,
-        baseline: Option<f64>,
-        threshold: Option<f64>,
-        samples: i64,
-        action: Option<&str>,
-        outcome: Option<&str>,
-        dry_run: bool,
-    ) {
-        let data = json!({"rule": rule, "verdict": verdict, "metric": metric, "value": (value * 10000.0).round() / 10000.0,
-            "baseline": baseline.map(|b| (b * 10000.0).round() / 10000.0), "threshold": threshold.map(|t| (t * 10000.0).round() / 10000.0),
-            "samples": samples, "action": action, "outcome": outcome, "dry_run": dry_run});
-        self.push(
-            "decision",
-            "shiplog-rules",
-            d.project,
-            Some(d.env),
-            Some(&d.commit.clone()),
-            None,
-            Some(&d.id.clone()),
-            at,
-            data,
-        );
     }
 }

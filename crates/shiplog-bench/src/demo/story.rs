@@ -1,7 +1,7 @@
 //! The demo's story, project by project (see the module doc of [`super`]), and the API
 //! costs.
 
-use super::{Deploy, Gen, DAYS};
+use super::{Deploy, Gen, Health, DAYS};
 use chrono::{Datelike, Duration, Timelike, Weekday};
 use rand::Rng;
 use serde_json::json;
@@ -10,7 +10,6 @@ impl Gen {
     pub(super) fn web_app(&mut self) {
         let (upgrade, failed_day, rollback_day) = (DAYS - 24, DAYS - 15, DAYS - 8);
         let mut prev: Option<String> = None;
-        let mut last_good_er = 0.0045;
         for day in 0..DAYS {
             let wd = self.at(day, 0.0).weekday();
             let weekend = matches!(wd, Weekday::Sat | Weekday::Sun);
@@ -86,86 +85,23 @@ impl Gen {
                 self.deploy(&d, "succeeded", dur);
                 let live = d.at + Duration::seconds(dur as i64);
                 let bad = day == rollback_day && k == 0;
-                let (er, lat) = self.checks(&d, live, bad);
+                let health = if bad {
+                    Health::REGRESSED
+                } else if day == DAYS - 3 && k == 0 {
+                    // the probe lost its network after 3 minutes: too few samples
+                    Health {
+                        samples: 3,
+                        ..Health::WEB
+                    }
+                } else {
+                    Health::WEB
+                };
+                self.checks(&d, live, health);
                 if bad {
-                    let t = live + Duration::seconds(610);
-                    let action = format!(
-                        "vercel rollback https://web-app-{}.vercel.app --yes",
-                        prev.clone().unwrap_or_default().replace('_', "-")
-                    );
-                    self.decision(
-                        &d,
-                        t,
-                        "web-rollback-on-regression",
-                        "degraded",
-                        "error_rate",
-                        er,
-                        Some(last_good_er),
-                        Some(last_good_er * 1.5),
-                        10,
-                        Some(&action),
-                        Some("succeeded: exit 0 in 4.2 s"),
-                        false,
-                    );
-                    // the rollback: this deployment is rolled back, the previous one promoted again
-                    let mut rb = json!({"status": "rolled_back", "url": format!("https://web-app-{}.vercel.app", id.replace('_', "-")), "provider": "vercel", "triggered_by": "rule", "duration_ms": 4200});
-                    if let Some(p) = &prev {
-                        rb["previous_deployment_id"] = json!(p);
-                    }
-                    self.push(
-                        "deploy",
-                        "shiplog-rules",
-                        "web-app",
-                        Some("production"),
-                        Some(&d.commit.clone()),
-                        Some("main"),
-                        Some(&id),
-                        t + Duration::seconds(5),
-                        rb,
-                    );
-                    if let Some(p) = prev.clone() {
-                        self.push("deploy", "shiplog-rules", "web-app", Some("production"), None, Some("main"), Some(&p), t + Duration::seconds(6),
-                            json!({"status": "promoted", "provider": "vercel", "triggered_by": "rule", "url": format!("https://web-app-{}.vercel.app", p.replace('_', "-"))}));
-                    }
-                    let _ = lat;
+                    // The rule rolls it back (`decide` writes its decisions and the
+                    // rolled_back deploy, as the engine does): prev stays the restored one.
                     continue; // prev stays the restored deployment
                 }
-                if day >= DAYS - 14 {
-                    let inconclusive = day == DAYS - 3 && k == 0;
-                    let t = live + Duration::seconds(610);
-                    if inconclusive {
-                        self.decision(
-                            &d,
-                            t,
-                            "web-rollback-on-regression",
-                            "inconclusive",
-                            "error_rate",
-                            er,
-                            Some(last_good_er),
-                            Some(last_good_er * 1.5),
-                            3,
-                            None,
-                            Some("not enough samples (3 < 8)"),
-                            false,
-                        );
-                    } else {
-                        self.decision(
-                            &d,
-                            t,
-                            "web-rollback-on-regression",
-                            "healthy",
-                            "error_rate",
-                            er,
-                            Some(last_good_er),
-                            Some(last_good_er * 1.5),
-                            10,
-                            None,
-                            None,
-                            false,
-                        );
-                    }
-                }
-                last_good_er = er;
                 prev = Some(id);
             }
         }
@@ -269,38 +205,16 @@ impl Gen {
             let dur = self.normal(84.0, 10.0).max(40.0);
             self.deploy(&d, "succeeded", dur);
             let live = at + Duration::seconds(dur as i64);
-            let (er, _) = self.checks(&d, live, false);
-            if day == DAYS - 6 {
-                self.decision(
-                    &d,
-                    live + Duration::seconds(610),
-                    "api-rollback-on-regression",
-                    "degraded",
-                    "latency_p95",
-                    412.0,
-                    Some(240.0),
-                    Some(360.0),
-                    10,
-                    Some("POST https://hooks.example.com/fly/rollback"),
-                    Some("dry run: the webhook was not called"),
-                    true,
-                );
-            } else if day >= DAYS - 14 {
-                self.decision(
-                    &d,
-                    live + Duration::seconds(610),
-                    "api-rollback-on-regression",
-                    "healthy",
-                    "error_rate",
-                    er,
-                    Some(0.0045),
-                    Some(0.00675),
-                    10,
-                    None,
-                    None,
-                    false,
-                );
-            }
+            // day −6: a release whose p95 latency regressed (the dry-run rule flags it)
+            let health = if day == DAYS - 6 {
+                Health {
+                    latency: (430.0, 30.0),
+                    ..Health::API
+                }
+            } else {
+                Health::API
+            };
+            self.checks(&d, live, health);
             prev = Some(id);
         }
     }
@@ -341,7 +255,7 @@ impl Gen {
             };
             let dur = self.normal(41.0, 6.0).max(20.0);
             self.deploy(&d, "succeeded", dur);
-            self.checks(&d, d.at + Duration::seconds(dur as i64), false);
+            self.checks(&d, d.at + Duration::seconds(dur as i64), Health::ADMIN);
             prev = Some(id);
         }
     }

@@ -21,7 +21,7 @@ pub fn threshold_sql(metric: &str) -> &'static str {
         "build_duration_ms" => "SELECT duration_ms FROM builds WHERE project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ) ORDER BY time DESC LIMIT 1",
         "bundle_bytes" => "SELECT bundle_bytes FROM builds WHERE project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ) AND bundle_bytes IS NOT NULL ORDER BY time DESC LIMIT 1",
         "gzip_bytes" => "SELECT gzip_bytes FROM builds WHERE project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ) AND gzip_bytes IS NOT NULL ORDER BY time DESC LIMIT 1",
-        "error_rate" => "SELECT avg(value) FROM checks WHERE name = 'error_rate' AND project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ)",
+        "error_rate" => "SELECT avg(coalesce(value, errors / nullif(requests, 0))) FROM checks WHERE name = 'error_rate' AND project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ)",
         "latency_p95" => "SELECT quantile_cont(value, 0.95) FROM checks WHERE name = 'latency_p95' AND project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ)",
         "migration_duration_p95" => "SELECT quantile_cont(duration_ms, 0.95) FROM migrations WHERE project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ)",
         "migration_failures" => "SELECT count(*) FROM migrations WHERE status = 'failed' AND project = $1 AND ($2::VARCHAR IS NULL OR env = $2) AND time >= CAST($3 AS TIMESTAMPTZ)",

@@ -51,6 +51,8 @@ struct Inner {
     resumed: Mutex<Option<Vec<(Partition, Offset)>>>,
     /// A snapshot is being written.
     saving: Arc<AtomicBool>,
+    /// The last backtest of the current rules (the decisions page), and when it ran.
+    shadow: tokio::sync::Mutex<Option<(std::time::Instant, Arc<crate::backtest::BacktestReport>)>>,
 }
 
 /// A running rules engine: its state answers the gate and the deployment page.
@@ -78,6 +80,8 @@ const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 pub struct RuleView {
     pub rule: String,
     pub dry_run: bool,
+    /// In words, e.g. "judging, 3 of 5 samples".
+    pub status: String,
     pub assessment: Assessment,
 }
 
@@ -132,6 +136,7 @@ impl RulesEngine {
                 snapshot,
                 resumed: Mutex::new(None),
                 saving: Arc::new(AtomicBool::new(false)),
+                shadow: tokio::sync::Mutex::new(None),
                 rules,
                 settings,
                 state: Mutex::new(state),
@@ -267,7 +272,7 @@ impl RulesEngine {
         let st = self.inner.state.lock().unwrap();
         let mut report = st.gate(project, env, &self.inner.rules);
         let now = Utc::now();
-        for (rule, a) in self.judging(&st, project, Some(env), None, now) {
+        for (rule, a) in self.judging(&st, Some(project), Some(env), None, now) {
             let d = &a.1;
             report.judging.push(Judging {
                 rule: rule.to_string(),
@@ -294,7 +299,7 @@ impl RulesEngine {
     fn judging<'a>(
         &'a self,
         st: &State,
-        project: &str,
+        project: Option<&str>,
         env: Option<&str>,
         deployment: Option<&str>,
         now: DateTime<Utc>,
@@ -304,10 +309,12 @@ impl RulesEngine {
             let RuleSpec::Rollback(spec) = &rule.spec else {
                 continue;
             };
-            if rule.project != project || env.is_some_and(|e| rule.env.as_deref() != Some(e)) {
+            if project.is_some_and(|p| rule.project != p)
+                || env.is_some_and(|e| rule.env.as_deref() != Some(e))
+            {
                 continue;
             }
-            for d in st.open_candidates(rule.name(), project, rule.env.as_deref()) {
+            for d in st.open_candidates(rule.name(), &rule.project, rule.env.as_deref()) {
                 if deployment.is_some_and(|x| x != d.id)
                     || st.superseded(&d)
                     || d.failed
@@ -325,9 +332,68 @@ impl RulesEngine {
         out
     }
 
-    /// Where each rollback rule's judgement of deployment `id` of `project` stands now,
-    /// while its window is open (concluded ones are in their decisions).
-    pub fn judging_now(&self, project: &str, id: &str) -> Vec<RuleView> {
+    /// Backtests the current rules, or the `candidate` rule set (TOML), over the log.
+    pub async fn backtest(
+        &self,
+        candidate: Option<&str>,
+        opts: &crate::backtest::BacktestOptions,
+    ) -> Result<crate::backtest::BacktestReport, RulesError> {
+        let (rules, settings) = match candidate {
+            Some(text) => crate::backtest::candidate(text, &self.inner.settings)?,
+            None => (self.inner.rules.clone(), self.inner.settings.clone()),
+        };
+        if let Some(name) = &opts.rule {
+            if !rules.iter().any(|r| r.name() == name) {
+                return Err(RulesError::config(
+                    "backtest",
+                    "rule",
+                    format!("no rule named {name:?}"),
+                ));
+            }
+        }
+        let log = self.inner.ingestor.log().clone();
+        Ok(crate::backtest::run_log(log.as_ref(), &rules, &settings, opts).await?)
+    }
+
+    /// The backtest of the current rules over the deployments of the last 90 days, run
+    /// again when the last one is older than `max_age` (the decisions page: a page load
+    /// does not read the whole log each time).
+    pub async fn shadow_backtest(
+        &self,
+        max_age: Duration,
+    ) -> Result<Arc<crate::backtest::BacktestReport>, RulesError> {
+        let mut held = self.inner.shadow.lock().await;
+        if let Some((at, report)) = held.as_ref() {
+            if at.elapsed() < max_age {
+                return Ok(report.clone());
+            }
+        }
+        let now = Utc::now();
+        let opts = crate::backtest::BacktestOptions {
+            since: Some(now - chrono::Duration::days(90)),
+            rule: None,
+            now,
+        };
+        let report = Arc::new(self.backtest(None, &opts).await?);
+        *held = Some((std::time::Instant::now(), report.clone()));
+        Ok(report)
+    }
+
+    /// The rollback rules in dry run (per rule or globally), for the decisions page.
+    pub fn dry_run_rules(&self) -> Vec<String> {
+        self.inner
+            .rules
+            .iter()
+            .filter(|r| {
+                matches!(r.spec, RuleSpec::Rollback(_)) && r.is_dry_run(&self.inner.settings)
+            })
+            .map(|r| r.name().to_string())
+            .collect()
+    }
+
+    /// Where each rollback rule's judgement of deployment `id` stands now, while its window
+    /// is open (concluded ones are in their decisions); `project` narrows it.
+    pub fn judging_now(&self, project: Option<&str>, id: &str) -> Vec<RuleView> {
         let st = self.inner.state.lock().unwrap();
         let now = Utc::now();
         self.judging(&st, project, None, Some(id), now)
@@ -340,6 +406,7 @@ impl RulesEngine {
                     .iter()
                     .find(|r| r.name() == rule)
                     .is_some_and(|r| r.is_dry_run(&self.inner.settings)),
+                status: judging_status(&assessment),
                 assessment,
             })
             .collect()

@@ -240,7 +240,7 @@ impl Planner<'_> {
             let mut data = rollback_decision(rule, spec, &a, verdict, now);
             data.dry_run = rule.is_dry_run(self.settings);
             let planned = Planned {
-                id: format!("rule/{}/{}/{}", rule.name(), d.id, verdict.as_str()),
+                id: decision_id(rule.name(), &d.id, verdict),
                 data,
                 project: d.project.clone(),
                 env: d.env.clone(),
@@ -374,9 +374,15 @@ impl Planner<'_> {
     }
 }
 
+/// The id of a rollback rule's decision about a deployment: deterministic, so a decision
+/// written twice (a restart, the demo and the engine) is deduplicated.
+pub fn decision_id(rule: &str, deployment_id: &str, verdict: Verdict) -> String {
+    format!("rule/{rule}/{deployment_id}/{}", verdict.as_str())
+}
+
 /// The decision of a concluded rollback window: the deciding metric's figures in the
 /// contract fields, every metric's evidence, and the verdict in words.
-fn rollback_decision(
+pub(crate) fn rollback_decision(
     rule: &Rule,
     spec: &RollbackSpec,
     a: &Assessment,

@@ -318,7 +318,13 @@ impl State {
             .map(|s| {
                 s.samples
                     .iter()
-                    .filter(|x| x.time <= end && (x.value.is_some() || x.requests.is_some()))
+                    // The deployment's own window: from going live (a check sent before,
+                    // against a preview, says nothing of production traffic) to its end.
+                    .filter(|x| {
+                        x.time >= start
+                            && x.time <= end
+                            && (x.value.is_some() || x.requests.is_some())
+                    })
                     .map(Sample::judged)
                     .collect()
             })
@@ -329,12 +335,35 @@ impl State {
     /// interval. The intervals end at the samples of check `requests_from` that carry
     /// `requests` (spend since the previous one / its requests); when none carries them,
     /// per API call, per minute of the window.
+    /// Whether `d`'s checks `requests_from` report `requests` in its window: its API cost
+    /// is then judged per served request, else per API call.
+    pub fn reports_requests(
+        &self,
+        d: &Deployment,
+        requests_from: &str,
+        window: chrono::Duration,
+        cut: Option<DateTime<Utc>>,
+    ) -> bool {
+        let Some(start) = d.succeeded_at else {
+            return false;
+        };
+        let end = window_end(start, window, cut);
+        self.deployment(&d.project, &d.id)
+            .and_then(|s| s.series(requests_from))
+            .is_some_and(|s| {
+                s.samples
+                    .iter()
+                    .any(|x| x.time <= end && x.requests.is_some())
+            })
+    }
+
     pub fn cost_samples(
         &self,
         d: &Deployment,
         requests_from: &str,
         window: chrono::Duration,
         cut: Option<DateTime<Utc>>,
+        per_call: bool,
     ) -> Vec<judge::Sample> {
         let (Some(start), Some(stored)) = (d.succeeded_at, self.deployment(&d.project, &d.id))
         else {
@@ -354,7 +383,7 @@ impl State {
             .unwrap_or_default();
         checks.sort();
         let mut out = Vec::new();
-        if checks.is_empty() {
+        if checks.is_empty() || per_call {
             let minute = chrono::Duration::minutes(1);
             let mut t = start;
             while t < end {

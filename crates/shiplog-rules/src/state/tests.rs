@@ -563,17 +563,25 @@ fn api_cost_per_request_pairs_spend_with_the_requests_served() {
         st.apply(&untagged);
     }
     let a = st.deployment("p", "a").unwrap().header();
-    let s = st.cost_samples(&a, "error_rate", D::minutes(10), None);
+    let s = st.cost_samples(&a, "error_rate", D::minutes(10), None, false);
     assert_eq!(s.len(), 3, "{s:?}");
     for x in &s {
         assert!((x.value.unwrap() - 0.005).abs() < 1e-12, "{s:?}");
     }
     // Without requests on the checks: per API call, per minute.
-    let per_call = st.cost_samples(&a, "latency_p95", D::minutes(10), None);
+    let per_call = st.cost_samples(&a, "latency_p95", D::minutes(10), None, false);
     assert_eq!(per_call.len(), 3, "{per_call:?}");
     assert!(
         (per_call[0].value.unwrap() - 0.5 / 3.0).abs() < 1e-12,
         "{per_call:?}"
+    );
+    // When the other side has no requests, both are judged per call: the same unit.
+    assert!(st.reports_requests(&a, "error_rate", D::minutes(10), None));
+    assert!(!st.reports_requests(&a, "latency_p95", D::minutes(10), None));
+    let forced = st.cost_samples(&a, "error_rate", D::minutes(10), None, true);
+    assert_eq!(
+        forced.iter().map(|x| x.value).collect::<Vec<_>>(),
+        per_call.iter().map(|x| x.value).collect::<Vec<_>>()
     );
 }
 

@@ -24,6 +24,7 @@
 
 pub mod chart;
 pub mod engine;
+mod judgement;
 mod pages;
 pub mod spec;
 
@@ -57,6 +58,9 @@ pub struct DashboardState {
     /// within a query, and each query in flight holds its own scan buffers, so this bounds
     /// the memory a burst of page loads can take.
     pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// The rules engine, for the rollback judgement on a deployment's page (its open
+    /// windows; concluded ones are read from the decisions).
+    pub rules: Option<shiplog_rules::RulesEngine>,
 }
 
 impl DashboardState {
@@ -75,6 +79,7 @@ impl DashboardState {
             query_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            rules: None,
         }
     }
 }
@@ -392,7 +397,33 @@ async fn render_page(
                 .into_response();
         }
     }
-    let (facts, outcomes) = tokio::join!(facts(state, &ctx), run_dashboard(state, d, &ctx));
+    let judgement = async {
+        let Some(id) = ctx.deployment.clone() else {
+            return String::new();
+        };
+        let _slot = state.query_slots.acquire().await;
+        let allowed = ctx.allowed.clone();
+        let sources = judgement::Sources {
+            query: state.query.clone(),
+            rules: state.rules.clone(),
+        };
+        tokio::task::spawn_blocking(move || judgement::render(&sources, &id, allowed.as_deref()))
+            .await
+            .unwrap_or_default()
+    };
+    let shadow = async {
+        match (&state.rules, name) {
+            (Some(rules), "decisions") => judgement::dry_run_backtest(rules, &ctx).await,
+            _ => String::new(),
+        }
+    };
+    let (facts, outcomes, judged, shadow) = tokio::join!(
+        facts(state, &ctx),
+        run_dashboard(state, d, &ctx),
+        judgement,
+        shadow
+    );
+    let extra = judged + &shadow;
     let html = pages::dashboard_page(
         state,
         session,
@@ -401,6 +432,7 @@ async fn render_page(
         &facts,
         &outcomes,
         filter_error.as_deref(),
+        &extra,
     );
     let status = if filter_error.is_some() {
         StatusCode::BAD_REQUEST

@@ -47,6 +47,7 @@ ul.legend{list-style:none;display:flex;flex-wrap:wrap;gap:6px 16px;padding:0;mar
 ul.legend i{display:inline-block;width:12px;height:12px;border-radius:3px;margin-right:6px;vertical-align:-1px}
 ul.legend i.line{height:3px;border-radius:2px;vertical-align:3px;width:16px}ul.legend i.band{opacity:.35}
 ul.legend i.circle{border-radius:50%}
+.judgement .rule{margin:6px 0 18px}.judgement h3{font-size:15px;margin:4px 0}.judgement .reason{font-size:14px;margin:4px 0}.judgement .evidence{font-size:13px;margin:10px 0 2px}
 .stat{font-size:34px;font-weight:650;margin:8px 0 2px;letter-spacing:-.5px}
 .stat.good{color:var(--good)}.stat.warning{color:var(--warn)}.stat.bad{color:var(--bad)}
 .statnote{color:var(--muted);font-size:12.5px}
@@ -488,26 +489,7 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
                 width: w,
                 height: ht,
             }) {
-                Ok(r) => {
-                    let _ = write!(
-                        h,
-                        r#"<figure class="chart" data-points="{}">{}</figure>"#,
-                        r.points, r.svg
-                    );
-                    if !r.legend.is_empty() {
-                        h.push_str(r#"<ul class="legend">"#);
-                        for l in &r.legend {
-                            let _ = write!(
-                                h,
-                                r#"<li><i class="{}" style="background:{}"></i>{}</li>"#,
-                                l.mark,
-                                l.color,
-                                esc(&l.name)
-                            );
-                        }
-                        h.push_str("</ul>");
-                    }
-                }
+                Ok(r) => h.push_str(&super::chart::figure_html(&r)),
                 Err(e) => {
                     let _ = write!(
                         h,
@@ -555,6 +537,7 @@ pub fn dashboard_page(
     facts: &(Vec<String>, Vec<String>, i64),
     outcomes: &[PanelOutcome],
     filter_error: Option<&str>,
+    extra: &str,
 ) -> String {
     let qs = filter_qs(ctx);
     let mut body = String::new();
@@ -588,6 +571,8 @@ pub fn dashboard_page(
         );
     }
     body.push_str(r#"<div class="grid">"#);
+    // A section computed beside the panels (a deployment's rollback judgement).
+    body.push_str(extra);
     if facts.2 == 0 && state.query.is_some() {
         body.push_str(&welcome());
         // Broken panels are reported even before there is data.

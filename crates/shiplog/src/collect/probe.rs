@@ -4,7 +4,7 @@
 //! Every `--every`, a round sends `--samples` GET requests one after the other (redirects
 //! are not followed: 2xx and 3xx count as success) and reports three events: `latency_p95`
 //! (ms, over the requests that got an answer), `error_rate` (ratio of failed requests and
-//! non-2xx/3xx answers) and `health` (passed when every request succeeded; value: the last
+//! non-2xx/3xx answers, with the counts behind it as `errors` and `requests`) and `health` (passed when every request succeeded; value: the last
 //! status code). Ids are derived from the deployment, the check name and the round index,
 //! so a restarted probe does not count a round twice.
 
@@ -291,6 +291,10 @@ fn round_events(
                 ("value", ratio.into()),
                 ("unit", "ratio".into()),
                 ("failed", (failed as u64).into()),
+                // The counts behind the rate: rollback rules judge them with a test on
+                // counts, far more powerful than one on the rates of small rounds.
+                ("errors", (failed as u64).into()),
+                ("requests", (n as u64).into()),
             ],
         ),
         mk(&args.check_name, health),

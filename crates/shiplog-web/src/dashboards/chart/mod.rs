@@ -18,6 +18,7 @@ use std::sync::Once;
 
 mod category;
 mod format;
+mod judged;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ mod timeline;
 use category::category_chart;
 pub use format::{fmt_value, parse_time, unit_label};
 use format::{label_of, truncate};
+pub use judged::{judged_chart, JudgedArgs};
 use table::{pivot, pretty, series_color, Table};
 use time::time_chart;
 use timeline::timeline;
@@ -81,6 +83,27 @@ pub struct Rendered {
     pub svg: String,
     pub legend: Vec<LegendItem>,
     pub points: usize,
+}
+
+/// A rendered chart as HTML: the SVG in a figure, then its legend.
+pub fn figure_html(r: &Rendered) -> String {
+    let mut h = format!(
+        r#"<figure class="chart" data-points="{}">{}</figure>"#,
+        r.points, r.svg
+    );
+    if !r.legend.is_empty() {
+        h.push_str(r#"<ul class="legend">"#);
+        for l in &r.legend {
+            h.push_str(&format!(
+                r#"<li><i class="{}" style="background:{}"></i>{}</li>"#,
+                l.mark,
+                l.color,
+                crate::html::escape(&l.name)
+            ));
+        }
+        h.push_str("</ul>");
+    }
+    h
 }
 
 pub(super) fn err<E: std::fmt::Display>(e: E) -> String {
