@@ -246,22 +246,6 @@ impl RulesEngine {
         &self.inner.settings
     }
 
-    /// The engine's series in the Prometheus text format (for `/metrics`).
-    pub fn render_metrics(&self) -> String {
-        let s = self.stats();
-        format!(
-            "# HELP shiplog_rules_tracked_deployments Deployments the rules state holds (bounded, docs/rules.md).\n\
-             # TYPE shiplog_rules_tracked_deployments gauge\nshiplog_rules_tracked_deployments {}\n\
-             # HELP shiplog_rules_samples Check samples the rules state holds for open windows and baselines.\n\
-             # TYPE shiplog_rules_samples gauge\nshiplog_rules_samples {}\n\
-             # HELP shiplog_rules_samples_dropped_total Check samples not kept because of a cap (per deployment and check name, or in all).\n\
-             # TYPE shiplog_rules_samples_dropped_total counter\nshiplog_rules_samples_dropped_total {}\n\
-             # HELP shiplog_rules_open_windows_evicted_total Deployments forgotten under the deployment cap before a rule judged them.\n\
-             # TYPE shiplog_rules_open_windows_evicted_total counter\nshiplog_rules_open_windows_evicted_total {}\n",
-            s.deployments, s.samples, s.samples_dropped, s.open_evicted
-        )
-    }
-
     /// The gate report of a project/env, with the deployments still being judged.
     pub fn gate(&self, project: &str, env: &str) -> GateReport {
         let st = self.inner.state.lock().unwrap();
