@@ -239,9 +239,8 @@ pub async fn run(
         .with_max_times(tries.saturating_sub(1) as usize)
         .with_jitter()
         .build();
-    let mut last = None;
     let mut attempts = 0;
-    loop {
+    let a = loop {
         attempts += 1;
         let a = match action {
             Action::Command { timeout, .. } => run_command(argv, env.vars(), *timeout).await,
@@ -252,14 +251,11 @@ pub async fn run(
                 ..
             } => post_webhook(url, secret_env.as_deref(), *timeout, body, event_id).await,
         };
-        let ok = a.ok;
-        last = Some(a);
         match waits.next() {
-            Some(wait) if !ok => tokio::time::sleep(wait).await,
-            _ => break,
+            Some(wait) if !a.ok => tokio::time::sleep(wait).await,
+            _ => break a,
         }
-    }
-    let a = last.expect("at least one attempt");
+    };
     let outcome = if a.ok {
         "succeeded".to_string()
     } else {
