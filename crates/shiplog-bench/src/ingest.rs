@@ -138,13 +138,7 @@ pub async fn drive(
         tasks.push(tokio::spawn(async move {
             while !stop.load(Relaxed) {
                 let first = next.fetch_add(batch as u64, Relaxed);
-                let body = template.render(first);
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let r = template.post(&client, &url, first).send().await;
                 match r {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;

@@ -93,6 +93,15 @@ impl BodyTemplate {
         }
         out
     }
+
+    /// The POST of the body with the events numbered from `first`, as the load generators
+    /// send it.
+    pub fn post(&self, client: &reqwest::Client, url: &str, first: u64) -> reqwest::RequestBuilder {
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(self.render(first))
+    }
 }
 
 #[cfg(test)]

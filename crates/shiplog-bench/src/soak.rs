@@ -294,17 +294,11 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
             continue;
         };
         let first = next.fetch_add(args.batch as u64, Relaxed);
-        let body = template.render(first);
-        let (client, url, current, batch) =
-            (client.clone(), url.clone(), current.clone(), args.batch);
+        let request = template.post(&client, &url, first);
+        let (current, batch) = (current.clone(), args.batch);
         tokio::spawn(async move {
             let sent = Instant::now();
-            let r = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
+            let r = request.send().await;
             let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
             let mut iv = current.lock().unwrap();
             match r.map(|r| r.status().as_u16()) {
@@ -394,14 +388,8 @@ pub async fn rss(args: RssArgs) -> Result<()> {
                 if first >= total {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let body = template.render(first);
                 loop {
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await?;
+                    let r = template.post(&client, &url, first).send().await?;
                     match r.status().as_u16() {
                         202 => break,
                         503 => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -1,133 +1,103 @@
-//! Counters and histograms exposed at `GET /metrics` in the Prometheus text format.
+//! The counters and the histogram the ingest path keeps, as `prometheus-client` metrics.
 //!
-//! Hand-rolled on atomics: a handful of series does not warrant a metrics framework, and
-//! the hot path (ingest) pays one relaxed atomic add per counter.
+//! The server registers them once in its registry ([`Metrics::register`]; `shiplog-web`
+//! exposes it at `GET /metrics`); the hot path pays one relaxed atomic add per counter and
+//! one short lock per append for the histogram. Benchmarks and tests use unregistered
+//! metrics ([`Metrics::default`]).
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the append-latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 12] = [
+pub const APPEND_LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A Prometheus histogram with fixed buckets.
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.buckets[i].fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                self.buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
-/// The server's counters.
-#[derive(Default)]
+/// The ingest path's counters (the HTTP server counts requests and events in them).
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    pub events_accepted: AtomicU64,
-    pub events_rejected: AtomicU64,
-    pub events_duplicate: AtomicU64,
-    pub requests_refused: AtomicU64,
+    pub events_accepted: Counter,
+    pub events_rejected: Counter,
+    pub events_duplicate: Counter,
+    pub requests_refused: Counter,
     pub append_latency: Histogram,
 }
 
-/// A gauge or counter rendered from state owned elsewhere (log bytes, projection lag…).
-pub struct ExternalSeries {
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: &'static str,
-    pub value: f64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            events_accepted: Counter::default(),
+            events_rejected: Counter::default(),
+            events_duplicate: Counter::default(),
+            requests_refused: Counter::default(),
+            append_latency: Histogram::new(APPEND_LATENCY_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
     pub fn observe_append(&self, d: Duration) {
-        self.append_latency.observe(d);
+        self.append_latency.observe(d.as_secs_f64());
     }
 
-    /// Renders every series in the Prometheus text exposition format.
-    pub fn render(&self, external: &[ExternalSeries]) -> String {
-        let mut out = String::with_capacity(2048);
+    /// Registers every series in `registry` (counters get their `_total` suffix there; the
+    /// registry ends each help text with a period).
+    pub fn register(&self, registry: &mut Registry) {
         let counters = [
             (
-                "shiplog_events_accepted_total",
-                "Events accepted and durable in the log.",
+                "shiplog_events_accepted",
+                "Events accepted and durable in the log",
                 &self.events_accepted,
             ),
             (
-                "shiplog_events_rejected_total",
-                "Events rejected by validation or authorization.",
+                "shiplog_events_rejected",
+                "Events rejected by validation or authorization",
                 &self.events_rejected,
             ),
             (
-                "shiplog_events_duplicate_total",
-                "Events already stored (same source and id).",
+                "shiplog_events_duplicate",
+                "Events already stored (same source and id)",
                 &self.events_duplicate,
             ),
             (
-                "shiplog_ingest_requests_refused_total",
-                "Ingest requests refused as a whole (4xx/5xx).",
+                "shiplog_ingest_requests_refused",
+                "Ingest requests refused as a whole (4xx/5xx)",
                 &self.requests_refused,
             ),
         ];
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                c.load(Relaxed)
-            );
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
-        self.append_latency.render(
-            &mut out,
+        registry.register(
             "shiplog_log_append_seconds",
-            "Time from append call to durable acknowledgement.",
+            "Time from append call to durable acknowledgement",
+            self.append_latency.clone(),
         );
-        for s in external {
-            let _ = writeln!(
-                out,
-                "# HELP {} {}\n# TYPE {} {}\n{} {}",
-                s.name, s.help, s.name, s.kind, s.name, s.value
-            );
-        }
-        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::prometheus_text::encode;
+
+    #[test]
+    fn series_keep_their_names_in_the_text_format() {
+        let m = Metrics::default();
+        m.events_accepted.inc_by(6);
+        m.observe_append(Duration::from_millis(3));
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(text.contains(
+            "# HELP shiplog_events_accepted_total Events accepted and durable in the log.\n\
+             # TYPE shiplog_events_accepted_total counter\nshiplog_events_accepted_total 6\n"
+        ));
+        assert!(text.contains("shiplog_log_append_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("shiplog_log_append_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("shiplog_log_append_seconds_count 1\n"));
     }
 }

@@ -10,6 +10,7 @@
 //! command itself needs (`VERCEL_TOKEN`, …) are kept.
 
 use crate::config::Action;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -230,12 +231,16 @@ pub async fn run(
             (*tries, *backoff)
         }
     };
-    let mut last = None;
+    // The waits between tries: `backoff`, doubled each time, plus a random jitter of up to
+    // as much again (actions failing together do not retry in step).
+    let mut waits = ExponentialBuilder::default()
+        .with_min_delay(backoff)
+        .without_max_delay()
+        .with_max_times(tries.saturating_sub(1) as usize)
+        .with_jitter()
+        .build();
     let mut attempts = 0;
-    for attempt in 0..tries {
-        if attempt > 0 {
-            tokio::time::sleep(backoff * 2u32.saturating_pow(attempt - 1)).await;
-        }
+    let a = loop {
         attempts += 1;
         let a = match action {
             Action::Command { timeout, .. } => run_command(argv, env.vars(), *timeout).await,
@@ -246,13 +251,11 @@ pub async fn run(
                 ..
             } => post_webhook(url, secret_env.as_deref(), *timeout, body, event_id).await,
         };
-        let ok = a.ok;
-        last = Some(a);
-        if ok {
-            break;
+        match waits.next() {
+            Some(wait) if !a.ok => tokio::time::sleep(wait).await,
+            _ => break a,
         }
-    }
-    let a = last.expect("at least one attempt");
+    };
     let outcome = if a.ok {
         "succeeded".to_string()
     } else {

@@ -20,7 +20,7 @@ use tracing::Instrument;
 /// Next offset to project per log partition: every event below it is queryable.
 pub type ProjectedOffsets = BTreeMap<Partition, Offset>;
 
-/// Counters of the projection, for `/metrics`.
+/// Counters of the projection (`shiplog-web` exposes them at `/metrics`).
 #[derive(Debug, Default)]
 pub struct ProjectionMetrics {
     pub rows_written: AtomicU64,
@@ -75,107 +75,6 @@ impl ProjectionMetrics {
         self.files_compacted.fetch_add(c.files_in, Relaxed);
         self.partitions_deleted
             .fetch_add(r.partitions_deleted.len() as u64, Relaxed);
-    }
-
-    /// The counters in Prometheus text exposition format.
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut put = |name: &str, kind: &str, help: &str, v: f64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
-        };
-        put(
-            "shiplog_projection_rows_written_total",
-            "counter",
-            "Rows written to Parquet.",
-            self.rows_written.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_files_written_total",
-            "counter",
-            "Parquet files committed by flushes.",
-            self.files_written.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_bytes_written_total",
-            "counter",
-            "Parquet bytes committed by flushes.",
-            self.bytes_written.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_flushes_total",
-            "counter",
-            "Flushes committed.",
-            self.flushes.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_events_skipped_total",
-            "counter",
-            "Log entries that were not valid events (kept aside in parquet/_deadletter/).",
-            self.events_skipped.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_flush_errors_total",
-            "counter",
-            "Failed flushes (the projector reopened and retried).",
-            self.flush_errors.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_last_flush_seconds",
-            "gauge",
-            "Duration of the last flush.",
-            self.last_flush_micros.load(Relaxed) as f64 / 1e6,
-        );
-        put(
-            "shiplog_projection_flush_seconds_total",
-            "counter",
-            "Total time spent flushing.",
-            self.flush_micros_total.load(Relaxed) as f64 / 1e6,
-        );
-        put(
-            "shiplog_projection_compactions_total",
-            "counter",
-            "Compaction runs.",
-            self.compactions.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_files_compacted_total",
-            "counter",
-            "Files merged away by compaction.",
-            self.files_compacted.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_partitions_deleted_total",
-            "counter",
-            "Date partitions deleted by retention.",
-            self.partitions_deleted.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_duplicates_dropped_total",
-            "counter",
-            "Events dropped by the projection as duplicates of a projected (source, id).",
-            self.duplicates_dropped.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_log_records_lost_total",
-            "counter",
-            "Log records lost to damage in the log's segments: skipped, kept as dead letters with where and why.",
-            self.log_records_lost.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_missing_events",
-            "gauge",
-            "Committed events missing from the Parquet files (a file deleted by hand): run `shiplog replay`.",
-            self.missing_events.load(Relaxed) as f64,
-        );
-        put(
-            "shiplog_projection_extra_rows",
-            "gauge",
-            "Parquet rows beyond the committed offsets (a file copied in by hand): run `shiplog replay`.",
-            self.extra_rows.load(Relaxed) as f64,
-        );
-        out
     }
 }
 

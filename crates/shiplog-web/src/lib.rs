@@ -21,6 +21,7 @@ pub mod dashboards;
 pub mod gate;
 pub mod html;
 pub mod login;
+pub mod metrics;
 pub mod query;
 
 use auth::{Auth, AuthError, Principal, Scope};
@@ -35,19 +36,14 @@ use serde::Serialize;
 use serde_json::json;
 use shiplog_ingest::admission::Admission;
 use shiplog_ingest::decode;
-use shiplog_ingest::metrics::{ExternalSeries, Metrics};
+use shiplog_ingest::metrics::Metrics;
 use shiplog_ingest::{IngestError, Ingestor};
 use shiplog_log::LogError;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Default request body limit: 10 MiB (also the limit after gzip decompression).
 pub const DEFAULT_BODY_LIMIT: usize = 10 << 20;
-
-/// A source of extra `/metrics` text (projection counters, lag, …), already in the
-/// Prometheus exposition format.
-pub type SeriesFn = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -56,12 +52,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub body_limit: usize,
     pub started: Instant,
-    /// Extra series rendered by `/metrics`.
-    pub series: Vec<SeriesFn>,
+    /// The one metrics registry, rendered by `GET /metrics` ([`metrics::server_registry`]).
+    pub registry: prometheus_client::registry::Registry,
     /// DuckDB over the projections (absent on nodes that do not serve queries).
     pub query: Option<Arc<shiplog_store::QueryEngine>>,
     /// The budget of ingest request bytes in flight (503 when spent).
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     /// The rules engine, whose state answers `GET /v1/gate` (absent on nodes that do not
     /// serve queries: the route is not mounted there).
     pub rules: Option<shiplog_rules::RulesEngine>,
@@ -92,7 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/v1/events", post(post_events))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(metrics::metrics_text))
         .route("/v1/query", post(query::post_query));
     if state.rules.is_some() {
         router = router.route("/v1/gate", get(gate::get_gate)).route(
@@ -135,7 +131,7 @@ pub fn authorize(auth: &Auth, headers: &HeaderMap, scope: Scope) -> Result<Princ
 }
 
 fn refuse(state: &AppState, status: StatusCode, message: String) -> Response {
-    state.metrics.requests_refused.fetch_add(1, Relaxed);
+    state.metrics.requests_refused.inc();
     let body = IngestResponse {
         error: Some(message),
         ..Default::default()
@@ -156,7 +152,7 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
     let principal = match authorize(&state.auth, &parts.headers, Scope::Ingest) {
         Ok(p) => p,
         Err(r) => {
-            state.metrics.requests_refused.fetch_add(1, Relaxed);
+            state.metrics.requests_refused.inc();
             return r;
         }
     };
@@ -236,10 +232,7 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
             }),
         }
     }
-    state
-        .metrics
-        .events_rejected
-        .fetch_add(rejected.len() as u64, Relaxed);
+    state.metrics.events_rejected.inc_by(rejected.len() as u64);
     let outcome = if valid.is_empty() {
         Default::default()
     } else {
@@ -251,11 +244,11 @@ async fn post_events(State(state): State<Arc<AppState>>, request: Request) -> Re
     state
         .metrics
         .events_accepted
-        .fetch_add(outcome.accepted as u64, Relaxed);
+        .inc_by(outcome.accepted as u64);
     state
         .metrics
         .events_duplicate
-        .fetch_add(outcome.duplicates as u64, Relaxed);
+        .inc_by(outcome.duplicates as u64);
     let code = if rejected.is_empty() {
         StatusCode::ACCEPTED
     } else if rejected.len() < total {
@@ -335,104 +328,4 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "log_records": end,
     }))
     .into_response()
-}
-
-async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state.auth, &headers, Scope::Metrics) {
-        return r;
-    }
-    let stats = state.ingestor.log().stats();
-    let damage = state.ingestor.log().damage();
-    let series = vec![
-        ExternalSeries {
-            name: "shiplog_log_bytes",
-            help: "Bytes the log holds on disk.",
-            kind: "gauge",
-            value: stats.bytes as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_raw_bytes",
-            help: "Bytes the log's segments hold uncompressed (equals shiplog_log_bytes when none is compressed).",
-            kind: "gauge",
-            value: stats.raw_bytes as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_compressed_segments",
-            help: "Sealed segments stored compressed ([log] compress).",
-            kind: "gauge",
-            value: stats.compressed_segments as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_first_offset",
-            help: "The first offset the log holds.",
-            kind: "gauge",
-            value: stats.first_offset as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_records",
-            help: "Records durable in the log.",
-            kind: "gauge",
-            value: stats.records as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_syncs_total",
-            help: "Group commits (fdatasync calls) since start.",
-            kind: "counter",
-            value: stats.syncs as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_damaged_ranges",
-            help: "Damaged byte ranges found in the log's segments; readers skip them (the server log names each one; run `shiplog log verify`).",
-            kind: "gauge",
-            value: damage.len() as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_log_damaged_records",
-            help: "Records lost in damaged ranges of the log.",
-            kind: "gauge",
-            value: damage.iter().map(|r| r.end - r.first).sum::<u64>() as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_ingest_inflight_bytes",
-            help: "Bytes reserved by ingest requests being served.",
-            kind: "gauge",
-            value: state.admission.in_flight() as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_ingest_shed_total",
-            help: "Ingest requests answered 503 because the in-flight budget was spent.",
-            kind: "counter",
-            value: state.admission.shed.load(Relaxed) as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_dedup_keys",
-            help: "Keys held for deduplication.",
-            kind: "gauge",
-            value: state.ingestor.dedup_len() as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_dedup_evicted_keys_total",
-            help: "Dedup keys forgotten before the end of the window because of server.dedup_max_keys.",
-            kind: "counter",
-            value: state.ingestor.dedup_evicted() as f64,
-        },
-        ExternalSeries {
-            name: "shiplog_dedup_bytes",
-            help: "Approximate memory held by the dedup index.",
-            kind: "gauge",
-            value: state.ingestor.dedup_bytes() as f64,
-        },
-    ];
-    let mut text = state.metrics.render(&series);
-    for f in &state.series {
-        text.push_str(&f());
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }

@@ -16,15 +16,16 @@ use std::time::Instant;
 
 /// shiplog's ingest API over `ingestor`, as `serve` mounts it (no tokens, no rules).
 pub fn web_router(ingestor: Arc<Ingestor>, metrics: Arc<Metrics>) -> axum::Router {
+    let admission = Arc::default();
     router(Arc::new(AppState {
+        registry: shiplog_web::metrics::server_registry(&ingestor, &metrics, &admission),
         ingestor,
         auth: Default::default(),
         metrics,
         body_limit: shiplog_web::DEFAULT_BODY_LIMIT,
         started: Instant::now(),
-        series: Vec::new(),
         query: None,
-        admission: Default::default(),
+        admission,
         rules: None,
     }))
 }

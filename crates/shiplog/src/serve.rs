@@ -9,6 +9,7 @@ use shiplog_ingest::Metrics;
 use shiplog_log::file::{FileLogConfig, SegmentedLog};
 use shiplog_log::Log;
 use shiplog_store::{run_projection, ProjectorConfig, QueryEngine};
+use shiplog_web::metrics::{projection::ProjectionSeries, rules::RulesSeries};
 use shiplog_web::{router, AppState};
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,14 +76,9 @@ fn check_projection_mode(data_dir: &std::path::Path, group: bool) -> Result<()> 
     Ok(())
 }
 
-type RunningProjection = (
-    Arc<shiplog_store::ProjectionMetrics>,
-    tokio::sync::watch::Receiver<shiplog_store::ProjectedOffsets>,
-);
-
 /// The projection of a node: running, or (standby) started once the directory is free.
 struct ProjectionSlot {
-    running: Arc<std::sync::Mutex<Option<RunningProjection>>>,
+    running: shiplog_web::metrics::projection::ProjectionSlot,
     task: tokio::task::JoinHandle<Result<(), shiplog_store::StoreError>>,
 }
 
@@ -95,7 +91,7 @@ async fn start_projection(
     shutdown: tokio::sync::watch::Receiver<bool>,
     standby: bool,
 ) -> Result<ProjectionSlot> {
-    let running: Arc<std::sync::Mutex<Option<RunningProjection>>> = Arc::default();
+    let running: shiplog_web::metrics::projection::ProjectionSlot = Arc::default();
     // The first attempt before serving, so that a node that gets the directory has set it
     // up (schema files) before it answers.
     match run_projection(log.clone(), data_dir.clone(), pc.clone(), shutdown.clone()).await {
@@ -227,25 +223,28 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         )?),
         None => None,
     };
-    let series = projection
-        .as_ref()
-        .map(|p| projection_series(p, log.clone()))
-        .into_iter()
-        .chain(
-            rules
-                .clone()
-                .map(|r| Arc::new(move || r.render_metrics()) as shiplog_web::SeriesFn),
-        )
-        .collect();
+    let admission = Arc::new(shiplog_ingest::admission::Admission::new(
+        config.server.max_inflight_bytes,
+    ));
+    let mut registry = shiplog_web::metrics::server_registry(&ingestor, &metrics, &admission);
+    if let Some(p) = &projection {
+        registry.register_collector(Box::new(ProjectionSeries {
+            slot: p.running.clone(),
+            log: log.clone(),
+        }));
+    }
+    if let Some(r) = &rules {
+        registry.register_collector(Box::new(RulesSeries(r.clone())));
+    }
     let state = Arc::new(AppState {
         ingestor,
         auth: shiplog_web::auth::Auth::new(tokens),
         metrics,
         body_limit: config.server.body_limit,
         started: Instant::now(),
-        series,
+        registry,
         query,
-        admission: shiplog_ingest::admission::Admission::new(config.server.max_inflight_bytes),
+        admission,
         rules,
     });
     let app = app(&config, state.clone(), role);
@@ -470,26 +469,6 @@ fn start_rules(
     )
     .map_err(anyhow::Error::msg)
     .context("cannot start the rules engine")
-}
-
-/// The projection's series of `/metrics`: its counters and lag, or that it stands by.
-fn projection_series(projection: &ProjectionSlot, log: Arc<dyn Log>) -> shiplog_web::SeriesFn {
-    let running = projection.running.clone();
-    Arc::new(move || {
-        let Some((metrics, progress)) = running.lock().unwrap().clone() else {
-            return "# HELP shiplog_projection_standby 1 while this processor waits for the active one to stop.\n\
-                    # TYPE shiplog_projection_standby gauge\nshiplog_projection_standby 1\n"
-                .to_string();
-        };
-        let projected: u64 = progress.borrow().values().sum();
-        let end: u64 = log.partitions().iter().map(|p| log.end_offset(*p)).sum();
-        format!(
-            "{}# HELP shiplog_projection_lag_events Durable events not yet in Parquet.\n\
-             # TYPE shiplog_projection_lag_events gauge\nshiplog_projection_lag_events {}\n",
-            metrics.render_prometheus(),
-            end.saturating_sub(projected)
-        )
-    })
 }
 
 /// The HTTP application of the node: web's routes (dashboards where the rules run), ingest

@@ -18,6 +18,7 @@ use crate::judge::MetricVerdict;
 use crate::judgement::{assess, Assessment};
 use crate::snapshot::{self, Position};
 use crate::state::{GateReport, Judging, JudgingMetric, Retention, State, StateStats};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use plan::{Intent, JudgeCache, Planned, Planner};
 use serde_json::{json, Value};
@@ -249,22 +250,6 @@ impl RulesEngine {
 
     pub fn settings(&self) -> &RulesSettings {
         &self.inner.settings
-    }
-
-    /// The engine's series in the Prometheus text format (for `/metrics`).
-    pub fn render_metrics(&self) -> String {
-        let s = self.stats();
-        format!(
-            "# HELP shiplog_rules_tracked_deployments Deployments the rules state holds (bounded, docs/rules.md).\n\
-             # TYPE shiplog_rules_tracked_deployments gauge\nshiplog_rules_tracked_deployments {}\n\
-             # HELP shiplog_rules_samples Check samples the rules state holds for open windows and baselines.\n\
-             # TYPE shiplog_rules_samples gauge\nshiplog_rules_samples {}\n\
-             # HELP shiplog_rules_samples_dropped_total Check samples not kept because of a cap (per deployment and check name, or in all).\n\
-             # TYPE shiplog_rules_samples_dropped_total counter\nshiplog_rules_samples_dropped_total {}\n\
-             # HELP shiplog_rules_open_windows_evicted_total Deployments forgotten under the deployment cap before a rule judged them.\n\
-             # TYPE shiplog_rules_open_windows_evicted_total counter\nshiplog_rules_open_windows_evicted_total {}\n",
-            s.deployments, s.samples, s.samples_dropped, s.open_evicted
-        )
     }
 
     /// The gate report of a project/env, with the deployments still being judged.
@@ -541,17 +526,26 @@ impl RulesEngine {
         Ok(())
     }
 
+    /// Writes `values`, in 10 tries at most: 200 ms doubled up to 6.4 s between them, with
+    /// jitter.
     async fn write_retrying(&self, values: Vec<Value>) {
-        for attempt in 0..10u32 {
-            match self.write(values.clone()).await {
-                Ok(()) => return,
-                Err(e) => {
-                    error!(error = %e, attempt, "cannot write a rules decision; retrying");
-                    tokio::time::sleep(Duration::from_millis(200) * 2u32.pow(attempt.min(5))).await;
-                }
-            }
+        let mut waits = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_millis(6400))
+            .with_max_times(9)
+            .with_jitter()
+            .build();
+        for attempt in 1u32.. {
+            let Err(e) = self.write(values.clone()).await else {
+                return;
+            };
+            let Some(wait) = waits.next() else {
+                error!(error = %e, attempt, "giving up writing a rules decision");
+                return;
+            };
+            error!(error = %e, attempt, "cannot write a rules decision; retrying");
+            tokio::time::sleep(wait).await;
         }
-        error!("giving up writing a rules decision");
     }
 
     async fn evaluate(&self) {

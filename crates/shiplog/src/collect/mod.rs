@@ -107,8 +107,8 @@ pub struct ClientArgs {
     #[arg(long)]
     pub strict: bool,
     /// Retries after the first attempt, with exponential backoff from 200ms (200ms, 400ms,
-    /// 800ms, 1.6s, …), on connection errors, timeouts, 408, 429 and 5xx. Retry-After is
-    /// honoured.
+    /// 800ms, 1.6s, …, each plus a random jitter of up to as much again), on connection
+    /// errors, timeouts, 408, 429 and 5xx. Retry-After is honoured.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub retries: u32,
     /// Bound on the whole delivery, retries included; the events are spooled after it.

@@ -1,13 +1,14 @@
 //! Delivery: POST /v1/events with retries and backoff, the on-disk spool, `shiplog flush`.
 //!
 //! Retried: connection errors, timeouts, 408, 429, 5xx (Retry-After honoured), with
-//! exponential backoff from 200ms, within a total time bound. Then the events are spooled:
+//! exponential backoff from 200ms with jitter (`backon`), within a total time bound. Then the events are spooled:
 //! one file per event in the spool dir, written atomically (temp file, fsync, rename).
 //! Re-sending is safe: the server deduplicates on `(source, id)`.
 
 use super::{ClientArgs, EXIT_REJECTED, EXIT_UNDELIVERED};
 use crate::config::Config;
 use anyhow::{Context, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use clap::Args;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -87,7 +88,12 @@ impl Sender {
     pub async fn post(&self, body: &Value, retries: u32) -> Outcome {
         let start = Instant::now();
         let deadline = start + self.total;
-        let mut attempt = 0u32;
+        let mut backoffs = ExponentialBuilder::default()
+            .with_min_delay(FIRST_BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
+            .with_max_times(retries as usize)
+            .with_jitter()
+            .build();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let (why, retry_after) = match self.post_once(body, remaining).await {
@@ -120,10 +126,9 @@ impl Sender {
                 }
                 Err(e) => (e, None),
             };
-            if attempt >= retries {
+            let Some(backoff) = backoffs.next() else {
                 return Outcome::Unreachable(why);
-            }
-            let backoff = (FIRST_BACKOFF * 2u32.saturating_pow(attempt)).min(MAX_BACKOFF);
+            };
             let wait = retry_after.map_or(backoff, |r| r.max(backoff));
             if Instant::now() + wait >= deadline {
                 return Outcome::Unreachable(format!(
@@ -132,7 +137,6 @@ impl Sender {
                 ));
             }
             tokio::time::sleep(wait).await;
-            attempt += 1;
         }
     }
 

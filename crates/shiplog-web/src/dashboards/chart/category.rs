@@ -31,13 +31,7 @@ pub(super) fn category_chart(a: &ChartArgs, t: &Table) -> Result<Rendered, Strin
             .y_label_area_size((longest as u32 * 8 + 18).clamp(60, 240))
             .build_cartesian_2d(0f64..xmax, (0..n as i32).into_segmented())
             .map_err(err)?;
-        let lab = labels.clone();
-        let fmt_y = move |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(i) if (*i as usize) < lab.len() => {
-                lab[n - 1 - *i as usize].clone()
-            }
-            _ => String::new(),
-        };
+        let fmt_y = row_label(labels.clone());
         let fmt_x = move |x: &f64| fmt_value(*x, unit.as_deref());
         chart
             .configure_mesh()
@@ -100,4 +94,14 @@ pub(super) fn category_chart(a: &ChartArgs, t: &Table) -> Result<Rendered, Strin
         legend,
         points,
     })
+}
+
+/// The label of each row of a chart with one row per label, the first at the top (plotters
+/// counts the rows from the bottom); the timeline's lanes use it too.
+pub(super) fn row_label(labels: Vec<String>) -> impl Fn(&SegmentValue<i32>) -> String {
+    let n = labels.len();
+    move |v| match v {
+        SegmentValue::CenterOf(i) if (*i as usize) < n => labels[n - 1 - *i as usize].clone(),
+        _ => String::new(),
+    }
 }

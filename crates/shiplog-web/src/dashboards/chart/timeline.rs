@@ -1,5 +1,6 @@
 //! A timeline: one lane per name, a mark per status change.
 
+use super::category::row_label;
 use super::*;
 
 pub(super) fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
@@ -41,13 +42,7 @@ pub(super) fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
             .y_label_area_size((longest as u32 * 8 + 18).clamp(60, 260))
             .build_cartesian_2d(x0..x1, (0..n as i32).into_segmented())
             .map_err(err)?;
-        let lab = lanes.clone();
-        let fmt_y = move |v: &SegmentValue<i32>| match v {
-            SegmentValue::CenterOf(i) if (*i as usize) < lab.len() => {
-                lab[n - 1 - *i as usize].clone()
-            }
-            _ => String::new(),
-        };
+        let fmt_y = row_label(lanes.clone());
         let fmt_x = |x: &f64| {
             DateTime::from_timestamp((x * 86_400.0).round() as i64, 0)
                 .unwrap_or_default()
