@@ -3,9 +3,11 @@
 //
 //   node build-app.mjs <vite|webpack|rspack|rollup|esbuild> <appDir> <outDir> [pluginOptionsJSON]
 //
-// Without plugin options the plugin's package is never loaded. Prints one line
-// `RESULT {"ms":…,"rss":…}`: the build's time from the start of the process (module loading
-// included) and the peak RSS.
+// Without plugin options the plugin's package is never loaded. Prints one line as the
+// process exits, `RESULT {"ms":…,"cpu":…,"rss":…}`: the build's time from the start of the
+// process (module loading included), the CPU time the process used (user + system, every
+// thread: the bundler's workers and the thread pool's gzip included; less sensitive to the
+// machine's load than wall time), and the peak RSS (KiB).
 //
 // - vite: the app's own vite.config.ts (@vitejs/plugin-react), `vite build`.
 // - webpack 5: esbuild-loader for .ts/.tsx, webpack's native CSS (experiments.css), asset
@@ -179,4 +181,8 @@ function cssAndImages() {
 
 if (!builds[bundler]) throw new Error(`unknown bundler ${bundler}: one of ${Object.keys(builds).join(', ')}`);
 await builds[bundler]();
-process.stdout.write(`RESULT ${JSON.stringify({ ms: performance.now(), rss: process.resourceUsage().maxRSS })}\n`);
+const ms = performance.now();
+process.on('exit', () => {
+  const u = process.resourceUsage();
+  process.stdout.write(`RESULT ${JSON.stringify({ ms, cpu: (u.userCPUTime + u.systemCPUTime) / 1000, rss: u.maxRSS })}\n`);
+});

@@ -11,8 +11,9 @@
 //
 // Figures per app and bundler, medians over the runs: the wall time of the whole process
 // (spawn to exit: node's start, module loading, the build, the delivery, the exit; what a
-// user waits for), the build's time inside its process, and the peak RSS. The ratio is
-// with / without, measured in the same run. Every build with the plugin must have
+// user waits for), the CPU time of the process (user + system, all threads: on a loaded
+// machine a steadier figure than wall time), and the peak RSS. The ratios are with /
+// without, measured in the same run. Every build with the plugin must have
 // delivered its event: the server's accepted-events counter is checked.
 
 import { spawnSync } from 'node:child_process';
@@ -61,7 +62,7 @@ function once(bundler, root, plugin) {
     /* no spool folder: nothing spooled */
   }
   rmSync(out, { recursive: true, force: true });
-  return { wall, ms: inner.ms, rss: inner.rss / 1024, spooled, warnings: (r.stdout + r.stderr).split('\n').filter((l) => l.includes('[shiplog]') && !/sent/.test(l)) };
+  return { wall, cpu: inner.cpu, rss: inner.rss / 1024, spooled, warnings: (r.stdout + r.stderr).split('\n').filter((l) => l.includes('[shiplog]') && !/sent/.test(l)) };
 }
 
 const median = (xs) => {
@@ -77,7 +78,7 @@ const rows = [];
 for (const app of apps) {
   const root = APPS[app].make();
   console.log(`\n${app}: ${APPS[app].about}`);
-  console.log('bundler   process without → with (ratio, added)       build in process without → with (ratio)   peak RSS');
+  console.log('bundler   process wall without → with (ratio, added)   CPU without → with (ratio, added)   peak RSS without → with');
   for (const bundler of bundlers) {
     const plugin = { url: server.url };
     once(bundler, root, null); // warm the file cache and the bundler's own caches
@@ -98,8 +99,8 @@ for (const app of apps) {
       bundler,
       wall0: m(without, 'wall'),
       wall1: m(withP, 'wall'),
-      ms0: m(without, 'ms'),
-      ms1: m(withP, 'ms'),
+      cpu0: m(without, 'cpu'),
+      cpu1: m(withP, 'cpu'),
       rss0: m(without, 'rss'),
       rss1: m(withP, 'rss'),
       accepted,
@@ -108,8 +109,9 @@ for (const app of apps) {
     rows.push(row);
     console.log(
       `${bundler.padEnd(9)} ${row.wall0.toFixed(0).padStart(6)} → ${row.wall1.toFixed(0).padStart(6)} ms (${(row.wall1 / row.wall0).toFixed(3)}, ${(row.wall1 - row.wall0).toFixed(0).padStart(4)} ms)` +
-        `   ${row.ms0.toFixed(0).padStart(6)} → ${row.ms1.toFixed(0).padStart(6)} ms (${(row.ms1 / row.ms0).toFixed(3)})` +
-        `   ${row.rss0.toFixed(0)} → ${row.rss1.toFixed(0)} MiB` +
+        `   ${row.cpu0.toFixed(0).padStart(6)} → ${row.cpu1.toFixed(0).padStart(6)} ms (${(row.cpu1 / row.cpu0).toFixed(3)}, ${(row.cpu1 - row.cpu0).toFixed(0).padStart(4)} ms)` +
+        `   ${row.rss0.toFixed(0)} → ${row.rss1.toFixed(0)} MiB (${(row.rss1 - row.rss0).toFixed(1)})` +
+        `   load ${loadavg()[0].toFixed(1)}` +
         (accepted !== runs || spooled ? `   DELIVERY: ${accepted}/${runs} accepted, ${spooled} spooled` : '') +
         (warnings.length ? `\n          plugin warnings: ${warnings.join(' | ')}` : ''),
     );
