@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -19,7 +19,7 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 
@@ -136,7 +136,7 @@ pub fn event(rng: &mut Rng, i: u64, n: u64, end: DateTime<Utc>, out: &mut String
             } else {
                 r#""relation \"orders\" does not exist""#
             },
-            rng.next()
+            rng.next_u64()
         );
         ("migration", "shiplog-migrate", data)
     } else {

@@ -9,6 +9,8 @@
 //! - [`soak`]: `shiplog bench soak` and `bench rss`, on a child `shiplog serve`;
 //! - [`dashboards`]: `shiplog bench dashboards`, shiplog's engine against plain DuckDB over
 //!   the same Parquet files of [`history`] events;
+//! - [`judgement`]: `shiplog bench judgement`, the rollback judge on seeded simulations
+//!   (false rollbacks and detection, per method, with and without counts);
 //! - [`demo`]: 90 days of realistic data for `shiplog demo` and `serve --demo`.
 //!
 //! Every benchmark prints figures, with a peer measured in the same run where there is one;
@@ -23,5 +25,6 @@ pub mod dashboards;
 pub mod demo;
 pub mod history;
 pub mod ingest;
+pub mod judgement;
 pub mod sample;
 pub mod soak;

@@ -19,7 +19,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shiplog_log::{Log, Offset, Partition};
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -77,13 +76,7 @@ pub(crate) fn encode(
 /// Replaces the snapshot in `dir` with `bytes`, atomically and durably.
 pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE}.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    shiplog_log::durable::write_atomic(&dir.join(FILE), bytes)
 }
 
 /// The state and positions saved in `dir`, if there is a snapshot and it may be used (see

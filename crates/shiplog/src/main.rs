@@ -209,6 +209,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5000)]
         background_rate: u64,
     },
+    /// The rollback judge on seeded simulations: false rollbacks and detection rates per
+    /// method, with the checks carrying the rate only or errors and requests.
+    Judgement {
+        /// Simulated deployments per scenario.
+        #[arg(long, default_value_t = 2000)]
+        deployments: usize,
+        #[arg(long, default_value_t = 20261203)]
+        seed: u64,
+        /// The rules' confidence (1 − the false-rollback probability they may have).
+        #[arg(long, default_value_t = 0.99)]
+        confidence: f64,
+    },
     /// Dashboard pages' panel queries through shiplog vs the same SQL on plain DuckDB.
     Dashboards {
         /// Events to generate (when the data dir holds no projection yet).
@@ -342,6 +354,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     background_rate,
                 } => runtime()?
                     .block_on(shiplog_bench::ingest::freshness(samples, background_rate))?,
+                BenchCommand::Judgement {
+                    deployments,
+                    seed,
+                    confidence,
+                } => shiplog_bench::judgement::run(&shiplog_bench::judgement::Args {
+                    deployments,
+                    seed,
+                    confidence,
+                })?,
                 // the projection goes to the global --data-dir (reused when it holds one),
                 // else <tmp>/shiplog-bench-dashboards-<events>
                 BenchCommand::Dashboards {

@@ -37,6 +37,7 @@ impl Planned {
 
 /// What one evaluation decided to do.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per evaluation: boxing buys nothing
 pub enum Intent {
     /// Write this decision; nothing runs.
     Write(Planned),

@@ -4,41 +4,23 @@
 use super::Msg;
 use crate::snapshot::{self, Position};
 use crate::state::Retention;
-use shiplog_events::{Event, Kind};
+use shiplog_events::{Event, Kind, RecordPeek};
 use shiplog_log::{Log, LogError, Offset};
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::error;
 
-/// The envelope fields (and a check's name) that say whether the state can use a record.
-#[derive(serde::Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    project: Cow<'a, str>,
-    #[serde(borrow, default)]
-    env: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    data: Option<PeekData<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct PeekData<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-}
-
 /// Decodes a record the state can use; `None` for one it would ignore (a build, a cost,
 /// a check no rule reads: most of the log), found without decoding it fully. A record the
 /// quick look cannot read is decoded fully.
 pub(crate) fn decode_relevant(retention: &Retention, bytes: &[u8]) -> Option<Event> {
-    if let Ok(p) = serde_json::from_slice::<Peek>(bytes) {
-        if let Some(kind) = Kind::from_name(&p.kind) {
-            let name = p.data.as_ref().and_then(|d| d.name.as_deref());
-            if !retention.may_apply(kind, &p.project, p.env.as_deref(), name) {
+    if let Ok(p) = RecordPeek::of(bytes) {
+        if let (Some(kind), Some(project)) = (
+            p.kind.as_deref().and_then(Kind::from_name),
+            p.project.as_deref(),
+        ) {
+            if !retention.may_apply(kind, project, p.env.as_deref(), p.data_name.as_deref()) {
                 return None;
             }
         }

@@ -131,6 +131,16 @@ fn trimmed<'a>(
     }
 }
 
+/// The last look taken: the samples in, the statistic, its boundary, the new side and the
+/// outlier set aside.
+type LastLook = (
+    usize,
+    Look,
+    f64,
+    Side,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
 /// One look's statistic.
 struct Look {
     z: f64,
@@ -192,13 +202,7 @@ pub(super) fn judge(
     let mut bounds = Boundaries::new();
     let mut last_info = 0.0f64;
     let refs: Vec<&Sample> = new.iter().collect();
-    let mut outcome: Option<(
-        usize,
-        Look,
-        f64,
-        Side,
-        Option<chrono::DateTime<chrono::Utc>>,
-    )> = None;
+    let mut outcome: Option<LastLook> = None;
     for k in spec.min_samples.max(1)..=new.len() {
         let (kept, out) = trimmed(&refs[..k], counts);
         let side = Side::of(&kept, counts);

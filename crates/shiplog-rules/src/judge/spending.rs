@@ -57,7 +57,7 @@ impl Boundaries {
     /// this look (or the information did not grow).
     pub fn next(&mut self, info: f64, alpha: f64) -> f64 {
         let increment = alpha - self.alpha_spent;
-        if !(info > self.info) || !info.is_finite() {
+        if info.partial_cmp(&self.info) != Some(std::cmp::Ordering::Greater) || !info.is_finite() {
             return f64::INFINITY;
         }
         if self.grid.is_empty() {
