@@ -32,12 +32,18 @@ test-rust: deps
 	./scripts/setup-test-python.sh
 	$(CARGO) test --workspace --all-targets
 
-## test-ingest: the JavaScript collectors (ingest/, one npm workspace installed once with
-## `npm ci`): real Vite, webpack, Rspack, Rollup, esbuild builds against target/debug/shiplog
-## (built with the same features as test-rust, so after it this is a cache hit)
-test-ingest: deps
+## test-ingest: the JavaScript collectors (ingest/, one npm workspace installed once per
+## clone): real Vite, webpack, Rspack, Rollup, esbuild and Next.js builds against
+## target/debug/shiplog (built with the same features as test-rust, so after it this is a
+## cache hit)
+test-ingest: deps ingest/node_modules/.package-lock.json
 	$(CARGO) test --workspace --all-targets --no-run
-	cd ingest && npm ci --no-audit --no-fund --loglevel=error && npm test
+	cd ingest && npm test
+
+# The workspace's one install (`npm ci`), redone only when package-lock.json changes: npm
+# writes node_modules/.package-lock.json at the end of every install.
+ingest/node_modules/.package-lock.json: ingest/package-lock.json
+	cd ingest && npm ci --no-audit --no-fund --loglevel=error
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,7 +1,13 @@
 // Delivery: POST /v1/events with node:http(s) (not the global fetch: loading undici costs a
-// build about 40 ms and 30 MiB), every spooled event first, all within one time budget.
-// Whatever cannot be delivered is spooled to disk (one file per event, written atomically)
-// and sent by the next build; events the server rejects (4xx) go to rejected/ with its answer.
+// build about 40 ms and 30 MiB). One request per build: the spooled events (oldest first)
+// and this build's event in one array, which the server stores or refuses event by event,
+// so a build waits one round trip whatever the spool holds, bounded by `timeoutMs`.
+// Whatever is not acknowledged by then is spooled to disk (one file per event, written
+// atomically) and sent by the next build; the server deduplicates on (source, id), so an
+// event whose answer was lost is stored once. Events the server refuses (4xx) go to
+// rejected/ with its answer.
+//
+// node:http(s) is loaded on first use (or by prepare(), while the bundler works).
 
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -9,9 +15,10 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { oneLine } from './event.js';
 
 const DEFAULT_MAX_SPOOL_FILES = 1000;
-/** At most this many spooled events are sent per build (the rest wait for the next one). */
+/** At most this many spooled events ride along with one build's event (the rest wait for the next). */
 const MAX_SPOOLED_PER_BUILD = 200;
-
+/** ... and at most this many bytes of them (the server's body limit is 10 MiB by default). */
+const MAX_SPOOLED_BYTES_PER_BUILD = 2 << 20;
 
 /**
  * The spool folder: `spoolDir` (relative to the project root), else
@@ -23,16 +30,25 @@ export function spoolDirFor(opts, root) {
   return join(root, '.shiplog-spool');
 }
 
+const clients = new Map();
+/** Starts loading the HTTP client `url` needs (node:http or node:https); resolves with it. */
+export function prepare(url) {
+  const https = /^https:/i.test(String(url).trim());
+  if (!clients.has(https)) clients.set(https, https ? import('node:https') : import('node:http'));
+  return clients.get(https);
+}
+
 /**
- * Sends the spooled events (oldest first), then `event`. Never throws.
- * Everything together is bounded by `timeoutMs`.
- * @param {BuildEvent} event
+ * Sends the spooled events (oldest first) and `event` in one request. Never throws.
+ * Bounded by `timeoutMs` (connection, request and answer).
+ * @param {import('./index.d.ts').BuildEvent} event
  * @param {{url: string, token?: string, timeoutMs: number, spoolDir: string, maxSpoolFiles?: number, userAgent?: string}} o
  * @returns {Promise<import('./index.d.ts').DeliveryOutcome>}
  */
 export async function deliver(event, o) {
   const deadline = Date.now() + o.timeoutMs;
-  const endpoint = `${o.url.replace(/\/+$/, '')}/v1/events`;
+  const endpoint = `${o.url.trim().replace(/\/+$/, '')}/v1/events`;
+  const maxFiles = o.maxSpoolFiles ?? DEFAULT_MAX_SPOOL_FILES;
   /** @type {import('./index.d.ts').DeliveryOutcome} */
   const outcome = {
     delivered: false,
@@ -47,63 +63,90 @@ export async function deliver(event, o) {
   };
   const problems = [];
   let down = null; // why the server cannot take events now
+  let waiting = 0; // spooled events not sent by this build
 
   try {
-    // 1. Spooled events, oldest first.
+    const body = JSON.stringify(event);
+    // 1. The spooled events that ride along, oldest first.
     const files = listSpool(o.spoolDir);
-    for (const file of files.slice(0, MAX_SPOOLED_PER_BUILD)) {
-      if (down) break;
-      const path = join(o.spoolDir, file);
-      let body;
+    /** @type {{file: string, body: string}[]} */
+    const batch = [];
+    let bytes = 0;
+    let gone = 0;
+    for (const file of files) {
+      if (batch.length >= MAX_SPOOLED_PER_BUILD || bytes >= MAX_SPOOLED_BYTES_PER_BUILD) break;
+      let text;
       try {
-        body = readFileSync(path, 'utf8');
-        JSON.parse(body);
+        text = readFileSync(join(o.spoolDir, file), 'utf8');
+        const parsed = JSON.parse(text);
+        if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an event object');
       } catch (e) {
-        if (e && e.code === 'ENOENT') continue; // another build sent it meanwhile
+        if (e && e.code === 'ENOENT') {
+          gone++; // another build sent it meanwhile
+          continue;
+        }
         moveToRejected(o.spoolDir, file, { status: null, error: `unreadable spool file: ${oneLine(e)}` });
         outcome.spoolRejected++;
         continue;
       }
-      const r = await post(endpoint, body, o.token, deadline, o.userAgent);
-      if (r.kind === 'ok') {
-        rmSync(path, { force: true });
-        outcome.spoolSent++;
-      } else if (r.kind === 'rejected') {
-        moveToRejected(o.spoolDir, file, { status: r.status, answer: r.answer });
-        outcome.spoolRejected++;
-      } else {
-        down = r.reason;
-      }
+      batch.push({ file, body: text });
+      bytes += text.length;
     }
+    waiting = files.length - gone - batch.length - outcome.spoolRejected;
 
-    // 2. This build's event.
-    const body = JSON.stringify(event);
-    if (!down) {
-      const r = await post(endpoint, body, o.token, deadline, o.userAgent);
-      outcome.status = r.status ?? null;
-      if (r.kind === 'ok') outcome.delivered = true;
-      else if (r.kind === 'rejected') {
+    // 2. One request: the event alone, or [spooled…, event].
+    let answer = await post(endpoint, batch.length ? `[${batch.map((b) => b.body).join(',')},${body}]` : body, o, deadline);
+    if (answer.kind === 'rejected' && answer.status === 413 && batch.length) {
+      // Over the server's body limit: this build's event alone; the spooled ones wait.
+      waiting += batch.length;
+      batch.length = 0;
+      answer = await post(endpoint, body, o, deadline);
+    }
+    outcome.status = answer.status ?? null;
+
+    if (answer.kind === 'retry') {
+      down = answer.reason;
+      waiting += batch.length;
+    } else {
+      // Which events the server refused: by index (2xx, or a 4xx answering for each
+      // event), else all of them (a 4xx about the request: token, size, …).
+      const refused = refusedByIndex(answer, batch.length + 1);
+      batch.forEach((b, i) => {
+        const why = refused.get(i);
+        if (why === undefined) {
+          rmSync(join(o.spoolDir, b.file), { force: true });
+          outcome.spoolSent++;
+        } else {
+          moveToRejected(o.spoolDir, b.file, { status: answer.status, answer: why });
+          outcome.spoolRejected++;
+        }
+      });
+      const why = refused.get(batch.length);
+      if (why === undefined) outcome.delivered = true;
+      else {
         outcome.rejected = true;
         const file = spoolFileName(event);
         try {
           mkdirSync(join(o.spoolDir, 'rejected'), { recursive: true });
           writeFileSync(join(o.spoolDir, 'rejected', file), body);
-          writeAnswer(o.spoolDir, file, { status: r.status, answer: r.answer });
+          writeAnswer(o.spoolDir, file, { status: answer.status, answer: why });
         } catch {
           /* best effort */
         }
-        problems.push(`server rejected the event (HTTP ${r.status}: ${oneLine(r.answer).slice(0, 160)}); kept in ${join(o.spoolDir, 'rejected')}`);
-      } else down = r.reason;
+        problems.push(`server rejected the event (HTTP ${answer.status}: ${oneLine(why).slice(0, 160)}); kept in ${join(o.spoolDir, 'rejected')}`);
+      }
     }
     if (!outcome.delivered && !outcome.rejected) {
-      writeSpool(o.spoolDir, event, body, o.maxSpoolFiles ?? DEFAULT_MAX_SPOOL_FILES);
+      writeSpool(o.spoolDir, event, body, maxFiles);
+      waiting++;
       outcome.spooled = true;
     }
   } catch (e) {
     problems.push(oneLine(e));
     if (!outcome.delivered && !outcome.spooled && !outcome.rejected) {
       try {
-        writeSpool(o.spoolDir, event, JSON.stringify(event), o.maxSpoolFiles ?? DEFAULT_MAX_SPOOL_FILES);
+        writeSpool(o.spoolDir, event, JSON.stringify(event), maxFiles);
+        waiting++;
         outcome.spooled = true;
       } catch (e2) {
         problems.push(`could not spool the event: ${oneLine(e2)}`);
@@ -111,11 +154,7 @@ export async function deliver(event, o) {
     }
   }
 
-  try {
-    outcome.spoolLeft = listSpool(o.spoolDir).length;
-  } catch {
-    /* ignore */
-  }
+  outcome.spoolLeft = Math.min(waiting, maxFiles);
   if (outcome.spoolRejected) {
     problems.push(`${outcome.spoolRejected} spooled event(s) rejected by the server, moved to ${join(o.spoolDir, 'rejected')}`);
   }
@@ -131,26 +170,56 @@ export async function deliver(event, o) {
 }
 
 /**
- * One POST over node:http(s), bounded by the deadline (connection, request and answer).
- * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number, answer?: string, reason?: string}>}
+ * The refused events of a request of `count` events: index → the server's words about it.
+ * A 2xx (and a 400, where nothing was stored) lists them by index; any other 4xx is about
+ * the whole request (token, size, …) and refuses every event.
+ * @returns {Map<number, string>}
  */
-async function post(endpoint, body, token, deadline, userAgent) {
-  const left = deadline - Date.now();
-  if (left <= 0) return { kind: 'retry', reason: 'timed out' };
+function refusedByIndex(answer, count) {
+  const refused = new Map();
+  let listed = null;
+  try {
+    const parsed = JSON.parse(answer.answer);
+    if (parsed && Array.isArray(parsed.rejected)) listed = parsed.rejected;
+  } catch {
+    /* not JSON */
+  }
+  if (listed && (answer.kind === 'ok' || answer.status === 400)) {
+    for (const r of listed) {
+      if (Number.isInteger(r?.index) && r.index >= 0 && r.index < count) {
+        // The whole answer for a lone event; the entry about it within a batch.
+        const { index, ...about } = r;
+        refused.set(index, count === 1 ? answer.answer : JSON.stringify(about));
+      }
+    }
+  }
+  if (answer.kind !== 'ok') {
+    for (let i = 0; i < count; i++) if (!refused.has(i)) refused.set(i, answer.answer);
+  }
+  return refused;
+}
+
+/**
+ * One POST over node:http(s), bounded by the deadline (connection, request and answer).
+ * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number | null, answer?: string, reason?: string}>}
+ */
+async function post(endpoint, body, o, deadline) {
   let url;
   try {
     url = new URL(endpoint);
   } catch {
     return { kind: 'rejected', status: null, answer: `invalid server URL ${endpoint}` };
   }
-  const lib = url.protocol === 'https:' ? await import('node:https') : await import('node:http');
+  const lib = await prepare(endpoint);
+  const left = deadline - Date.now();
+  if (left <= 0) return { kind: 'retry', reason: `no answer from ${endpoint} within the timeout` };
   /** @type {Record<string, string | number>} */
   const headers = {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
-    'user-agent': userAgent || 'shiplog-collector',
+    'user-agent': o.userAgent || 'shiplog-collector',
   };
-  if (token) headers.authorization = `Bearer ${token}`;
+  if (o.token) headers.authorization = `Bearer ${o.token}`;
   return new Promise((done) => {
     let settled = false;
     const finish = (r) => {
@@ -202,6 +271,7 @@ function spoolFileName(event) {
   return `${String(Date.now()).padStart(15, '0')}-${safeId}.json`;
 }
 
+/** Writes one event to the spool; past `maxFiles` events the oldest are dropped. */
 function writeSpool(dir, event, body, maxFiles) {
   mkdirSync(dir, { recursive: true });
   const file = spoolFileName(event);
@@ -209,10 +279,7 @@ function writeSpool(dir, event, body, maxFiles) {
   writeFileSync(tmp, body);
   renameSync(tmp, join(dir, file)); // atomic: a reader never sees half a file
   const files = listSpool(dir);
-  if (files.length > maxFiles) {
-    for (const f of files.slice(0, files.length - maxFiles)) rmSync(join(dir, f), { force: true });
-  }
-  return file;
+  for (const f of files.slice(0, Math.max(0, files.length - maxFiles))) rmSync(join(dir, f), { force: true });
 }
 
 function writeAnswer(dir, file, info) {

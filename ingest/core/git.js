@@ -1,9 +1,8 @@
 // Commit and branch: SHIPLOG_COMMIT / SHIPLOG_BRANCH, then the CI's, then the repository.
 // The repository is read directly (.git/HEAD, refs, packed-refs, worktrees): no `git`
 // process on the build's path. `git` is run only when the files say nothing (e.g. a
-// reftable repository), asynchronously.
+// reftable repository), asynchronously (node:child_process is loaded then only).
 
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 
@@ -56,7 +55,8 @@ async function resolveRef(dirs, ref) {
   return null;
 }
 
-function gitCommand(args, cwd) {
+async function gitCommand(args, cwd) {
+  const { execFile } = await import('node:child_process');
   return new Promise((done) => {
     try {
       execFile('git', args, { cwd, encoding: 'utf8', timeout: 2000, windowsHide: true }, (err, out) => {

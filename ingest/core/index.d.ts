@@ -10,7 +10,7 @@ export interface ShiplogOptions {
   env?: string;
   /** The build mode (`data.mode`) when the bundler does not say it. Default `production`. */
   mode?: string;
-  /** Time budget for all sending of one build (spooled events and this one), in ms. Default 3000. */
+  /** How long a build waits for the server's answer to its one request (this event and the spooled ones), in ms; what is not acknowledged by then is spooled. Default 2000. */
   timeoutMs?: number;
   /** Spool folder (relative to the project root). Default `node_modules/.cache/shiplog`, or `.shiplog-spool` when the root has no node_modules. */
   spoolDir?: string;
@@ -107,7 +107,7 @@ export interface DeliveryOutcome {
   spooled: boolean;
   /** This build's event got a 4xx and was put in `rejected/`. */
   rejected: boolean;
-  /** Spooled events delivered before this one. */
+  /** Spooled events delivered with this one. */
   spoolSent: number;
   /** Spooled events the server refused (moved to `rejected/`). */
   spoolRejected: number;
@@ -119,7 +119,7 @@ export interface DeliveryOutcome {
   warning: string | null;
 }
 
-/** Sends the spooled events then `event`; never throws. */
+/** Sends the spooled events (oldest first) and `event` in one request, within `timeoutMs`; spools what is not acknowledged; never throws. */
 export function deliver(
   event: BuildEvent,
   options: { url: string; token?: string; timeoutMs: number; spoolDir: string; maxSpoolFiles?: number; userAgent?: string },

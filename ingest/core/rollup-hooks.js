@@ -7,7 +7,7 @@
 import { relative } from 'node:path';
 
 /**
- * @param {ReturnType<import('./event.js').createReporter>} reporter
+ * @param {ReturnType<typeof import('./event.js').createReporter>} reporter
  * @param {{
  *   root: () => string,
  *   takeStart: () => number | null,

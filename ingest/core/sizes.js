@@ -4,7 +4,6 @@
 // not after it. Source maps are not shipped to users: they are totalled apart.
 
 import { readFile } from 'node:fs/promises';
-import { constants as zlibConstants, gzip as gzipCb } from 'node:zlib';
 
 /** Files larger than this are not gzipped (their raw size is used). */
 const GZIP_MAX_BYTES = 32 << 20;
@@ -22,9 +21,14 @@ function toBuffer(content) {
   return Buffer.alloc(0);
 }
 
-function gzipLength(buf) {
+/** node:zlib, loaded with the first file to measure. */
+let zlib = null;
+
+async function gzipLength(buf) {
+  zlib ??= import('node:zlib');
+  const { gzip, constants } = await zlib;
   return new Promise((done) => {
-    gzipCb(buf, { level: zlibConstants.Z_DEFAULT_COMPRESSION }, (err, out) => done(err ? null : out.length));
+    gzip(buf, { level: constants.Z_DEFAULT_COMPRESSION }, (err, out) => done(err ? null : out.length));
   });
 }
 

@@ -117,9 +117,12 @@ export async function blackhole() {
   return { url: `http://127.0.0.1:${port}`, connections: () => connections, stop };
 }
 
-/** Server counters from GET /metrics. */
+/**
+ * Server counters from GET /metrics, on a connection of its own: a kept-alive socket that
+ * the server closed while idle (between a benchmark's builds) would fail the request.
+ */
 export async function serverCounters(url) {
-  const text = await (await fetch(`${url}/metrics`)).text();
+  const text = await (await fetch(`${url}/metrics`, { headers: { connection: 'close' } })).text();
   const get = (name) => {
     const m = text.match(new RegExp(`^${name} (\\d+)`, 'm'));
     return m ? Number(m[1]) : NaN;

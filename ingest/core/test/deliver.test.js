@@ -1,5 +1,6 @@
-// Delivery and spool rules against a scripted HTTP server (no Vite): 2xx deletes,
-// 5xx/429/timeouts keep, 4xx moves to rejected/ with the answer; spooled events go first.
+// Delivery and spool rules against a scripted HTTP server (no Vite): one request per build
+// (the spooled events, oldest first, then this build's), 2xx deletes, 5xx/429/timeouts keep,
+// 4xx moves to rejected/ with the answer, event by event.
 
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -32,6 +33,8 @@ async function scripted(script) {
   };
 }
 
+/** The ids of the events of one recorded request (one event or an array). */
+const ids = (req) => (Array.isArray(req.event) ? req.event : [req.event]).map((e) => e.id);
 const ev = (id) => ({ id, kind: 'build', source: 'vite-plugin', project: 'p', data: { success: true, duration_ms: 1 } });
 const spooled = (dir) => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.json')) : []);
 
@@ -51,53 +54,84 @@ describe('delivery and spool', () => {
     await s.close();
   });
 
-  it('keeps events on 5xx and 429, sends them oldest first, deletes each only after a 2xx', async () => {
+  it('sends the spooled events, oldest first, with the next build in one request; keeps them all on 5xx and 429', async () => {
     const dir = join(tempDir(), 'spool');
     const s = await scripted([
       [503, { error: 'log unavailable' }],
       [429, { error: 'slow down' }],
-      // Third delivery: spool a then b, then c: a ok, b 500 (stop; b and c stay).
-      [202, { accepted: 1, duplicates: 0, rejected: [] }],
-      [500, 'oops'],
+      [202, { accepted: 3, duplicates: 0, rejected: [] }],
     ]);
     const o = { url: s.url, timeoutMs: 2000, spoolDir: dir };
-    assert.equal((await deliver(ev('a'), o)).spooled, true);
+    const first = await deliver(ev('a'), o);
+    assert.equal(first.spooled, true);
+    assert.equal(first.spoolLeft, 1);
     await new Promise((r) => setTimeout(r, 2)); // distinct time prefixes
     const second = await deliver(ev('b'), o);
-    // The spooled `a` got the 429: the server is busy, so `b` is not even tried.
     assert.equal(second.spooled, true);
     assert.match(second.warning, /HTTP 429/);
-    assert.equal(s.seen.length, 2);
+    assert.equal(second.spoolLeft, 2);
+    assert.deepEqual(s.seen.map(ids), [['a'], ['a', 'b']]);
     assert.equal(spooled(dir).length, 2);
 
     await new Promise((r) => setTimeout(r, 2));
     const third = await deliver(ev('c'), o);
-    assert.deepEqual(s.seen.slice(2).map((x) => x.event.id), ['a', 'b'], 'oldest first');
-    assert.equal(third.spoolSent, 1);
-    assert.equal(third.spooled, true);
-    assert.equal(third.spoolLeft, 2);
-    const left = spooled(dir).map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')).id);
-    assert.deepEqual(left, ['b', 'c']);
-
-    const fourth = await deliver(ev('d'), o);
-    assert.equal(fourth.delivered, true);
-    assert.equal(fourth.spoolSent, 2);
-    assert.deepEqual(s.seen.slice(4).map((x) => x.event.id), ['b', 'c', 'd']);
+    assert.deepEqual(ids(s.seen[2]), ['a', 'b', 'c'], 'oldest first, this build last');
+    assert.equal(third.delivered, true);
+    assert.equal(third.spoolSent, 2);
+    assert.equal(third.spoolLeft, 0);
+    assert.equal(s.seen.length, 3, 'one request per build');
     assert.deepEqual(spooled(dir), []);
+    await s.close();
+  });
+
+  it('reads the answer event by event: a refused spooled event goes to rejected/, the others are stored', async () => {
+    const dir = join(tempDir(), 'spool');
+    const about = { field: '/project', error: 'is required' };
+    const s = await scripted([
+      [503, 'busy'],
+      [503, 'busy'],
+      [207, { accepted: 2, duplicates: 0, rejected: [{ index: 1, ...about }] }],
+    ]);
+    const o = { url: s.url, timeoutMs: 2000, spoolDir: dir };
+    await deliver(ev('ok'), o);
+    await new Promise((r) => setTimeout(r, 2));
+    await deliver(ev('bad'), o);
+    const out = await deliver(ev('new'), o);
+    assert.deepEqual(ids(s.seen[2]), ['ok', 'bad', 'new']);
+    assert.equal(out.delivered, true);
+    assert.equal(out.spoolSent, 1);
+    assert.equal(out.spoolRejected, 1);
+    assert.deepEqual(spooled(dir), []);
+    const rejected = readdirSync(join(dir, 'rejected'));
+    const eventFile = rejected.find((f) => !f.endsWith('.answer.json'));
+    assert.equal(JSON.parse(readFileSync(join(dir, 'rejected', eventFile), 'utf8')).id, 'bad');
+    const saved = JSON.parse(readFileSync(join(dir, 'rejected', rejected.find((f) => f.endsWith('.answer.json'))), 'utf8'));
+    assert.deepEqual(saved.answer, about, 'the words about that event, not the whole answer');
+    await s.close();
+  });
+
+  it("sends this build's event alone when the batch is over the server's body limit (413); the spooled ones wait", async () => {
+    const dir = join(tempDir(), 'spool');
+    const s = await scripted([[503, 'busy'], [413, { error: 'body over the limit' }], [202, { accepted: 1, duplicates: 0, rejected: [] }]]);
+    const o = { url: s.url, timeoutMs: 2000, spoolDir: dir };
+    await deliver(ev('old'), o);
+    const out = await deliver(ev('now'), o);
+    assert.deepEqual(s.seen.slice(1).map(ids), [['old', 'now'], ['now']]);
+    assert.equal(out.delivered, true);
+    assert.equal(out.spoolLeft, 1);
+    assert.equal(spooled(dir).length, 1);
     await s.close();
   });
 
   it('moves an event the server refuses (4xx) to rejected/ with the answer, and never retries it', async () => {
     const dir = join(tempDir(), 'spool');
     const answer = { accepted: 0, duplicates: 0, rejected: [{ index: 0, field: '/project', error: 'is required' }] };
-    const s = await scripted([[503, 'busy'], [400, answer]]);
+    const s = await scripted([[400, answer]]);
     const o = { url: s.url, timeoutMs: 2000, spoolDir: dir };
-    await deliver(ev('bad'), o);
-    assert.equal(spooled(dir).length, 1);
-    const next = await deliver(ev('good'), o);
-    assert.equal(next.delivered, true);
-    assert.equal(next.spoolRejected, 1);
-    assert.match(next.warning, /rejected/);
+    const out = await deliver(ev('bad'), o);
+    assert.equal(out.rejected, true);
+    assert.equal(out.spooled, false);
+    assert.match(out.warning, /rejected/);
     assert.deepEqual(spooled(dir), []);
     const rejected = readdirSync(join(dir, 'rejected')).sort();
     assert.equal(rejected.length, 2);
@@ -108,8 +142,8 @@ describe('delivery and spool', () => {
     const eventFile = rejected.find((f) => !f.endsWith('.answer.json'));
     assert.equal(JSON.parse(readFileSync(join(dir, 'rejected', eventFile), 'utf8')).id, 'bad');
     // Nothing of rejected/ is sent again.
-    await deliver(ev('third'), o);
-    assert.deepEqual(s.seen.map((x) => x.event.id), ['bad', 'bad', 'good', 'third']);
+    await deliver(ev('next'), o);
+    assert.deepEqual(s.seen.map(ids), [['bad'], ['next']]);
     await s.close();
   });
 

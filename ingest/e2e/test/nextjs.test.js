@@ -12,8 +12,8 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { INGEST_DIR, cleanupAll, closedPort, filesOnDisk, gzipSizeOf, isolateEnv, query, shiplogBin, startServer, tempDir } from '../../test-support/helpers.js';
@@ -37,6 +37,9 @@ before(async () => {
   shiplogBin();
   restoreEnv = isolateEnv();
   rmSync(APP, { recursive: true, force: true });
+  // create-next-app refuses a folder whose parent does not exist ("not writable"): in a
+  // fresh clone ingest/.cache is not there yet.
+  mkdirSync(dirname(APP), { recursive: true });
   const made = await run(join(BIN, 'create-next-app'), [APP, '--js', '--no-tailwind', '--no-eslint', '--app', '--no-src-dir', '--import-alias', '@/*', '--skip-install', '--use-npm', '--disable-git', '--yes'], {
     env: { ...process.env, NEXT_TELEMETRY_DISABLED: '1' },
   });

@@ -61,7 +61,11 @@ async function githubRecorder() {
     url: `http://127.0.0.1:${server.address().port}/api/v3`,
     requests,
     comments,
-    close: () => new Promise((r) => server.close(r)),
+    close: () =>
+      new Promise((r) => {
+        server.closeAllConnections();
+        server.close(r);
+      }),
   };
 }
 
@@ -107,6 +111,9 @@ describe('compare action', () => {
     server = await startServer(join(dir, 'data'), ['--config', config]);
     gh = await githubRecorder();
   });
+  // The stand-in's listening socket would keep this test's process alive: node --test
+  // would wait for it forever.
+  after(() => gh?.close());
 
   async function postBuild(id, commit, branch, chunks) {
     const res = await fetch(`${server.url}/v1/events`, {

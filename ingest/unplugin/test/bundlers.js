@@ -3,6 +3,7 @@
 
 import { join } from 'node:path';
 
+import { unplugin } from '../index.js';
 import shiplogEsbuild from '../esbuild.js';
 import shiplogRollup from '../rollup.js';
 import shiplogRspack from '../rspack.js';
@@ -20,8 +21,15 @@ function runCompiler(compiler) {
   });
 }
 
+/**
+ * The plugin for options `plugin` (null: none): from the bundler's entry, or with
+ * `fromIndex` from the main entry (unplugin's factory).
+ */
+const pluginsFor = ({ plugin, fromIndex }, entry, framework) => (plugin ? [(fromIndex ? unplugin[framework] : entry)(plugin)] : []);
+
 /** webpack and Rspack take the same configuration. */
-function webpackConfig({ root, outDir, plugin }, shiplogPlugin) {
+function webpackConfig(o, shiplogPlugin, framework) {
+  const { root, outDir } = o;
   return {
     mode: 'production',
     context: root,
@@ -30,7 +38,7 @@ function webpackConfig({ root, outDir, plugin }, shiplogPlugin) {
     devtool: false,
     infrastructureLogging: quiet,
     stats: 'none',
-    plugins: plugin ? [shiplogPlugin(plugin)] : [],
+    plugins: pluginsFor(o, shiplogPlugin, framework),
   };
 }
 
@@ -39,25 +47,26 @@ export const BUNDLERS = {
     source: 'webpack-plugin',
     async build(o) {
       const { default: webpack } = await import('webpack');
-      return runCompiler(webpack(webpackConfig(o, shiplogWebpack)));
+      return runCompiler(webpack(webpackConfig(o, shiplogWebpack, 'webpack')));
     },
   },
   rspack: {
     source: 'rspack-plugin',
     async build(o) {
       const { rspack } = await import('@rspack/core');
-      return runCompiler(rspack(webpackConfig(o, shiplogRspack)));
+      return runCompiler(rspack(webpackConfig(o, shiplogRspack, 'rspack')));
     },
   },
   rollup: {
     source: 'rollup-plugin',
-    async build({ root, outDir, plugin }) {
+    async build(o) {
+      const { root, outDir } = o;
       const { rollup } = await import('rollup');
       let bundle = null;
       try {
         bundle = await rollup({
           input: join(root, 'src', 'main.js'),
-          plugins: plugin ? [shiplogRollup(plugin)] : [],
+          plugins: pluginsFor(o, shiplogRollup, 'rollup'),
           onwarn: () => {},
         });
         await bundle.write({ dir: outDir, format: 'es', entryFileNames: '[name]-[hash].js', chunkFileNames: '[name]-[hash].js' });
@@ -71,7 +80,8 @@ export const BUNDLERS = {
   },
   esbuild: {
     source: 'esbuild-plugin',
-    async build({ root, outDir, plugin }) {
+    async build(o) {
+      const { root, outDir } = o;
       const esbuild = await import('esbuild');
       try {
         await esbuild.build({
@@ -85,7 +95,7 @@ export const BUNDLERS = {
           entryNames: '[name]-[hash]',
           chunkNames: 'chunk-[hash]',
           logLevel: 'silent',
-          plugins: plugin ? [shiplogEsbuild(plugin)] : [],
+          plugins: pluginsFor(o, shiplogEsbuild, 'esbuild'),
         });
         return null;
       } catch (e) {

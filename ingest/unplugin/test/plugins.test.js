@@ -42,7 +42,7 @@ after(async () => {
 });
 
 /** Builds with the plugin; resolves with the build error and the plugin's events. */
-async function build(name, { root = FIXTURE, plugin = {} } = {}) {
+async function build(name, { root = FIXTURE, plugin = {}, fromIndex = false } = {}) {
   const outDir = tempDir('shiplog-out-');
   const events = [];
   const lines = [];
@@ -51,6 +51,7 @@ async function build(name, { root = FIXTURE, plugin = {} } = {}) {
     root,
     outDir,
     plugin: { onEvent: (e, o) => events.push({ event: e, outcome: o }), ...plugin },
+    fromIndex,
   });
   return { error, events, outDir, lines, ms: Date.now() - started };
 }
@@ -133,6 +134,22 @@ for (const name of Object.keys(BUNDLERS)) {
       const now = await serverCounters(server.url);
       assert.equal(now.accepted - before.accepted, 2, 'the spooled event and the new one');
       await assertQueryable(down.events[0].event);
+    });
+
+    it("is the same plugin from the package's main entry (unplugin's factory)", async () => {
+      const viaEntry = await build(name, { plugin: { url: server.url, spoolDir: tempDir() } });
+      const viaIndex = await build(name, { plugin: { url: server.url, spoolDir: tempDir() }, fromIndex: true });
+      assert.equal(viaIndex.error, null);
+      assert.equal(viaIndex.events.length, 1);
+      const [a, b] = [viaEntry, viaIndex].map((r) => r.events[0].event);
+      assert.equal(viaIndex.events[0].outcome.delivered, true);
+      assert.equal(b.source, a.source);
+      assert.deepEqual(
+        b.data.chunks.map((c) => [c.name, c.bytes, c.gzip_bytes, c.is_entry]),
+        a.data.chunks.map((c) => [c.name, c.bytes, c.gzip_bytes, c.is_entry]),
+      );
+      assert.equal(b.data.tool, a.data.tool);
+      assert.equal(b.data.modules_total, a.data.modules_total);
     });
 
     it('reports a failed build and leaves the error to the bundler', async () => {
