@@ -12,6 +12,7 @@ mod datadir;
 mod demo;
 mod gate;
 mod logcmd;
+mod logretention;
 mod migrate;
 mod ops;
 mod roles;
@@ -323,6 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         connections,
                         interval,
                         data_dir: cli.data_dir.clone(),
+                        log_max_bytes: config.log.retention.max_bytes,
                     },
                 ))?,
                 BenchCommand::Rss {
