@@ -5,7 +5,9 @@
 //! - soak: measures the server's maximum rate (closed loop), then holds a fixed rate (80%
 //!   of it by default, open loop: requests are sent on schedule whether or not earlier ones
 //!   were answered) and prints, per interval, the rate achieved, latency percentiles,
-//!   refusals and the server's RSS.
+//!   refusals, the server's RSS and the log directory's size. The child server reads the
+//!   same configuration (`SHIPLOG_*` variables included): with `[log.retention]`
+//!   `max_bytes` set, the soak reports the log directory against that limit.
 //! - rss: stores N events through the API, waits for the projection, then reads the
 //!   server's RSS after ingest, after the projection caught up, after every dashboard page
 //!   was rendered, and again after a restart (which rebuilds the dedup index and the rules
@@ -151,6 +153,21 @@ pub struct SoakArgs {
     pub connections: usize,
     pub interval: f64,
     pub data_dir: Option<PathBuf>,
+    /// `[log.retention] max_bytes` of the server's configuration, to report against.
+    pub log_max_bytes: Option<u64>,
+}
+
+/// Bytes of the files in `dir` (the log directory: segments, `START`, `LOCK`).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -196,7 +213,11 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
     };
     ensure!(rate > 0, "the rate must be above 0 events/s");
     let event_bytes = template.render(0).len() as u64 / args.batch as u64;
-    let need = rate * event_bytes * (args.minutes * 60.0) as u64 * 11 / 10;
+    let mut need = rate * event_bytes * (args.minutes * 60.0) as u64 * 11 / 10;
+    if let Some(limit) = args.log_max_bytes {
+        // The log stays near its limit; the Parquet projection takes about a tenth.
+        need = need.min(limit * 2 + need / 10);
+    }
     let free = free_bytes(&data);
     if need > free {
         bail!(
@@ -216,7 +237,7 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
         data.display()
     );
     println!(
-        "{:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>11}",
+        "{:>6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>11} {:>11}",
         "min",
         "events/s",
         "p50 ms",
@@ -227,8 +248,17 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
         "RSS MiB",
         "lag",
         "log GiB",
-        "dedup keys"
+        "dedup keys",
+        "log dir MiB"
     );
+    if let Some(limit) = args.log_max_bytes {
+        println!(
+            "log retention: max_bytes {limit} ({:.1} MiB); the log directory is measured at each report",
+            limit as f64 / (1u64 << 20) as f64
+        );
+    }
+    let log_dir = data.join("log");
+    let mut log_dir_series: Vec<u64> = Vec::new();
     let current = Arc::new(Mutex::new(Interval::default()));
     // Open loop: request i is due at start + i / requests_per_s. At most 16 requests per
     // connection wait for an answer; beyond that the generator counts the request as failed.
@@ -264,8 +294,10 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
             let keys = metric(&client, &server.url, "shiplog_dedup_keys")
                 .await
                 .unwrap_or(f64::NAN);
+            let log_dir_bytes = dir_bytes(&log_dir);
+            log_dir_series.push(log_dir_bytes);
             println!(
-                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2} {:>11.0}",
+                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2} {:>11.0} {:>11.1}",
                 start.elapsed().as_secs_f64() / 60.0,
                 iv.accepted as f64 / args.interval,
                 pct(0.5),
@@ -276,7 +308,8 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
                 rss,
                 lag,
                 log_bytes / (1u64 << 30) as f64,
-                keys
+                keys,
+                log_dir_bytes as f64 / (1u64 << 20) as f64
             );
             rss_series.push(rss);
             p99_series.push(pct(0.99));
@@ -324,6 +357,40 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
             "RSS: first interval {first:.0} MiB, last {last:.0} MiB, peak {peak:.0} MiB; \
              p99: first {p99_first:.1} ms, last {p99_last:.1} ms, worst {p99_worst:.1} ms"
         );
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let peak = log_dir_series.iter().copied().max().unwrap_or(0);
+    let last = log_dir_series.last().copied().unwrap_or(0);
+    match args.log_max_bytes {
+        Some(limit) => {
+            let over = log_dir_series.iter().filter(|&&b| b > limit).count();
+            println!(
+                "log directory: last {:.1} MiB, peak {:.1} MiB against max_bytes {:.1} MiB \
+                 (peak/limit {:.2}); above the limit in {over} of {} reports",
+                mib(last),
+                mib(peak),
+                mib(limit),
+                peak as f64 / limit.max(1) as f64,
+                log_dir_series.len()
+            );
+            let start = metric(&client, &server.url, "shiplog_log_start_offset").await;
+            let removed = metric(
+                &client,
+                &server.url,
+                "shiplog_log_retention_removed_segments_total",
+            )
+            .await;
+            println!(
+                "log retention: the log starts at offset {:.0}; {:.0} segments removed",
+                start.unwrap_or(f64::NAN),
+                removed.unwrap_or(f64::NAN)
+            );
+        }
+        None => println!(
+            "log directory: last {:.1} MiB, peak {:.1} MiB (no [log.retention] limit)",
+            mib(last),
+            mib(peak)
+        ),
     }
     server.stop()?;
     Ok(())

@@ -7,12 +7,14 @@
 //! reader skips) cannot be copied. Each such range is reported as it is met
 //! ([`MigrateProgress::NotCopied`]), everything intact is copied, and the report lists what
 //! was not ([`MigrateReport::lost`]); the caller decides whether that is acceptable.
+//! Offsets below the file log's start, removed by its retention (`[log.retention]`), are
+//! not read at all: they are named apart ([`MigrateReport::removed`]), not as lost.
 //!
 //! A copy interrupted half-way can be run again: the events already copied reach Kafka
 //! twice, and the Kafka projection drops them by `(source, id)` within its dedup window.
 
 use crate::{Error, KafkaLog};
-use shiplog_log::{Log, LogRecord, SkippedRange};
+use shiplog_log::{Log, LogRecord, Offset, Partition, SkippedRange};
 use std::time::{Duration, Instant};
 
 /// What [`copy_log`] reports as it goes.
@@ -31,6 +33,9 @@ pub struct MigrateReport {
     pub copied: u64,
     /// Ranges of the file log that could not be copied, in offset order.
     pub lost: Vec<SkippedRange>,
+    /// Per partition, the offsets below the file log's start (`0..start`): removed by its
+    /// retention before the copy, so not copied (and not lost: they were meant to go).
+    pub removed: Vec<(Partition, std::ops::Range<Offset>)>,
     pub elapsed: Duration,
 }
 
@@ -54,7 +59,11 @@ pub async fn copy_log(
     let mut report = MigrateReport::default();
     for part in file.partitions() {
         let end = file.end_offset(part);
-        let mut reader = file.reader(part, 0)?;
+        let start = file.start_offset(part);
+        if start > 0 {
+            report.removed.push((part, 0..start));
+        }
+        let mut reader = file.reader(part, start)?;
         loop {
             let at = reader.position();
             let batch = match at < end {

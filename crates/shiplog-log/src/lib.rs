@@ -17,7 +17,9 @@
 pub mod durable;
 pub mod file;
 
-pub use file::{FileLogConfig, RecoveryReport, SegmentedLog, VerifyReport};
+pub use file::{
+    FileLogConfig, RecoveryReport, RetentionPass, RetentionPolicy, SegmentedLog, VerifyReport,
+};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -69,8 +71,11 @@ pub struct LogStats {
     pub raw_bytes: u64,
     /// Segments stored compressed (file log).
     pub compressed_segments: u64,
-    /// The first offset the log holds (file log; 0 for Kafka).
+    /// The first offset the log holds a record for (file log; 0 for Kafka).
     pub first_offset: Offset,
+    /// Where the log starts: offsets below were removed by retention (file log; 0 for
+    /// Kafka).
+    pub start_offset: Offset,
 }
 
 /// Records a reader skipped because the bytes holding them are damaged (a corrupt byte in
@@ -145,11 +150,20 @@ pub trait Log: Send + Sync + 'static {
     fn partitions(&self) -> Vec<Partition>;
 
     /// A reader of one partition, starting at `from` (inclusive); `from` = the partition's
-    /// end is fine (the reader waits), beyond it is `OutOfRange`. Below the log's start,
-    /// Kafka (whose retention deletes old records) answers `OutOfRange`; the file log, which
-    /// starts at offset 0 and deletes nothing itself, starts at its first offset and
-    /// reports the offsets before it as a [`SkippedRange`] (their segment files are gone).
+    /// end is fine (the reader waits), beyond it is `OutOfRange`. Below the log's start
+    /// ([`Log::start_offset`]), Kafka (whose retention deletes old records) answers
+    /// `OutOfRange`; the file log starts at its start without reporting anything skipped
+    /// (retention removed those offsets on purpose), and reports as a [`SkippedRange`] only
+    /// the offsets between its start and its first segment file (files deleted by hand).
     fn reader(&self, partition: Partition, from: Offset) -> Result<Box<dyn LogReader>, LogError>;
+
+    /// Where a partition starts: the offsets below it were removed by retention (the file
+    /// log's `[log] retention`, Kafka's topic retention) and no reader returns them. 0 when
+    /// nothing was removed.
+    fn start_offset(&self, partition: Partition) -> Offset {
+        let _ = partition;
+        0
+    }
 
     /// The next offset to be written in each partition (= count of durable records for the
     /// file log).

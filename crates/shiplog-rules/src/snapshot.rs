@@ -79,6 +79,31 @@ pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     shiplog_log::durable::write_atomic(&dir.join(FILE), bytes)
 }
 
+/// The lowest offset of each partition that a start from the snapshot in `dir` reads: the
+/// record it saw last there (checked at start), or the next offset when it saw none. `None`
+/// without a snapshot of this version. Log retention keeps these records (docs/operations.md).
+pub fn covered(dir: &Path) -> Result<Option<Vec<(Partition, Offset)>>, String> {
+    #[derive(Deserialize)]
+    struct Positions {
+        version: u32,
+        positions: Vec<Position>,
+    }
+    let path = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let snap: Positions = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} does not decode: {e}", path.display()))?;
+    Ok((snap.version == VERSION).then(|| {
+        snap.positions
+            .iter()
+            .map(|p| (p.partition, p.last.as_ref().map_or(p.offset, |l| l.0)))
+            .collect()
+    }))
+}
+
 /// The state and positions saved in `dir`, if there is a snapshot and it may be used (see
 /// the module's documentation); `Err` says why it is not used.
 pub async fn load(
@@ -130,4 +155,35 @@ pub async fn load(
         State::from_image(snap.state, retention.clone()),
         snap.positions,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covered_names_the_last_record_seen_or_the_next_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(covered(dir.path()).unwrap(), None);
+        let positions = [
+            Position {
+                partition: 0,
+                offset: 10,
+                last: Some((9, record_hash(b"x"))),
+            },
+            Position {
+                partition: 1,
+                offset: 0,
+                last: None,
+            },
+        ];
+        let file = serde_json::json!({"version": VERSION, "fingerprint": "f", "positions": positions, "state": {}});
+        write(dir.path(), file.to_string().as_bytes()).unwrap();
+        assert_eq!(covered(dir.path()).unwrap(), Some(vec![(0, 9), (1, 0)]));
+        let old = serde_json::json!({"version": VERSION - 1, "positions": positions});
+        write(dir.path(), old.to_string().as_bytes()).unwrap();
+        assert_eq!(covered(dir.path()).unwrap(), None);
+        write(dir.path(), b"{").unwrap();
+        assert!(covered(dir.path()).unwrap_err().contains("state.json"));
+    }
 }

@@ -128,7 +128,7 @@ pub use check::{
 pub use pricing::{CostSource, PriceTable};
 pub use projector::{
     apply_retention, compact, ensure_group_layout, file_name, group_partition_dir, parquet_dir,
-    parse_file_name, projection_layout, CompactionReport, CrashPoint, FlushReport,
+    parse_file_name, projection_layout, CompactionReport, CrashPoint, FlushReport, KeptBelow,
     ParquetProjector, ProjectionLayout, ProjectorConfig, RetentionReport, SCHEMA_VERSION,
 };
 pub use query::{

@@ -476,10 +476,15 @@ pub struct ReplayReport {
     pub lost: u64,
     pub files: u64,
     pub elapsed: Duration,
+    /// When the log starts above offset 0 (its retention removed the offsets below): the
+    /// rows below its start, kept as they were since they cannot be rebuilt.
+    pub kept: Option<crate::KeptBelow>,
 }
 
 /// Deletes the projection of `data_dir` and rebuilds it from offset 0 of every partition,
-/// up to the log's end at the start. The directory lock must be free (stop `serve`
+/// up to the log's end at the start. When the log starts above 0 in a partition
+/// ([`Log::start_offset`]: its retention removed the offsets below), the rows below the
+/// start are kept ([`ParquetProjector::keep_below`]) and only the rest is rebuilt. The directory lock must be free (stop `serve`
 /// first). Parsing and writing run on the calling thread (use a multi-thread runtime).
 pub async fn replay(
     log: &dyn Log,
@@ -491,6 +496,15 @@ pub async fn replay(
     let root = parquet_dir(data_dir);
     create_dir_durable(&root)?;
     let lock = lock_projection_dir(&root)?;
+    let parts = log.partitions();
+    let starts: std::collections::BTreeMap<Partition, Offset> =
+        parts.iter().map(|&q| (q, log.start_offset(q))).collect();
+    let mut report = ReplayReport::default();
+    if starts.values().any(|&s| s > 0) {
+        let mut p = ParquetProjector::open_locked(root, config.clone(), lock)?;
+        report.kept = Some(p.keep_below(&starts)?);
+        return replay_from(log, p, config, progress, report, start).await;
+    }
     for entry in list_dir(&root)? {
         if entry.file_name().is_some_and(|n| n == "_lock") {
             continue;
@@ -502,17 +516,33 @@ pub async fn replay(
         }
     }
     crate::fsutil::sync_dir(&root)?;
-    let mut p = ParquetProjector::open_locked(root, config.clone(), lock)?;
+    let p = ParquetProjector::open_locked(root, config.clone(), lock)?;
+    replay_from(log, p, config, progress, report, start).await
+}
+
+/// Projects every partition from the projector's next offset up to the log's end now.
+async fn replay_from(
+    log: &dyn Log,
+    mut p: ParquetProjector,
+    config: &ProjectorConfig,
+    progress: &mut dyn FnMut(ReplayProgress),
+    mut report: ReplayReport,
+    start: Instant,
+) -> Result<ReplayReport, StoreError> {
     let parts = log.partitions();
     let ends: Vec<Offset> = parts.iter().map(|&q| log.end_offset(q)).collect();
-    let total: u64 = ends.iter().sum();
-    let mut report = ReplayReport::default();
+    let total: u64 = parts
+        .iter()
+        .zip(&ends)
+        .map(|(&q, &end)| end.saturating_sub(p.next_offset(q)))
+        .sum();
     progress(ReplayProgress { done: 0, total });
     for (&part, &end) in parts.iter().zip(&ends) {
-        if end == 0 {
+        let from = p.next_offset(part);
+        if end <= from {
             continue;
         }
-        let mut reader = log.reader(part, 0).map_err(|e| match e {
+        let mut reader = log.reader(part, from).map_err(|e| match e {
             LogError::OutOfRange { start, .. } => StoreError::Config(format!(
                 "partition {part} of the log starts at offset {start}: events before it were deleted, a replay cannot rebuild them"
             )),

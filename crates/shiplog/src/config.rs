@@ -145,6 +145,8 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// File log: compress sealed segments with zstd in the background (docs/operations.md).
     pub compress: bool,
+    /// `[log.retention]`: file log only, off by default (docs/operations.md, "Log retention").
+    pub retention: LogRetentionConfig,
     /// Kafka: `bootstrap.servers`, `host:port[,host:port…]` (required with `kafka`).
     pub brokers: Option<String>,
     /// Kafka: the topic (default `shiplog.events`); it must exist.
@@ -164,10 +166,47 @@ impl Default for LogConfig {
             backend: "file".into(),
             segment_bytes: 64 << 20,
             compress: false,
+            retention: LogRetentionConfig::default(),
             brokers: None,
             topic: shiplog_kafka::DEFAULT_TOPIC.into(),
             kafka: BTreeMap::new(),
             consumer_group: None,
+        }
+    }
+}
+
+/// `[log.retention]`: when sealed segments of the file log are removed. Only segments
+/// already in the Parquet projection and covered by the dedup and rules snapshots go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogRetentionConfig {
+    /// Remove sealed segments last written longer ago than this (`"30d"`); unset: no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Remove the oldest sealed segments while the log's files take more bytes than this;
+    /// unset: no limit.
+    pub max_bytes: Option<u64>,
+    /// How often the server checks the limits.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for LogRetentionConfig {
+    fn default() -> Self {
+        LogRetentionConfig {
+            max_age: None,
+            max_bytes: None,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LogRetentionConfig {
+    /// The policy for [`shiplog_log::SegmentedLog::apply_retention`].
+    pub fn policy(&self) -> shiplog_log::RetentionPolicy {
+        shiplog_log::RetentionPolicy {
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -431,6 +470,19 @@ fn validate(config: &Config) -> Result<()> {
             }
         }
         other => bail!("log.backend = {other:?}: \"file\" or \"kafka\""),
+    }
+    let retention = &config.log.retention;
+    if retention.policy().is_enabled() && config.log.is_kafka() {
+        bail!(
+            "log.retention applies to the file log; a Kafka topic is bounded by its own \
+             retention (retention.ms, retention.bytes)"
+        );
+    }
+    if retention.max_age.is_some_and(|a| a.is_zero()) {
+        bail!("log.retention.max_age must be above 0 (unset it to keep segments of any age)");
+    }
+    if retention.interval.is_zero() {
+        bail!("log.retention.interval must be above 0");
     }
     for (i, t) in config.tokens.iter().enumerate() {
         match (&t.secret, &t.secret_env) {

@@ -20,10 +20,7 @@ pub fn status(config: &Config) -> Result<ExitCode> {
         .first_record
         .as_deref()
         .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-        .and_then(|v| {
-            let t = v.get("time").or_else(|| v.get("received_at"))?;
-            t.as_str().map(str::to_string)
-        })
+        .and_then(|v| Some(v.get("received_at")?.as_str()?.to_string()))
         .unwrap_or_else(|| "unknown".into());
     println!("log {}", dir.display());
     println!(
@@ -36,13 +33,38 @@ pub fn status(config: &Config) -> Result<ExitCode> {
         s.raw_bytes,
         s.compression_ratio()
     );
+    let last = match s.end_offset {
+        0 => "none".to_string(),
+        end => (end - 1).to_string(),
+    };
     println!(
-        "  offsets       {}..{} ({records} records, {:.0} bytes per record on disk)",
+        "  offsets       first {}, last {last} ({records} records, {:.0} bytes per record on disk)",
         s.first_offset,
-        s.end_offset,
         s.bytes as f64 / records.max(1) as f64
     );
-    println!("  oldest event  {oldest} (offset {})", s.first_offset);
+    println!(
+        "  oldest event  received {oldest} (offset {})",
+        s.first_offset
+    );
+    let retention = config.log.retention.policy();
+    let limits = match (retention.max_age, retention.max_bytes) {
+        (None, None) => "off (the log keeps every event)".to_string(),
+        (age, bytes) => [
+            age.map(|a| format!("max_age {}", humantime::format_duration(a))),
+            bytes.map(|b| format!("max_bytes {b}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", "),
+    };
+    println!("  retention     {limits}");
+    if s.start_offset > 0 {
+        println!(
+            "  removed       offsets 0..{} (by retention; the log starts at {})",
+            s.start_offset, s.start_offset
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -55,7 +77,8 @@ pub fn compress(config: &Config) -> Result<ExitCode> {
     }
     let _lock = DataDirLock::acquire(data_dir, "shiplog log compress")?;
     let log = crate::serve::open_file_log(config)?;
-    let records = shiplog_log::Log::end_offset(&log, 0) - log.start_offset();
+    let records =
+        shiplog_log::Log::end_offset(&log, 0) - shiplog_log::Log::stats(&log).first_offset;
     let c = log.compress_sealed_now();
     let stats = shiplog_log::Log::stats(&log);
     let secs = c.elapsed.as_secs_f64().max(1e-9);

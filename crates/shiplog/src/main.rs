@@ -12,6 +12,7 @@ mod datadir;
 mod demo;
 mod gate;
 mod logcmd;
+mod logretention;
 mod migrate;
 mod ops;
 mod roles;
@@ -385,6 +386,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         connections,
                         interval,
                         data_dir: cli.data_dir.clone(),
+                        log_max_bytes: config.log.retention.max_bytes,
                     },
                 ))?,
                 BenchCommand::Rss {

@@ -75,6 +75,14 @@ pub fn migrate_log(config: &Config, to: Target, accept_loss: bool) -> Result<Exi
              by {copied}) in {:.1}s",
             report.elapsed.as_secs_f64()
         );
+        for (partition, removed) in &report.removed {
+            eprintln!(
+                "shiplog migrate-log: offsets {}..{} of partition {partition} were not copied: \
+                 the file log's retention ([log.retention]) removed them before; their events \
+                 stay in the Parquet projection, but a replay from Kafka cannot rebuild them",
+                removed.start, removed.end
+            );
+        }
         let lost = &report.lost;
         if lost.is_empty() {
             return anyhow::Ok(ExitCode::SUCCESS);

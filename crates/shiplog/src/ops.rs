@@ -144,6 +144,9 @@ pub fn replay(config: &Config) -> Result<ExitCode> {
         data_dir.join("parquet").display()
     );
     let report = rebuild(config, projector_config(config)?)?;
+    if let Some(kept) = &report.kept {
+        eprintln!("{}", describe_kept(kept));
+    }
     eprintln!(
         "shiplog replay: {} events → {} rows in {} files ({} skipped, of which {} records \
          lost to damage in the log) in {:.1}s ({:.0} events/s)",
@@ -156,6 +159,31 @@ pub fn replay(config: &Config) -> Result<ExitCode> {
         report.events as f64 / report.elapsed.as_secs_f64().max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a replay over a log shortened by retention kept instead of rebuilding.
+fn describe_kept(kept: &shiplog_store::KeptBelow) -> String {
+    let starts = kept
+        .below
+        .iter()
+        .map(|(p, s)| match kept.below.len() {
+            1 => format!("offset {s}"),
+            _ => format!("offset {s} of partition {p}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let days = match kept.days {
+        Some((a, b)) if a == b => format!(", day {a}"),
+        Some((a, b)) => format!(", days {a} to {b}"),
+        None => String::new(),
+    };
+    format!(
+        "shiplog replay: the log starts at {starts} ([log.retention] removed the events \
+         before): those cannot be rebuilt, so their Parquet rows were KEPT as they were: {} \
+         rows in {} files{days} ({} files cut at the log's start); only the events from the \
+         log's start on were rebuilt",
+        kept.rows, kept.files, kept.cut
+    )
 }
 
 /// Rebuilds the projections of a data dir whose lock the caller holds.
@@ -247,6 +275,13 @@ pub fn reprice(config: &Config, prices: Option<&std::path::Path>) -> Result<Exit
         data_dir.join("parquet").display()
     );
     let report = rebuild(config, pconfig)?;
+    if let Some(kept) = &report.kept {
+        // Kept rows keep the prices they were projected with.
+        eprintln!(
+            "{} (their costs are not re-priced)",
+            describe_kept(kept).replace("shiplog replay", "shiplog reprice")
+        );
+    }
     let after = cost_totals(data_dir)?;
     let keys: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
     let columns: Vec<String> = [
@@ -427,6 +462,19 @@ pub fn verify_log(config: &Config) -> Result<ExitCode> {
         report.records,
         report.bytes
     );
+    if !report.removed.is_empty() {
+        println!(
+            "offsets {}..{} were removed by retention ([log.retention]): the log starts at {}",
+            report.removed.start, report.removed.end, report.removed.end
+        );
+    }
+    for f in &report.leftovers {
+        println!(
+            "{}: below the log's start, left by an interrupted retention pass (the next start \
+             deletes it)",
+            f.display()
+        );
+    }
     if report.damage.is_empty() {
         println!("clean: every record's CRC32C and offset check out");
         return Ok(ExitCode::SUCCESS);

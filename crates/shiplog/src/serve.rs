@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::datadir::{log_dir, DataDirLock};
+use crate::logretention::{DedupCovered, LogRetention, RetentionMetrics};
 use crate::roles::Role;
 use anyhow::{bail, Context, Result};
 use shiplog_ingest::Ingestor;
@@ -184,10 +185,13 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     } else {
         Some(DataDirLock::acquire(&data_dir, "shiplog serve")?)
     };
-    let log: Arc<dyn Log> = if kafka {
-        Arc::new(open_kafka_log(&config).await?)
-    } else {
-        Arc::new(open_file_log(&config)?)
+    let file_log = match kafka {
+        true => None,
+        false => Some(Arc::new(open_file_log(&config)?)),
+    };
+    let log: Arc<dyn Log> = match &file_log {
+        Some(file_log) => file_log.clone(),
+        None => Arc::new(open_kafka_log(&config).await?),
     };
     let (ingestor, metrics) = start_ingest(&config, log.clone(), role).await?;
     if demo {
@@ -196,17 +200,44 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let dedup_dir = data_dir.join("dedup");
+    let dedup_covered = Arc::new(DedupCovered::default());
     if !kafka {
         tokio::spawn(snapshot_dedup_periodically(
             ingestor.clone(),
             dedup_dir.clone(),
+            dedup_covered.clone(),
             shutdown_rx.clone(),
         ));
     }
     let projection = if role.projects() {
-        Some(start_role_projection(&config, log.clone(), role, shutdown_rx).await?)
+        Some(start_role_projection(&config, log.clone(), role, shutdown_rx.clone()).await?)
     } else {
         None
+    };
+    let retention = match (&file_log, &projection) {
+        (Some(file_log), Some(projection)) if config.log.retention.policy().is_enabled() => {
+            let metrics = Arc::new(RetentionMetrics::default());
+            let running = projection.running.clone();
+            let task = LogRetention {
+                log: file_log.clone(),
+                policy: config.log.retention.policy(),
+                interval: config.log.retention.interval,
+                ingestor: ingestor.clone(),
+                dedup_dir: dedup_dir.clone(),
+                dedup_covered: dedup_covered.clone(),
+                rules_dir: data_dir.join("rules"),
+                projected: Arc::new(move || {
+                    let running = running.lock().unwrap();
+                    let (_, progress) = running.as_ref()?;
+                    let offset = progress.borrow().get(&0).copied();
+                    offset
+                }),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(task.run(shutdown_rx.clone()));
+            Some(metrics)
+        }
+        _ => None,
     };
     let query = if role.serves_web() {
         Some(open_queries(&config)?)
@@ -231,6 +262,12 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         registry.register_collector(Box::new(ProjectionSeries {
             slot: p.running.clone(),
             log: log.clone(),
+        }));
+    }
+    if let Some(l) = &file_log {
+        registry.register_collector(Box::new(crate::logretention::RetentionSeries {
+            log: l.clone(),
+            metrics: retention.clone(),
         }));
     }
     if let Some(r) = &rules {
@@ -266,7 +303,14 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     .await;
 
     let _ = shutdown_tx.send(true);
-    stop(&config, projection, &state.ingestor, &dedup_dir, log).await
+    stop(
+        &config,
+        projection,
+        &state.ingestor,
+        (&dedup_dir, &dedup_covered),
+        log,
+    )
+    .await
 }
 
 /// After the HTTP server stopped (the shutdown already signalled): waits for the projection,
@@ -276,7 +320,7 @@ async fn stop(
     config: &Config,
     projection: Option<ProjectionSlot>,
     ingestor: &Ingestor,
-    dedup_dir: &std::path::Path,
+    (dedup_dir, dedup_covered): (&std::path::Path, &DedupCovered),
     log: Arc<dyn Log>,
 ) -> Result<()> {
     let grace = config.server.shutdown_grace;
@@ -290,7 +334,7 @@ async fn stop(
         }
     }
     if !config.log.is_kafka() {
-        snapshot_dedup(ingestor, dedup_dir).await;
+        snapshot_dedup(ingestor, dedup_dir, dedup_covered).await;
     }
     info!("draining and syncing the log");
     match tokio::time::timeout(grace, log.close()).await {
@@ -517,6 +561,7 @@ const DEDUP_SNAPSHOT_AFTER_KEYS: u64 = 1_000_000;
 async fn snapshot_dedup_periodically(
     ingestor: Arc<Ingestor>,
     dir: std::path::PathBuf,
+    covered: Arc<DedupCovered>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(DEDUP_SNAPSHOT_EVERY);
@@ -528,23 +573,30 @@ async fn snapshot_dedup_periodically(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         if ingestor.dedup_commits_since_snapshot() >= DEDUP_SNAPSHOT_AFTER_KEYS {
-            snapshot_dedup(&ingestor, &dir).await;
+            snapshot_dedup(&ingestor, &dir, &covered).await;
         }
     }
 }
 
-/// Writes the dedup snapshot and says how it went; a failure only costs the next start
-/// more reading.
-async fn snapshot_dedup(ingestor: &Ingestor, dir: &std::path::Path) {
+/// Writes the dedup snapshot and says how it went (recording what it covers for log
+/// retention); a failure only costs the next start more reading.
+pub(crate) async fn snapshot_dedup(
+    ingestor: &Ingestor,
+    dir: &std::path::Path,
+    covered: &DedupCovered,
+) {
     let started = Instant::now();
     match ingestor.write_dedup_snapshot(dir).await {
-        Ok(Some(w)) => info!(
+        Ok(Some(w)) => {
+            covered.written(&w.covered);
+            info!(
             keys = w.keys,
             bytes = w.bytes,
             covered = ?w.covered,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "dedup snapshot written"
-        ),
+            )
+        }
         Ok(None) => info!("dedup snapshot is current"),
         Err(e) => warn!(
             error = %e,

@@ -42,7 +42,10 @@
 //! fsyncs the directory. A reader that had the `.seg` open keeps reading it; new readers
 //! open the `.zseg`. A crash before the rename leaves a `.tmp` that the next open deletes;
 //! after it, both files are complete and the next open deletes the `.seg`. So readers
-//! always see one complete form or the other. The active segment is never compressed: the
+//! always see one complete form or the other. The `.zseg` keeps the `.seg`'s modification
+//! time (a segment's age, for retention). When retention removed the segment while it was
+//! being compressed, the compressor deletes the `.zseg` it made (the switch-over and
+//! retention share a lock). The active segment is never compressed: the
 //! write path and the cost of an acknowledgement do not change.
 
 use std::cell::RefCell;
@@ -408,6 +411,8 @@ pub(super) fn compress_segment(
             start = pos;
             first = next;
         }
+        // The segment's age is its last write (retention reads it): carried over.
+        out.set_modified(file.metadata()?.modified()?)?;
         out.sync_all()?;
         report.compressed_bytes = at;
         fs::rename(&tmp, compressed_path(dir, base))?;
@@ -554,12 +559,27 @@ pub(super) fn compress_next(
     let started = std::time::Instant::now();
     match compress_segment(dir, base, upper, cancelled) {
         Ok(Some(report)) => {
-            {
+            let _maintenance = super::lock(&shared.maintenance);
+            let kept = {
                 let mut table = super::write_lock(&shared.table);
-                if let Some(s) = table.segments.iter_mut().find(|s| s.base == base) {
-                    s.path = compressed_path(dir, base);
-                    s.disk_len = report.compressed_bytes;
+                match table.segments.iter_mut().find(|s| s.base == base) {
+                    Some(s) => {
+                        s.path = compressed_path(dir, base);
+                        s.disk_len = report.compressed_bytes;
+                        true
+                    }
+                    None => false,
                 }
+            };
+            if !kept {
+                // Retention removed the segment meanwhile: the `.zseg` goes too (the next
+                // open would, as it lies below the log's start).
+                let removed =
+                    fs::remove_file(compressed_path(dir, base)).and_then(|()| sync_dir(dir));
+                if let Err(error) = removed {
+                    tracing::warn!(%error, base, "could not delete the compressed form of a segment retention removed (the next start does)");
+                }
+                return Some(None);
             }
             let removed = fs::remove_file(segment_path(dir, base)).and_then(|()| sync_dir(dir));
             if let Err(error) = removed {

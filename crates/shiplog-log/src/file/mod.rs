@@ -12,6 +12,7 @@
 //! - [`reader`]: reading from any offset, and skipping damage (and saying so);
 //! - [`verify`](mod@verify): the full check behind `shiplog log verify`;
 //! - [`compress`]: sealed segments stored as seekable zstd blocks (`<base>.zseg`);
+//! - [`retention`]: whole sealed segments removed oldest first, and the `START` file;
 //! - [`status`]: disk usage and extent, read-only.
 //!
 //! # Who creates and deletes files
@@ -21,12 +22,15 @@
 //! left by a crash during a roll. On a failed group commit (a write or sync error) the writer
 //! deletes the segments it created during that very group. The compressor thread
 //! (`[log] compress`) replaces a sealed `<base>.seg` by `<base>.zseg` holding the same
-//! records, crash-safely (see [`compress`]). Nothing else deletes segments: retention
-//! (dropping whole sealed segments, oldest first) is not part of this version.
-//! So a log always starts at offset 0; when the first segment file's base is above 0, the
-//! files before it were deleted by hand (to free disk, say). The log then opens at the
-//! first offset it has: a warning names the missing offsets, and readers report them like
-//! damage (see [`reader`]).
+//! records, crash-safely (see [`compress`]). Retention ([`retention`], `[log] retention`)
+//! deletes whole sealed segments, oldest first, after moving the log's start forward in the
+//! `START` file; [`SegmentedLog::open`] deletes segment files that an interrupted retention
+//! pass left below `START`. Nothing else deletes segments.
+//! So a log starts at offset 0, or at the offset `START` holds. When the first segment
+//! file's base is above that, the files before it were deleted by hand (to free disk,
+//! say). The log then opens at the first offset it has: a warning names the missing
+//! offsets, and readers report them like damage (see [`reader`]); offsets below `START`
+//! were removed on purpose and are reported by no one as damage.
 //!
 //! The directory's `LOCK` file is held with [`crate::durable::DirLock`] while a
 //! [`SegmentedLog`] has the directory open, so two processes never write the same log.
@@ -35,6 +39,7 @@ pub mod compress;
 pub mod format;
 pub mod reader;
 pub mod recovery;
+pub mod retention;
 pub mod scan;
 pub mod status;
 pub mod verify;
@@ -60,6 +65,7 @@ pub use format::{
     FORMAT_VERSION, FRAME_OVERHEAD, INDEX_INTERVAL, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 pub use recovery::RecoveryReport;
+pub use retention::{read_start, RetentionPass, RetentionPolicy, START_FILE};
 pub use status::{status, LogStatus};
 pub use verify::{verify, SegmentDamage, VerifyReport};
 
@@ -128,9 +134,20 @@ impl SegmentedLog {
         let lock = lock_dir(dir)?;
         compress::finish_interrupted(dir)?;
         let dir_file = File::open(dir)?;
-        let mut segments = list_segments(dir)?;
+        let start = retention::read_start(dir)?.unwrap_or(0);
+        let mut segments = retention::remove_below_start(dir, list_segments(dir)?, start)?;
         let mut report = RecoveryReport::default();
-        let tail = recover_tail(dir, &dir_file, &mut segments, &mut report)?;
+        let tail = recover_tail(dir, &dir_file, &mut segments, start, &mut report)?;
+        if tail.next_offset < start {
+            return Err(LogError::Corrupt {
+                location: dir.join(retention::START_FILE).display().to_string(),
+                reason: format!(
+                    "the log starts at offset {start}, but its newest segment ends at offset {} \
+                     (segment files deleted by hand?)",
+                    tail.next_offset
+                ),
+            });
+        }
 
         let mut infos: Vec<SegmentInfo> = segments[..segments.len() - 1]
             .iter()
@@ -164,7 +181,10 @@ impl SegmentedLog {
             damage: tail.damage,
             keep_plain: false,
         });
-        let table = Table { segments: infos };
+        let table = Table {
+            segments: infos,
+            start,
+        };
         if let Some(missing) = table.missing_below(dir, 0) {
             tracing::warn!(
                 missing_offsets = %format!("{}..{}", missing.first, missing.end),
@@ -178,9 +198,8 @@ impl SegmentedLog {
             );
             report.missing = Some(missing.first..missing.end);
         }
-        let start = table.segments[0].base;
         report.segments = table.segments.len() as u64;
-        report.records = tail.next_offset - start;
+        report.records = tail.next_offset - table.first_held();
 
         let (durable, _) = watch::channel(tail.next_offset);
         let shared = Arc::new(Shared {
@@ -188,6 +207,8 @@ impl SegmentedLog {
             durable,
             syncs: AtomicU64::new(0),
             faults: Faults::default(),
+            maintenance: Mutex::new(()),
+            first_record: Mutex::new(None),
         });
         let (sender, receiver) = mpsc::channel();
         let (stopped_tx, stopped) = watch::channel(());
@@ -249,9 +270,26 @@ impl SegmentedLog {
         summary
     }
 
-    /// The first offset the log holds.
-    pub fn start_offset(&self) -> Offset {
-        read_lock(&self.shared.table).segments[0].base
+    /// The value of the first record the log holds (the oldest event kept), if readable.
+    /// Cached until the log's start moves.
+    pub fn first_record(&self) -> Option<bytes::Bytes> {
+        let first = read_lock(&self.shared.table).first_held();
+        if let Some((at, value)) = &*lock(&self.shared.first_record) {
+            if *at == first {
+                return Some(value.clone());
+            }
+        }
+        let mut reader = SegmentReader {
+            shared: self.shared.clone(),
+            durable: self.shared.durable.subscribe(),
+            next: first,
+            cursor: None,
+            skipped: Vec::new(),
+        };
+        let end = *self.shared.durable.borrow();
+        let entry = reader.read_available(end, 1, 1).ok()?.into_iter().next()?;
+        *lock(&self.shared.first_record) = Some((entry.offset, entry.value.clone()));
+        Some(entry.value)
     }
 
     #[cfg(test)]
@@ -329,7 +367,7 @@ impl Log for SegmentedLog {
         // the first offset there is and report the rest as skipped, like damage.
         let (start, missing) = {
             let table = read_lock(&self.shared.table);
-            (table.segments[0].base, table.missing_below(&self.dir, from))
+            (table.first_held(), table.missing_below(&self.dir, from))
         };
         if from > end {
             return Err(LogError::OutOfRange {
@@ -353,6 +391,10 @@ impl Log for SegmentedLog {
         } else {
             0
         }
+    }
+
+    fn start_offset(&self, _partition: Partition) -> Offset {
+        read_lock(&self.shared.table).start
     }
 
     fn close(&self) -> BoxFuture<'static, Result<(), LogError>> {
@@ -385,7 +427,8 @@ impl Log for SegmentedLog {
         LogStats {
             bytes: table.segments.iter().map(|s| s.disk_len).sum(),
             raw_bytes: table.segments.iter().map(|s| s.len).sum(),
-            first_offset: table.segments[0].base,
+            first_offset: table.first_held(),
+            start_offset: table.start,
             compressed_segments: table
                 .segments
                 .iter()
@@ -451,11 +494,20 @@ struct Shared {
     durable: watch::Sender<Offset>,
     syncs: AtomicU64,
     faults: Faults,
+    /// Held by the compressor while it replaces a segment and by retention while it
+    /// removes some: never both at once.
+    maintenance: Mutex<()>,
+    /// The first record the log holds, by offset (see [`SegmentedLog::first_record`]).
+    first_record: Mutex<Option<(Offset, bytes::Bytes)>>,
 }
 
 struct Table {
     /// Sorted by base offset; never empty.
     segments: Vec<SegmentInfo>,
+    /// Where the log starts (the offset `START` holds; 0 without it): offsets below were
+    /// removed by retention. The first segment starts at or (files deleted by hand) above
+    /// it, or holds it.
+    start: Offset,
 }
 
 impl Table {
@@ -466,12 +518,19 @@ impl Table {
             .checked_sub(1)
     }
 
-    /// The offsets from `from` up to the first segment file, when it starts above `from`:
-    /// a file log starts at offset 0 and never deletes a sealed segment itself, so these
+    /// The offsets from `from` (or the log's start, when above) up to the first segment
+    /// file, when it starts above them: retention never removes past the start, so these
     /// were in segment files deleted (by hand, to free disk, say).
     fn missing_below(&self, dir: &Path, from: Offset) -> Option<SkippedRange> {
         let first = &self.segments[0];
+        let from = from.max(self.start);
         (from < first.base).then(|| missing_head_range(dir, &first.path, from, first.base))
+    }
+
+    /// The first offset a segment holds a record for: the start, or the first segment's
+    /// base when files were deleted by hand after the start.
+    fn first_held(&self) -> Offset {
+        self.start.max(self.segments[0].base)
     }
 }
 
@@ -485,8 +544,8 @@ fn missing_head_range(dir: &Path, first: &Path, from: Offset, start: Offset) -> 
         end: start,
         location: format!("{}: no segment file before {name}", dir.display()),
         reason: format!(
-            "segment files missing (deleted by hand?): no segment file holds offsets 0..{start}, \
-             the log starts at {name}"
+            "segment files missing (deleted by hand?): no segment file holds offsets \
+             {from}..{start}, the first one is {name}"
         ),
     }
 }
@@ -530,5 +589,7 @@ fn map_io_error(error: &io::Error) -> LogError {
 
 #[cfg(test)]
 mod compress_tests;
+#[cfg(test)]
+mod retention_tests;
 #[cfg(test)]
 mod tests;

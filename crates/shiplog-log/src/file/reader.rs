@@ -266,12 +266,22 @@ pub(super) fn segment_limit(shared: &Shared, base: Offset) -> (u64, Option<Offse
 
 impl SegmentReader {
     /// Reads records below `end` that are available now, skipping damaged ranges.
-    fn read_available(
+    pub(super) fn read_available(
         &mut self,
         end: Offset,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<LogEntry>, LogError> {
+        let start = read_lock(&self.shared.table).start;
+        if self.next < start {
+            // Retention removed these offsets (and maybe the segment of the cursor): they
+            // are not damage, the reader goes on at the log's start.
+            self.next = start;
+            self.cursor = None;
+        }
+        if self.next >= end {
+            return Ok(Vec::new());
+        }
         let wanted = (end - self.next).min(max_records as u64) as usize;
         let mut out = Vec::with_capacity(wanted.min(8192));
         let mut bytes = 0usize;

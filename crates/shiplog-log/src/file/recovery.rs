@@ -74,25 +74,26 @@ pub(super) struct RecoveredTail {
     pub(super) damage: Vec<Damage>,
 }
 
-/// Repairs the last segment (see the module doc), creating the first one for a new log.
-/// Leaves `segments` holding the segments that remain.
+/// Repairs the last segment (see the module doc), creating the first one for a new log
+/// (at `start`, where the log starts). Leaves `segments` holding the segments that remain.
 pub(super) fn recover_tail(
     dir: &Path,
     dir_file: &File,
     segments: &mut Vec<(Offset, PathBuf)>,
+    start: Offset,
     report: &mut RecoveryReport,
 ) -> Result<RecoveredTail, LogError> {
     let mut reasons: Vec<String> = Vec::new();
     let result = loop {
         let Some((base, path)) = segments.last().cloned() else {
-            let path = segment_path(dir, 0);
-            let file = create_fresh_segment(&path, 0)?;
+            let path = segment_path(dir, start);
+            let file = create_fresh_segment(&path, start)?;
             dir_file.sync_all()?;
-            segments.push((0, path));
+            segments.push((start, path));
             break RecoveredTail {
                 file,
                 len: SEGMENT_HEADER_LEN,
-                next_offset: 0,
+                next_offset: start,
                 index: Vec::new(),
                 damage: Vec::new(),
             };

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::compress::{is_compressed, SegmentFile};
 use super::format::*;
+use super::retention::live_segments;
 use super::scan::scan_newest;
 use crate::{LogError, Offset};
 
@@ -21,6 +22,8 @@ pub struct LogStatus {
     pub raw_bytes: u64,
     /// The first offset the log holds.
     pub first_offset: Offset,
+    /// Where the log starts: offsets below were removed by retention (`START`; 0 without).
+    pub start_offset: Offset,
     /// The offset after the last record (of the newest segment's valid frames).
     pub end_offset: Offset,
     /// The value of the first record the log holds (the oldest event kept), if readable.
@@ -36,8 +39,11 @@ impl LogStatus {
 
 /// Reads the status of the log in `dir` without opening it for writing.
 pub fn status(dir: &Path) -> Result<LogStatus, LogError> {
-    let segments = list_segments(dir)?;
-    let mut s = LogStatus::default();
+    let (start, segments, _) = live_segments(dir)?;
+    let mut s = LogStatus {
+        start_offset: start,
+        ..LogStatus::default()
+    };
     for (i, (base, path)) in segments.iter().enumerate() {
         let file = SegmentFile::open(path)?;
         let len = file.len()?;
@@ -46,8 +52,13 @@ pub fn status(dir: &Path) -> Result<LogStatus, LogError> {
         s.bytes += file.disk_len()?;
         s.raw_bytes += len;
         if i == 0 {
-            s.first_offset = *base;
-            s.first_record = first_value(&file, len);
+            s.first_offset = (*base).max(start);
+            s.first_record = match *base >= start {
+                true => first_value(&file, len),
+                // The log starts inside this segment (`START` edited by hand): not its
+                // first frame.
+                false => None,
+            };
         }
         if i + 1 == segments.len() {
             s.end_offset = scan_newest(&file, *base, len)?.next_offset;

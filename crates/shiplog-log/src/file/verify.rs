@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::*;
 use super::missing_head_range;
+use super::retention::live_segments;
 use super::scan::{scan_newest, scan_sealed};
 use crate::{LogError, Offset};
 
@@ -19,6 +20,11 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Every damaged place found, in segment and byte order.
     pub damage: Vec<SegmentDamage>,
+    /// Offsets removed by retention (`0..start`, the log's `START` file): not damage.
+    pub removed: std::ops::Range<Offset>,
+    /// Segment files an interrupted retention pass left below the start; the next open
+    /// deletes them (not damage either).
+    pub leftovers: Vec<PathBuf>,
 }
 
 impl VerifyReport {
@@ -66,17 +72,19 @@ pub struct SegmentDamage {
 /// open (on a live log the tail may show in-flight bytes).
 pub fn verify(dir: &Path) -> Result<VerifyReport, LogError> {
     let mut report = VerifyReport::default();
-    let segments = list_segments(dir)?;
-    // A file log starts at offset 0: offsets below the first segment file were in files
-    // deleted.
-    if let Some((base, path)) = segments.first().filter(|(base, _)| *base > 0) {
+    let (start, segments, leftovers) = live_segments(dir)?;
+    report.removed = 0..start;
+    report.leftovers = leftovers;
+    // A file log starts at offset 0, or at its `START` (retention): offsets between there
+    // and the first segment file were in files deleted.
+    if let Some((base, path)) = segments.first().filter(|(base, _)| *base > start) {
         report.damage.push(SegmentDamage {
-            segment: segment_path(dir, 0),
+            segment: segment_path(dir, start),
             position: 0,
             end: 0,
-            lost: Some(0..*base),
+            lost: Some(start..*base),
             missing: true,
-            reason: missing_head_range(dir, path, 0, *base).reason,
+            reason: missing_head_range(dir, path, start, *base).reason,
         });
     }
     let mut expected_base: Option<Offset> = segments.first().map(|s| s.0);

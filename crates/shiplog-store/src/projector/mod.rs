@@ -12,10 +12,12 @@ pub mod commit;
 pub mod compact;
 pub mod deadletter;
 pub mod flush;
+pub mod keep;
 pub mod layout;
 
 pub use compact::{apply_retention, compact};
 pub use deadletter::DEAD_LETTER_DIR;
+pub use keep::KeptBelow;
 pub use layout::{
     ensure_group_layout, file_name, group_partition_dir, parquet_dir, parse_file_name,
     projection_layout, ProjectionLayout, SCHEMA_VERSION,

@@ -15,6 +15,8 @@ use std::time::Duration;
 struct Inner {
     parts: Vec<Mutex<Vec<Bytes>>>,
     notify: tokio::sync::Notify,
+    /// Per partition, where the log starts (retention): readers never return offsets below.
+    starts: Mutex<std::collections::BTreeMap<Partition, Offset>>,
 }
 
 /// An in-memory log with `n` partitions; `append` routes by key hash (or partition 0).
@@ -26,7 +28,13 @@ impl MemLog {
         MemLog(Arc::new(Inner {
             parts: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
             notify: tokio::sync::Notify::new(),
+            starts: Mutex::default(),
         }))
+    }
+
+    /// Moves a partition's start (as retention does): readers skip the offsets below.
+    pub fn set_start(&self, partition: Partition, start: Offset) {
+        self.0.starts.lock().unwrap().insert(partition, start);
     }
 
     /// Appends directly (synchronously) to a partition.
@@ -78,8 +86,18 @@ impl Log for MemLog {
         Ok(Box::new(MemReader {
             log: self.clone(),
             partition,
-            pos: from,
+            pos: from.max(self.start_offset(partition)),
         }))
+    }
+
+    fn start_offset(&self, partition: Partition) -> Offset {
+        self.0
+            .starts
+            .lock()
+            .unwrap()
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn end_offset(&self, partition: Partition) -> Offset {

@@ -34,6 +34,7 @@ use shiplog_ingest::{Ingestor, Metrics};
 use std::sync::Arc;
 
 pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::DescriptorEncoder as Encoder;
 
 /// The registry of a server: the ingest metrics and the server's own series (log,
 /// admission, dedup). The caller registers the collectors of what else the node runs.
@@ -69,16 +70,16 @@ pub async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap
 }
 
 /// The result of writing a series.
-type Written = Result<(), std::fmt::Error>;
+pub type Written = Result<(), std::fmt::Error>;
 
 /// Writes one gauge of a collector (`help` as it is shown, period included).
-pub(crate) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: impl Gauge) -> Written {
+pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: impl Gauge) -> Written {
     put(e, name, help, ConstGauge::new(v))
 }
 
 /// Writes one counter of a collector; `name` without its `_total` suffix, which the
 /// encoder adds.
-pub(crate) fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: impl Count) -> Written {
+pub fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: impl Count) -> Written {
     put(e, name, help, ConstCounter::new(v))
 }
 

@@ -260,3 +260,27 @@ fn errors_name_the_key_and_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn log_retention_is_off_by_default_and_checked() {
+    let c = load(None, &[]).unwrap();
+    assert!(!c.log.retention.policy().is_enabled());
+    let (_d, p) = write("[log.retention]\nmax_age = \"7days\"\nmax_bytes = 1000000\n");
+    let c = load(Some(&p), &[]).unwrap();
+    let policy = c.log.retention.policy();
+    assert_eq!(policy.max_age, Some(Duration::from_secs(7 * 86_400)));
+    assert_eq!(policy.max_bytes, Some(1_000_000));
+    for (text, field) in [
+        ("[log.retention]\nmax_age = \"0s\"\n", "max_age"),
+        ("[log.retention]\ninterval = \"0s\"\n", "interval"),
+        ("[log.retention]\nmax_size = 5\n", "max_size"),
+        (
+            "[log]\nbackend = \"kafka\"\nbrokers = \"k:9092\"\n[log.retention]\nmax_bytes = 5\n",
+            "log.retention",
+        ),
+    ] {
+        let (_d, p) = write(text);
+        let e = format!("{:#}", load(Some(&p), &[]).unwrap_err());
+        assert!(e.contains(field), "{text}: {e}");
+    }
+}
