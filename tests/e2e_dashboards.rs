@@ -290,11 +290,31 @@ async fn demo_dashboards_in_chromium() {
         "degraded",
         "vercel rollback",
         "Error rate after the deploy",
+        // the rollback judgement: the verdict in words with its evidence, and the chart
+        // of the samples against the baseline's range and the threshold
+        "Rollback judgement",
+        "web-rollback-on-regression",
+        "baseline range",
+        "threshold",
+        "vs 10 samples",
+        "after the deciding sample",
     ] {
         assert!(
             deployment.contains(text),
             "/deployments/{rolled_back} lacks {text:?}"
         );
+    }
+
+    // `serve --demo` runs the demo's rules in dry run: the decisions page shows how they
+    // would have judged (their backtest), with the flagged deployments linked.
+    let decisions = dump_dom(&format!("{}/decisions?range=90d", server.url));
+    for text in [
+        "Dry-run rules",
+        "web-rollback-on-regression",
+        "api-rollback-on-regression",
+        &format!("/deployments/{rolled_back}"),
+    ] {
+        assert!(decisions.contains(text), "/decisions lacks {text:?}");
     }
 
     // JSON: every panel with its data and status; thresholds from the defaults.

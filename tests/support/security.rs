@@ -391,6 +391,21 @@ pub const ROUTES: &[Case] = &[
         "/v1/compare?project=proj-a&base=main",
         Need::Scope(Scope::Read),
     ),
+    case(
+        "GET",
+        "/v1/rules/backtest",
+        "/v1/rules/backtest",
+        Need::Scope(Scope::Read),
+    ),
+    Case {
+        ok: 400, // no candidate rules in the body: refused, naming what is missing
+        ..case(
+            "POST",
+            "/v1/rules/backtest",
+            "/v1/rules/backtest",
+            Need::Scope(Scope::Read),
+        )
+    },
     case("GET", "/login", "/login", Need::Public(200)),
     Case {
         body: Body::EmptyForm,

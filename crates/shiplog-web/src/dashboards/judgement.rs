@@ -283,7 +283,7 @@ pub fn render(state: &Sources, id: &str, allowed: Option<&[String]>) -> String {
         for ev in &r.evidence {
             let _ = write!(
                 h,
-                r#"<p class="evidence"><b>{}</b>{} — {} ({}, {}, α = {})</p>"#,
+                r#"<p class="evidence"><b>{}</b>{} — {} ({}, {}, false-rollback share α = {})</p>"#,
                 esc(&ev.metric),
                 if ev.critical { " (critical)" } else { "" },
                 esc(&ev.reason),
@@ -292,7 +292,8 @@ pub fn render(state: &Sources, id: &str, allowed: Option<&[String]>) -> String {
                     shiplog_rules::judge::Basis::Counts => "errors and requests",
                     shiplog_rules::judge::Basis::Values => "values",
                 },
-                ev.alpha
+                // the metric's share of the rule's false-rollback probability
+                percent(ev.alpha)
             );
             let Some(start) = live_at else { continue };
             let Some(points) = data.get(&ev.metric) else {
@@ -426,4 +427,10 @@ pub fn backtest_html(report: &shiplog_rules::backtest::BacktestReport) -> String
     }
     h.push_str("</section>");
     h
+}
+
+/// 0.005 → "0.5%", 0.0025 → "0.25%".
+fn percent(p: f64) -> String {
+    let t = format!("{:.2}", p * 100.0);
+    format!("{}%", t.trim_end_matches('0').trim_end_matches('.'))
 }
