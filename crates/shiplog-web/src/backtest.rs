@@ -47,12 +47,6 @@ pub(crate) async fn post_backtest(
     params: Result<Query<Params>, axum::extract::rejection::QueryRejection>,
     body: String,
 ) -> Response {
-    if body.trim().is_empty() {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "body: a TOML document with the candidate [[rules]] is required (GET backtests the server's rules)",
-        );
-    }
     answer(&state, &headers, params, Some(body)).await
 }
 
@@ -76,6 +70,12 @@ async fn answer(
         Ok(p) => p,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    if candidate.as_deref().is_some_and(|b| b.trim().is_empty()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "body: a TOML document with the candidate [[rules]] is required (GET backtests the server's rules)",
+        );
+    }
     let Some(rules) = &state.rules else {
         return error_response(
             StatusCode::NOT_FOUND,
