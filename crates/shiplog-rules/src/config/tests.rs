@@ -138,6 +138,13 @@ fn errors_name_the_rule_and_the_key() {
     assert!(e.contains("schedule"), "{e}");
     let e = err(&format!("{base}max_ratio = 1.5\nmax_ration = 2\n"));
     assert!(e.contains("max_ration"), "{e}");
+    // A metric of a list without a limit (and none on the rule) is named by its place.
+    let many = "[[rules]]\nname = \"r1\"\nkind = \"rollback\"\nproject = \"p\"\nenv = \"production\"\nwindow = \"1m\"\naction = { command = [\"x\"] }\nmetrics = [{ name = \"a\", max_ratio = 2.0 }, \"latency_p95\"]\n";
+    let e = err(many);
+    assert!(
+        e.contains("rules[0] (r1): metrics[1].max_ratio") && e.contains("\"latency_p95\""),
+        "{e}"
+    );
     let e = err(&format!(
         "{base}max_ratio = 1.5\nconfidence = 1.5\naction = {{ command = [\"x\"] }}\n"
     ));

@@ -203,7 +203,19 @@ fn rollback(c: &RollbackConfig, at: &At) -> Result<Rule, RulesError> {
         }
         let limit = match limit(m.max_ratio, m.max_value, &key, at)?.or(rule_limit) {
             Some(l) => l,
-            None => return Err(at.err("max_ratio", "set max_ratio or max_value")),
+            None => {
+                return Err(at.err(
+                    &format!("{key}max_ratio"),
+                    if key.is_empty() {
+                        "set max_ratio or max_value".to_string()
+                    } else {
+                        format!(
+                            "set max_ratio or max_value on metric {:?} or on the rule",
+                            m.name
+                        )
+                    },
+                ))
+            }
         };
         if m.min_samples == Some(0) {
             return Err(at.err(&format!("{key}min_samples"), "must be at least 1"));
