@@ -23,11 +23,7 @@ const WINDOW_S: i64 = 10;
 
 /// The two tests run one after the other: the demo's generation takes the cores, and the
 /// scenarios measure how soon a decision follows its deciding sample.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -278,7 +274,7 @@ fn timeline(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nine_scenarios_each_get_the_expected_verdict() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let (script, calls) = recorder(tmp.path());
     let scs = scenarios();
@@ -519,7 +515,7 @@ async fn nine_scenarios_each_get_the_expected_verdict() {
 /// deployment the verdict of its decision in the log, and no decision is left unexplained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backtest_over_the_demo_agrees_with_its_decisions() {
-    let _serial = one_at_a_time();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let out = Command::new(BIN)
