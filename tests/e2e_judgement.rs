@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{http, query, recorded, recorder, TestServer, BIN};
+use support::faults::post_ok;
+use support::{http, query_until, recorded, recorder, TestServer, BIN};
 
 const WINDOW_S: i64 = 10;
 
@@ -82,6 +83,21 @@ struct Scenario {
     expect: &'static str,
 }
 
+/// A rule on `error_rate` alone, a normal baseline, the new deployment's error counts.
+fn on_errors(project: &'static str, errors: &[u64], expect: &'static str) -> Scenario {
+    Scenario {
+        project,
+        metrics: r#"metric = "error_rate""#,
+        baseline: vec![("error_rate", counts(&NORMAL))],
+        failed_between: false,
+        new: vec![("error_rate", counts(errors))],
+        expect,
+    }
+}
+
+/// A clear regression: about 11% errors against the baseline's 2%.
+const REGRESSED: [u64; 10] = [22, 19, 25, 21, 24, 20, 23, 22, 18, 21];
+
 fn scenarios() -> Vec<Scenario> {
     let blip = {
         let mut e = NORMAL.to_vec();
@@ -92,70 +108,25 @@ fn scenarios() -> Vec<Scenario> {
         212.0, 198.0, 225.0, 205.0, 219.0, 201.0, 230.0, 208.0, 215.0, 196.0,
     ];
     vec![
+        on_errors("healthy-noisy", &[5, 2, 4, 6, 3, 4, 5, 3, 2, 4], "healthy"),
+        on_errors("one-blip", &blip, "healthy"),
+        on_errors("clear-regression", &REGRESSED, "degraded"),
+        on_errors(
+            "slow-burn",
+            &[4, 6, 8, 10, 12, 14, 16, 18, 20, 22],
+            "degraded",
+        ),
+        on_errors("too-few", &[30, 28, 33], "inconclusive"),
         Scenario {
-            project: "healthy-noisy",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
-            failed_between: false,
-            new: vec![("error_rate", counts(&[5, 2, 4, 6, 3, 4, 5, 3, 2, 4]))],
-            expect: "healthy",
-        },
-        Scenario {
-            project: "one-blip",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
-            failed_between: false,
-            new: vec![("error_rate", counts(&blip))],
-            expect: "healthy",
-        },
-        Scenario {
-            project: "clear-regression",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
-            failed_between: false,
-            new: vec![(
-                "error_rate",
-                counts(&[22, 19, 25, 21, 24, 20, 23, 22, 18, 21]),
-            )],
-            expect: "degraded",
-        },
-        Scenario {
-            project: "slow-burn",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
-            failed_between: false,
-            new: vec![("error_rate", counts(&[4, 6, 8, 10, 12, 14, 16, 18, 20, 22]))],
-            expect: "degraded",
-        },
-        Scenario {
-            project: "too-few",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
-            failed_between: false,
-            new: vec![("error_rate", counts(&[30, 28, 33]))],
-            expect: "inconclusive",
-        },
-        Scenario {
-            project: "previous-failed",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
             failed_between: true,
-            new: vec![(
-                "error_rate",
-                counts(&[22, 19, 25, 21, 24, 20, 23, 22, 18, 21]),
-            )],
-            expect: "degraded",
+            ..on_errors("previous-failed", &REGRESSED, "degraded")
         },
         Scenario {
-            project: "failed-smoke",
-            metrics: r#"metric = "error_rate""#,
-            baseline: vec![("error_rate", counts(&NORMAL))],
-            failed_between: false,
             new: vec![
                 ("smoke", vec![S::Smoke(false)]),
                 ("error_rate", counts(&NORMAL)),
             ],
-            expect: "degraded",
+            ..on_errors("failed-smoke", &NORMAL, "degraded")
         },
         Scenario {
             project: "latency-ms",
@@ -190,10 +161,7 @@ fn scenarios() -> Vec<Scenario> {
             ],
             failed_between: false,
             new: vec![
-                (
-                    "error_rate",
-                    counts(&[22, 19, 25, 21, 24, 20, 23, 22, 18, 21]),
-                ),
+                ("error_rate", counts(&REGRESSED)),
                 (
                     "latency_p95",
                     latency_base.iter().map(|v| S::Ms(*v)).collect(),
@@ -234,21 +202,6 @@ action = {{ command = ["{script}", "{{project}}", "{{deployment_id}}", "{{previo
         ));
     }
     s
-}
-
-async fn post(c: &reqwest::Client, url: &str, events: Vec<Value>) {
-    let r = c
-        .post(format!("{url}/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        status.is_success() && body["rejected"] == json!([]),
-        "{status} {body}"
-    );
 }
 
 /// Samples of every metric interleaved in time: the i-th sample of each at live + (i+1)·Δ.
@@ -293,16 +246,16 @@ async fn nine_scenarios_each_get_the_expected_verdict() {
         let base_live = now - D::seconds(40);
         let mut ev = vec![deploy(sc.project, "base", "succeeded", base_live, None)];
         ev.extend(timeline(sc.project, "base", base_live, &sc.baseline));
-        post(&c, &url, ev).await;
+        post_ok(&c, &url, &ev).await;
     }
     // The new deployments go live now (one failed deployment first where the scenario says).
     let live = Utc::now();
     for sc in &scs {
         let prev = if sc.failed_between {
-            post(
+            post_ok(
                 &c,
                 &url,
-                vec![deploy(
+                &[deploy(
                     sc.project,
                     "broken",
                     "failed",
@@ -315,10 +268,10 @@ async fn nine_scenarios_each_get_the_expected_verdict() {
         } else {
             "base"
         };
-        post(
+        post_ok(
             &c,
             &url,
-            vec![deploy(sc.project, "new", "succeeded", live, Some(prev))],
+            &[deploy(sc.project, "new", "succeeded", live, Some(prev))],
         )
         .await;
     }
@@ -363,7 +316,7 @@ async fn nine_scenarios_each_get_the_expected_verdict() {
     for (at, project, e) in due {
         let wait = (at - Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
-        post(&c, &url, vec![e.clone()]).await;
+        post_ok(&c, &url, std::slice::from_ref(&e)).await;
         arrived.insert(
             (project.to_string(), e["time"].as_str().unwrap().to_string()),
             Utc::now(),
@@ -371,18 +324,11 @@ async fn nine_scenarios_each_get_the_expected_verdict() {
     }
 
     // Every window closes 10 s after going live: each scenario has its decision by then.
-    let deadline = Instant::now() + Duration::from_secs(30);
     let sql = "SELECT project, verdict, json_extract_string(extra, '$.data.deciding_sample_time'), \
                json_extract_string(extra, '$.data.decided_at'), json_extract_string(extra, '$.data.reason'), \
                json_extract_string(extra, '$.data.previous_deployment_id') \
                FROM decisions WHERE deployment_id = 'new' AND coalesce(json_extract_string(extra, '$.data.phase'), 'final') <> 'outcome'";
-    let rows = loop {
-        let rows = query(&c, &url, sql).await;
-        if rows.len() >= scs.len() || Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let rows = query_until(&c, &url, sql, scs.len(), Duration::from_secs(30)).await;
     let by_project: BTreeMap<String, Vec<Value>> = rows
         .iter()
         .map(|r| (r[0].as_str().unwrap().to_string(), r.clone()))
@@ -544,12 +490,7 @@ async fn backtest_over_the_demo_agrees_with_its_decisions() {
                WHERE coalesce(json_extract_string(extra, '$.data.phase'), 'final') <> 'outcome' \
                ORDER BY rule, deployment_id";
     // The projection catches up with the demo's events first.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut decided = query(&c, &server.url, sql).await;
-    while decided.len() < 50 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        decided = query(&c, &server.url, sql).await;
-    }
+    let decided = query_until(&c, &server.url, sql, 50, Duration::from_secs(60)).await;
     let decided: BTreeMap<(String, String), String> = decided
         .into_iter()
         .map(|r| {

@@ -117,14 +117,7 @@ async fn post(client: &reqwest::Client, url: &str, events: Vec<Value>) {
 
 /// Polls a query until it returns at least `n` rows (the projection lags ~1 s).
 async fn query_until(client: &reqwest::Client, url: &str, sql: &str, n: usize) -> Vec<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = query(client, url, sql).await;
-        if rows.len() >= n || Instant::now() > deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::query_until(client, url, sql, n, Duration::from_secs(15)).await
 }
 
 async fn wait_calls(dir: &Path, n: usize, timeout: Duration) -> Vec<(u128, Vec<String>)> {

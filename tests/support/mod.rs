@@ -151,6 +151,25 @@ pub async fn query(client: &reqwest::Client, url: &str, sql: &str) -> Vec<Vec<se
     serde_json::from_value(body["rows"].clone()).unwrap()
 }
 
+/// Polls a query until it returns at least `n` rows or `timeout` passes (the projection
+/// lags about a second behind the log), and returns the last rows.
+pub async fn query_until(
+    client: &reqwest::Client,
+    url: &str,
+    sql: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Vec<serde_json::Value>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let rows = query(client, url, sql).await;
+        if rows.len() >= n || std::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `GET url` and the body as text (panics on a transport error).
 pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()

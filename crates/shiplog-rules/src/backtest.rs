@@ -291,6 +291,14 @@ pub fn run(
 }
 
 impl RuleBacktest {
+    /// The deployments a team should look at: degraded and inconclusive ones.
+    pub fn flagged(&self) -> Vec<&BacktestRow> {
+        self.deployments
+            .iter()
+            .filter(|d| d.verdict == "degraded" || d.verdict == "inconclusive")
+            .collect()
+    }
+
     /// Recounts the totals from `deployments` (after some were left out).
     pub fn recount(&mut self) {
         let n = |v: &str| self.deployments.iter().filter(|d| d.verdict == v).count();
@@ -347,11 +355,7 @@ impl BacktestReport {
         }
         if list {
             for r in &self.rules {
-                let flagged: Vec<&BacktestRow> = r
-                    .deployments
-                    .iter()
-                    .filter(|d| d.verdict == "degraded" || d.verdict == "inconclusive")
-                    .collect();
+                let flagged = r.flagged();
                 if flagged.is_empty() {
                     continue;
                 }

@@ -113,26 +113,30 @@ def report_usage(
             data["feature"] = feature
         if cost_usd is not None:
             data["cost_usd"] = float(cost_usd)
-        event = {
-            # The provider's response id makes a retried report deduplicate.
-            "id": event_id or rid or str(uuid.uuid4()),
-            "kind": "api_cost",
-            "source": source,
-            "project": project or os.environ.get("SHIPLOG_PROJECT")
-            or os.path.basename(os.getcwd()) or "default",
-            "time": _now(),
-            "data": data,
-        }
-        return _post(event, env, deployment_id, url, token, timeout)
+        # The provider's response id makes a retried report deduplicate.
+        return _send("api_cost", data, event_id or rid, project, env, deployment_id, url,
+                     token, source, timeout)
     except Exception as e:  # noqa: BLE001 - reporting must never break the caller
         print(f"shiplog_cost: usage not reported: {e}", file=sys.stderr)
         return False
 
 
-def _post(event: dict, env: Optional[str], deployment_id: Optional[str], url: Optional[str],
-          token: Optional[str], timeout: float) -> bool:
-    """Adds env and deployment (arguments, else SHIPLOG_ENV and SHIPLOG_DEPLOYMENT_ID) and
-    posts the event; True on a 2xx (the event is durable in shiplog's log)."""
+def _send(kind: str, data: dict, event_id: Optional[str], project: Optional[str],
+          env: Optional[str], deployment_id: Optional[str], url: Optional[str],
+          token: Optional[str], source: str, timeout: float) -> bool:
+    """Posts one event of ``kind`` with ``data``; the arguments left out come from
+    SHIPLOG_PROJECT (else the folder's name), SHIPLOG_ENV, SHIPLOG_DEPLOYMENT_ID, SHIPLOG_URL
+    and SHIPLOG_TOKEN. True on a 2xx (the event is durable in shiplog's log)."""
+    event: dict = {
+        "id": event_id or str(uuid.uuid4()),
+        "kind": kind,
+        "source": source,
+        "project": project or os.environ.get("SHIPLOG_PROJECT")
+        or os.path.basename(os.getcwd()) or "default",
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "data": data,
+    }
     env = env or os.environ.get("SHIPLOG_ENV")
     if env:
         event["env"] = env
@@ -151,11 +155,6 @@ def _post(event: dict, env: Optional[str], deployment_id: Optional[str], url: Op
         req.add_header("Authorization", "Bearer " + token)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return 200 <= resp.status < 300
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
 
 
 def report_requests(
@@ -186,16 +185,8 @@ def report_requests(
                       "unit": "ratio"}
         if requests > 0:
             data["value"] = errors / requests
-        event = {
-            "id": event_id or str(uuid.uuid4()),
-            "kind": "check",
-            "source": source,
-            "project": project or os.environ.get("SHIPLOG_PROJECT")
-            or os.path.basename(os.getcwd()) or "default",
-            "time": _now(),
-            "data": data,
-        }
-        return _post(event, env, deployment_id, url, token, timeout)
+        return _send("check", data, event_id, project, env, deployment_id, url, token,
+                     source, timeout)
     except Exception as e:  # noqa: BLE001 - reporting must never break the caller
         print(f"shiplog_cost: requests not reported: {e}", file=sys.stderr)
         return False

@@ -89,24 +89,26 @@ export async function reportUsage(
     if (usage) data.usage = usage;
     if (options.feature) data.feature = options.feature;
     if (typeof options.costUsd === 'number') data.cost_usd = options.costUsd;
-    const event: Json = {
-      id: options.id ?? id ?? globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random()}`,
-      kind: 'api_cost',
-      source: options.source ?? 'app/typescript',
-      project: options.project ?? envVar('SHIPLOG_PROJECT') ?? 'default',
-      time: new Date().toISOString(),
-      data,
-    };
-    return await post(event, options);
+    // The provider's response id makes a retried report deduplicate.
+    return await send('api_cost', data, { ...options, id: options.id ?? id });
   } catch (e) {
     console.warn(`shiplog-cost: usage not reported: ${String(e)}`);
     return false;
   }
 }
 
-/** Adds env and deployment (options, else SHIPLOG_ENV and SHIPLOG_DEPLOYMENT_ID) and posts
- * the event; true on a 2xx (the event is durable in shiplog's log). */
-async function post(event: Json, options: ReportOptions): Promise<boolean> {
+/** Posts one event of `kind` with `data`; what the options leave out comes from
+ * SHIPLOG_PROJECT, SHIPLOG_ENV, SHIPLOG_DEPLOYMENT_ID, SHIPLOG_URL and SHIPLOG_TOKEN. True on a
+ * 2xx (the event is durable in shiplog's log). */
+async function send(kind: string, data: Json, options: ReportOptions): Promise<boolean> {
+  const event: Json = {
+    id: options.id ?? globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random()}`,
+    kind,
+    source: options.source ?? 'app/typescript',
+    project: options.project ?? envVar('SHIPLOG_PROJECT') ?? 'default',
+    time: new Date().toISOString(),
+    data,
+  };
   const env = options.env ?? envVar('SHIPLOG_ENV');
   if (env) event.env = env;
   const deploymentId = options.deploymentId ?? envVar('SHIPLOG_DEPLOYMENT_ID');
@@ -145,15 +147,7 @@ export async function reportRequests(
     }
     const data: Json = { name: options.name ?? 'error_rate', errors, requests, unit: 'ratio' };
     if (requests > 0) data.value = errors / requests;
-    const event: Json = {
-      id: options.id ?? globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random()}`,
-      kind: 'check',
-      source: options.source ?? 'app/typescript',
-      project: options.project ?? envVar('SHIPLOG_PROJECT') ?? 'default',
-      time: new Date().toISOString(),
-      data,
-    };
-    return await post(event, options);
+    return await send('check', data, options);
   } catch (e) {
     console.warn(`shiplog-cost: requests not reported: ${String(e)}`);
     return false;

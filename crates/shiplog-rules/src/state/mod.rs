@@ -331,10 +331,34 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// The samples of `api_cost_per_request` for `d`: its spend per request served, per
-    /// interval. The intervals end at the samples of check `requests_from` that carry
-    /// `requests` (spend since the previous one / its requests); when none carries them,
-    /// per API call, per minute of the window.
+    /// The `requests` of `d`'s checks `requests_from` in its window (before `cut`), by
+    /// time: the intervals its API cost is divided by.
+    fn request_counts(
+        &self,
+        d: &Deployment,
+        requests_from: &str,
+        window: chrono::Duration,
+        cut: Option<DateTime<Utc>>,
+    ) -> Vec<(DateTime<Utc>, u64)> {
+        let Some(start) = d.succeeded_at else {
+            return Vec::new();
+        };
+        let end = window_end(start, window, cut);
+        let mut checks: Vec<(DateTime<Utc>, u64)> = self
+            .deployment(&d.project, &d.id)
+            .and_then(|s| s.series(requests_from))
+            .map(|s| {
+                s.samples
+                    .iter()
+                    .filter(|x| x.time <= end)
+                    .filter_map(|x| x.requests.map(|r| (x.time, r)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        checks.sort();
+        checks
+    }
+
     /// Whether `d`'s checks `requests_from` report `requests` in its window: its API cost
     /// is then judged per served request, else per API call.
     pub fn reports_requests(
@@ -344,19 +368,15 @@ impl State {
         window: chrono::Duration,
         cut: Option<DateTime<Utc>>,
     ) -> bool {
-        let Some(start) = d.succeeded_at else {
-            return false;
-        };
-        let end = window_end(start, window, cut);
-        self.deployment(&d.project, &d.id)
-            .and_then(|s| s.series(requests_from))
-            .is_some_and(|s| {
-                s.samples
-                    .iter()
-                    .any(|x| x.time <= end && x.requests.is_some())
-            })
+        !self
+            .request_counts(d, requests_from, window, cut)
+            .is_empty()
     }
 
+    /// The samples of `api_cost_per_request` for `d`: its spend per request served, per
+    /// interval. The intervals end at the samples of check `requests_from` that carry
+    /// `requests` (spend since the previous one / its requests); when none carries them,
+    /// per API call, per minute of the window.
     pub fn cost_samples(
         &self,
         d: &Deployment,
@@ -371,17 +391,7 @@ impl State {
         };
         let end = window_end(start, window, cut);
         let costs: Vec<&CostBucket> = stored.costs.iter().filter(|c| c.start <= end).collect();
-        let mut checks: Vec<(DateTime<Utc>, u64)> = stored
-            .series(requests_from)
-            .map(|s| {
-                s.samples
-                    .iter()
-                    .filter(|x| x.time <= end)
-                    .filter_map(|x| x.requests.map(|r| (x.time, r)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        checks.sort();
+        let checks = self.request_counts(d, requests_from, window, cut);
         let mut out = Vec::new();
         if checks.is_empty() || per_call {
             let minute = chrono::Duration::minutes(1);

@@ -398,11 +398,7 @@ pub fn backtest_html(report: &shiplog_rules::backtest::BacktestReport) -> String
     }
     h.push_str("</tbody></table>");
     for r in &report.rules {
-        let flagged: Vec<_> = r
-            .deployments
-            .iter()
-            .filter(|d| d.verdict == "degraded" || d.verdict == "inconclusive")
-            .collect();
+        let flagged = r.flagged();
         if flagged.is_empty() {
             continue;
         }
