@@ -1,23 +1,10 @@
-//! The one HTML escaper and the one percent-encoder (the `percent-encoding` crate, with the
-//! byte sets the pages need) of everything the server writes as HTML, URLs or cookies.
+//! The one percent-encoder (the `percent-encoding` crate, with the byte sets the pages need)
+//! of everything the server writes in URLs or cookies. HTML is written with `maud`'s
+//! `html!` templates only, whose one escaper (`&`, `<`, `>`, `"`; attribute values are
+//! always double-quoted) covers every text and attribute value: no page is put together
+//! by string formatting.
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
-
-/// Text or an attribute value as HTML: `<`, `>`, `&`, `"` and `'` as entities.
-pub fn escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
 
 /// A query-string component: everything but letters, digits and `-_.~` (RFC 3986's
 /// unreserved characters) is `%XX`.
@@ -50,11 +37,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_and_encodes() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+    fn encodes() {
         assert_eq!(percent_encode("a b/c~é", COMPONENT), "a%20b%2Fc~%C3%A9");
         assert_eq!(percent_encode("/d/a b?x", PATH), "/d/a%20b%3Fx");
         assert_eq!(

@@ -63,7 +63,8 @@ button{margin-top:1rem;padding:.45rem 1.2rem;font:inherit;border:0;border-radius
 .err{color:#b42318;background:#fef3f2;border:1px solid #fecdca;border-radius:4px;padding:.4rem .6rem}\
 .hint{color:#5b6472;font-size:.9rem}";
 
-use crate::html::{escape, percent_encode, PATH};
+use crate::html::{percent_encode, PATH};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// `next` when it is a path of this site (`/…`, not `//host` or `/\host`), else `/`: the
 /// form never redirects elsewhere.
@@ -102,23 +103,39 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn page(title: &str, inner: &str) -> String {
-    format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{} · shiplog</title><style>{CSS}</style></head><body><main><h1>ship<span>log</span> · {}</h1>{inner}</main></body></html>"#,
-        escape(title),
-        escape(title)
-    )
+fn page(title: &str, inner: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                title { (title) " · shiplog" }
+                style { (PreEscaped(CSS)) }
+            }
+            body { main { h1 { "ship" span { "log" } " · " (title) } (inner) } }
+        }
+    }
+    .into_string()
 }
 
 fn form_page(status: StatusCode, next: &str, error: Option<&str>) -> Response {
-    let error = error
-        .map(|e| format!(r#"<p class="err" role="alert">{}</p>"#, escape(e)))
-        .unwrap_or_default();
-    let inner = format!(
-        r#"{error}<form method="post" action="/login"><label for="token">Token</label><input type="password" id="token" name="token" autocomplete="current-password" required autofocus><input type="hidden" name="next" value="{}"><button type="submit">Sign in</button></form><p class="hint">A token with the <code>read</code> scope (see <code>[[tokens]]</code> in the configuration). It is kept in a cookie of this browser until it closes.</p>"#,
-        escape(safe_next(next))
-    );
-    html(status, page("Sign in", &inner))
+    let inner = html! {
+        @if let Some(e) = error {
+            p.err role="alert" { (e) }
+        }
+        form method="post" action="/login" {
+            label for="token" { "Token" }
+            input type="password" id="token" name="token" autocomplete="current-password" required autofocus;
+            input type="hidden" name="next" value=(safe_next(next));
+            button type="submit" { "Sign in" }
+        }
+        p.hint {
+            "A token with the " code { "read" } " scope (see " code { "[[tokens]]" }
+            " in the configuration). It is kept in a cookie of this browser until it closes."
+        }
+    };
+    html(status, page("Sign in", inner))
 }
 
 fn see_other(location: &str) -> Response {
@@ -197,7 +214,12 @@ fn cross_site() -> Response {
         StatusCode::FORBIDDEN,
         page(
             "Refused",
-            r#"<p class="err">This request came from another site; sign in from <a href="/login">this site's form</a>.</p>"#,
+            html! {
+                p.err {
+                    "This request came from another site; sign in from "
+                    a href="/login" { "this site's form" } "."
+                }
+            },
         ),
     )
 }
@@ -234,12 +256,12 @@ async fn login_form(
         return see_other(next);
     }
     if let Some(Principal::Token(t)) = cookie_principal(&auth, &headers) {
-        let inner = format!(
-            r#"<p>Signed in with the token <strong>{}</strong>.</p><p><a href="{}">Continue</a></p><form method="post" action="/logout"><button type="submit">Sign out</button></form>"#,
-            escape(&t.name),
-            escape(next)
-        );
-        return html(StatusCode::OK, page("Signed in", &inner));
+        let inner = html! {
+            p { "Signed in with the token " strong { (t.name) } "." }
+            p { a href=(next) { "Continue" } }
+            form method="post" action="/logout" { button type="submit" { "Sign out" } }
+        };
+        return html(StatusCode::OK, page("Signed in", inner));
     }
     form_page(StatusCode::OK, next, None)
 }
@@ -325,13 +347,19 @@ pub async fn redirect_to_login(req: Request, next: Next) -> Response {
         return resp;
     }
     if from_elsewhere && !had_cookie {
-        let target = escape(safe_next(&target));
-        return html(
-            StatusCode::OK,
-            format!(
-                r#"<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}"><title>shiplog</title></head><body><p><a href="{target}">Continue to shiplog</a></p></body></html>"#
-            ),
-        );
+        let target = safe_next(&target);
+        let page = html! {
+            (DOCTYPE)
+            html {
+                head {
+                    meta charset="utf-8";
+                    meta http-equiv="refresh" content={ "0;url=" (target) };
+                    title { "shiplog" }
+                }
+                body { p { a href=(target) { "Continue to shiplog" } } }
+            }
+        };
+        return html(StatusCode::OK, page.into_string());
     }
     let mut r = see_other(&format!(
         "/login?next={}",
@@ -427,6 +455,24 @@ mod tests {
             "shiplog_token=tok%20en; Path=/; HttpOnly; SameSite=Strict; Secure"
         );
         assert!(clear_cookie(false).contains("Max-Age=0"));
-        assert!(escape("<script>\"'&").find(['<', '"', '\'']).is_none());
+    }
+
+    /// The form's `next` and the error message are text, never markup.
+    #[test]
+    fn the_form_escapes_what_it_echoes() {
+        let r = form_page(
+            StatusCode::UNAUTHORIZED,
+            "/d?x=\"><script>alert(1)</script>",
+            Some("bad <b>token</b> & more"),
+        );
+        let body =
+            futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 20)).unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!body.contains("<script>") && !body.contains("<b>"), "{body}");
+        assert!(
+            body.contains(r#"value="/d?x=&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;""#),
+            "{body}"
+        );
+        assert!(body.contains("bad &lt;b&gt;token&lt;/b&gt; &amp; more"), "{body}");
     }
 }

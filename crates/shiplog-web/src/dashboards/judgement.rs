@@ -4,12 +4,12 @@
 //! with the baseline's range and the threshold the rule compares with.
 
 use super::chart::{self, fmt_value, JudgedArgs};
-use crate::html::escape as esc;
+use crate::html::{percent_encode, COMPONENT};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shiplog_rules::judge::{Evidence, MetricVerdict};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use maud::{html, Markup};
 use std::time::Duration;
 
 /// One rule's judgement of the deployment.
@@ -223,144 +223,135 @@ fn unit_of(metric: &str) -> Option<&'static str> {
 }
 
 /// The section's HTML (empty when no rollback rule judged the deployment).
-pub fn render(state: &Sources, id: &str, allowed: Option<&[String]>) -> String {
+pub fn render(state: &Sources, id: &str, allowed: Option<&[String]>) -> Markup {
     let (rules, live_at) = load(state, id, allowed);
     if rules.is_empty() {
-        return String::new();
+        return html! {};
     }
     let window = rules.iter().map(|r| r.window).max().unwrap_or_default();
     let data = live_at
         .map(|t| samples(state, id, t, window))
         .unwrap_or_default();
-    let mut h = String::new();
-    h.push_str(
-        r#"<section class="card w-full judgement"><header><h2>Rollback judgement</h2></header>"#,
-    );
-    for r in &rules {
-        let label = if r.verdict == "judging" {
-            "judging".to_string()
-        } else {
-            r.verdict.clone()
-        };
-        let _ = write!(
-            h,
-            r#"<div class="rule"><h3><span class="pill {}">{}</span> {}{}</h3><p class="reason">{}</p>"#,
-            verdict_class(&r.verdict),
-            esc(&label),
-            esc(&r.rule),
-            if r.dry_run {
-                " <span class=\"muted\">(dry run)</span>"
-            } else {
-                ""
-            },
-            esc(&r.reason)
-        );
-        if let Some(at) = r.decided_at {
-            let after = r
-                .deciding_time
-                .map(|d| {
-                    format!(
-                        ", {:.1} s after the deciding sample",
-                        (at - d).num_milliseconds().max(0) as f64 / 1000.0
-                    )
-                })
-                .unwrap_or_default();
-            let _ = write!(
-                h,
-                r#"<p class="muted">decided {}{}</p>"#,
-                esc(&shiplog_events::format_rfc3339(&at)),
-                esc(&after)
-            );
-        }
-        if let Some(o) = &r.outcome {
-            let _ = write!(
-                h,
-                r#"<p class="muted">action: {} → {}</p>"#,
-                esc(r.action.as_deref().unwrap_or("none")),
-                esc(o)
-            );
-        }
-        for ev in &r.evidence {
-            let _ = write!(
-                h,
-                r#"<p class="evidence"><b>{}</b>{} — {} ({}, {}, false-rollback share α = {})</p>"#,
-                esc(&ev.metric),
-                if ev.critical { " (critical)" } else { "" },
-                esc(&ev.reason),
-                ev.method.as_str(),
-                match ev.basis {
-                    shiplog_rules::judge::Basis::Counts => "errors and requests",
-                    shiplog_rules::judge::Basis::Values => "values",
-                },
-                // the metric's share of the rule's false-rollback probability
-                percent(ev.alpha)
-            );
-            let Some(start) = live_at else { continue };
-            let Some(points) = data.get(&ev.metric) else {
-                continue;
-            };
-            let minutes = |t: DateTime<Utc>| (t - start).num_milliseconds() as f64 / 60_000.0;
-            let pts: Vec<(f64, f64)> = points.iter().map(|(t, v)| (minutes(*t), *v)).collect();
-            let outliers: Vec<f64> = ev.outliers.iter().map(|t| minutes(*t)).collect();
-            let unit = unit_of(&ev.metric);
-            let deciding = if ev.verdict == MetricVerdict::Degraded {
-                ev.deciding_time.map(minutes)
-            } else {
-                None
-            };
-            match chart::judged_chart(&JudgedArgs {
-                metric: &ev.metric,
-                unit,
-                samples: &pts,
-                outliers: &outliers,
-                deciding,
-                window_minutes: r.window.as_secs_f64() / 60.0,
-                baseline: ev.baseline,
-                baseline_range: ev.baseline_low.zip(ev.baseline_high),
-                threshold: ev.threshold,
-                width: 900,
-                height: 260,
-            }) {
-                Ok(rendered) => h.push_str(&chart::figure_html(&rendered)),
-                Err(e) => {
-                    let _ = write!(
-                        h,
-                        r#"<div class="panel-error"><pre>{}</pre></div>"#,
-                        esc(&e)
-                    );
-                }
-            }
-            if let (Some(b), Some(t)) = (ev.baseline, ev.threshold) {
-                let _ = write!(
-                    h,
-                    r#"<p class="muted">baseline {} ({} samples), threshold {}</p>"#,
-                    esc(&fmt_value(b, unit)),
-                    ev.baseline_samples.unwrap_or(0),
-                    esc(&fmt_value(t, unit))
-                );
+    html! {
+        section.card.w-full.judgement {
+            header { h2 { "Rollback judgement" } }
+            @for r in &rules {
+                (rule_html(r, live_at, &data))
             }
         }
-        h.push_str("</div>");
     }
-    h.push_str("</section>");
-    h
+}
+
+/// One rule's verdict, when and how it acted, and each metric's evidence and chart.
+fn rule_html(
+    r: &RuleJudgement,
+    live_at: Option<DateTime<Utc>>,
+    data: &BTreeMap<String, Vec<(DateTime<Utc>, f64)>>,
+) -> Markup {
+    let after = |at: DateTime<Utc>| {
+        r.deciding_time
+            .map(|d| {
+                format!(
+                    ", {:.1} s after the deciding sample",
+                    (at - d).num_milliseconds().max(0) as f64 / 1000.0
+                )
+            })
+            .unwrap_or_default()
+    };
+    html! {
+        div.rule {
+            h3 {
+                span class={ "pill " (verdict_class(&r.verdict)) } { (r.verdict) }
+                " " (r.rule)
+                @if r.dry_run { " " span.muted { "(dry run)" } }
+            }
+            p.reason { (r.reason) }
+            @if let Some(at) = r.decided_at {
+                p.muted { "decided " (shiplog_events::format_rfc3339(&at)) (after(at)) }
+            }
+            @if let Some(o) = &r.outcome {
+                p.muted { "action: " (r.action.as_deref().unwrap_or("none")) " → " (o) }
+            }
+            @for ev in &r.evidence {
+                (evidence_html(r, ev, live_at, data))
+            }
+        }
+    }
+}
+
+fn evidence_html(
+    r: &RuleJudgement,
+    ev: &Evidence,
+    live_at: Option<DateTime<Utc>>,
+    data: &BTreeMap<String, Vec<(DateTime<Utc>, f64)>>,
+) -> Markup {
+    let basis = match ev.basis {
+        shiplog_rules::judge::Basis::Counts => "errors and requests",
+        shiplog_rules::judge::Basis::Values => "values",
+    };
+    let line = html! {
+        p.evidence {
+            b { (ev.metric) }
+            @if ev.critical { " (critical)" }
+            " — " (ev.reason) " (" (ev.method.as_str()) ", " (basis)
+            // the metric's share of the rule's false-rollback probability
+            ", false-rollback share α = " (percent(ev.alpha)) ")"
+        }
+    };
+    let (Some(start), Some(points)) = (live_at, data.get(&ev.metric)) else {
+        return line;
+    };
+    let minutes = |t: DateTime<Utc>| (t - start).num_milliseconds() as f64 / 60_000.0;
+    let pts: Vec<(f64, f64)> = points.iter().map(|(t, v)| (minutes(*t), *v)).collect();
+    let outliers: Vec<f64> = ev.outliers.iter().map(|t| minutes(*t)).collect();
+    let unit = unit_of(&ev.metric);
+    let deciding = if ev.verdict == MetricVerdict::Degraded {
+        ev.deciding_time.map(minutes)
+    } else {
+        None
+    };
+    let figure = chart::figure_or_error(chart::judged_chart(&JudgedArgs {
+        metric: &ev.metric,
+        unit,
+        samples: &pts,
+        outliers: &outliers,
+        deciding,
+        window_minutes: r.window.as_secs_f64() / 60.0,
+        baseline: ev.baseline,
+        baseline_range: ev.baseline_low.zip(ev.baseline_high),
+        threshold: ev.threshold,
+        width: 900,
+        height: 260,
+    }));
+    html! {
+        (line)
+        (figure)
+        @if let (Some(b), Some(t)) = (ev.baseline, ev.threshold) {
+            p.muted {
+                "baseline " (fmt_value(b, unit)) " (" (ev.baseline_samples.unwrap_or(0))
+                " samples), threshold " (fmt_value(t, unit))
+            }
+        }
+    }
 }
 
 /// The decisions page's section for rollback rules in dry run: how each would have judged
 /// the deployments of the page's range (the backtest, without acting), so a team sees how
 /// a rule behaves before enabling it. Empty when no rule is in dry run.
-pub async fn dry_run_backtest(rules: &shiplog_rules::RulesEngine, ctx: &super::Ctx) -> String {
+pub async fn dry_run_backtest(rules: &shiplog_rules::RulesEngine, ctx: &super::Ctx) -> Markup {
     let dry = rules.dry_run_rules();
     if dry.is_empty() {
-        return String::new();
+        return html! {};
     }
     let mut report = match rules.shadow_backtest(Duration::from_secs(60)).await {
         Ok(r) => (*r).clone(),
         Err(e) => {
-            return format!(
-                r#"<section class="card w-full judgement"><header><h2>Dry-run rules: backtest</h2></header><div class="panel-error"><pre>{}</pre></div></section>"#,
-                esc(&e.to_string())
-            )
+            return html! {
+                section.card.w-full.judgement {
+                    header { h2 { "Dry-run rules: backtest" } }
+                    div.panel-error { pre { (e) } }
+                }
+            }
         }
     };
     report.rules.retain(|r| {
@@ -378,51 +369,55 @@ pub async fn dry_run_backtest(rules: &shiplog_rules::RulesEngine, ctx: &super::C
 }
 
 /// A backtest report as HTML: a row of counts per rule, then its flagged deployments.
-pub fn backtest_html(report: &shiplog_rules::backtest::BacktestReport) -> String {
-    let mut h = String::from(
-        r#"<section class="card w-full judgement"><header><h2>Dry-run rules: how they would have judged</h2></header><p class="muted">Each rollback rule in dry run, replayed over the deployments of this range by the same judge, without acting (<code>shiplog rules backtest</code>).</p><table class="data"><thead><tr><th>rule</th><th>project</th><th>judged</th><th>would roll back</th><th>no safe target</th><th>healthy</th><th>inconclusive</th><th>judging</th></tr></thead><tbody>"#,
-    );
-    for r in &report.rules {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.rule),
-            esc(&r.project),
-            r.judged,
-            r.would_roll_back,
-            r.degraded_no_target,
-            r.healthy,
-            r.inconclusive,
-            r.judging
-        );
-    }
-    h.push_str("</tbody></table>");
-    for r in &report.rules {
-        let flagged = r.flagged();
-        if flagged.is_empty() {
-            continue;
+pub fn backtest_html(report: &shiplog_rules::backtest::BacktestReport) -> Markup {
+    let columns = [
+        "rule",
+        "project",
+        "judged",
+        "would roll back",
+        "no safe target",
+        "healthy",
+        "inconclusive",
+        "judging",
+    ];
+    html! {
+        section.card.w-full.judgement {
+            header { h2 { "Dry-run rules: how they would have judged" } }
+            p.muted {
+                "Each rollback rule in dry run, replayed over the deployments of this range by the "
+                "same judge, without acting (" code { "shiplog rules backtest" } ")."
+            }
+            table.data {
+                thead { tr { @for c in columns { th { (c) } } } }
+                tbody {
+                    @for r in &report.rules {
+                        tr {
+                            td { (r.rule) } td { (r.project) } td { (r.judged) }
+                            td { (r.would_roll_back) } td { (r.degraded_no_target) }
+                            td { (r.healthy) } td { (r.inconclusive) } td { (r.judging) }
+                        }
+                    }
+                }
+            }
+            @for r in &report.rules {
+                @let flagged = r.flagged();
+                @if !flagged.is_empty() {
+                    h3 { (r.rule) }
+                    ul.flagged {
+                        @for d in flagged {
+                            li {
+                                span class={ "pill " (verdict_class(&d.verdict)) } { (d.verdict) }
+                                " "
+                                a href={ "/deployments/" (percent_encode(&d.deployment_id, COMPONENT)) } { (d.deployment_id) }
+                                " " (shiplog_events::format_rfc3339(&d.live_at)) ": " (d.reason)
+                                @if let Some(a) = &d.action { " → " (a) }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        let _ = write!(h, "<h3>{}</h3><ul class=\"flagged\">", esc(&r.rule));
-        for d in flagged {
-            let _ = write!(
-                h,
-                r#"<li><span class="pill {}">{}</span> <a href="/deployments/{}">{}</a> {}: {}{}</li>"#,
-                verdict_class(&d.verdict),
-                esc(&d.verdict),
-                crate::html::percent_encode(&d.deployment_id, crate::html::COMPONENT),
-                esc(&d.deployment_id),
-                esc(&shiplog_events::format_rfc3339(&d.live_at)),
-                esc(&d.reason),
-                d.action
-                    .as_deref()
-                    .map(|a| format!(" → {}", esc(a)))
-                    .unwrap_or_default()
-            );
-        }
-        h.push_str("</ul>");
     }
-    h.push_str("</section>");
-    h
 }
 
 /// 0.005 → "0.5%", 0.0025 → "0.25%".

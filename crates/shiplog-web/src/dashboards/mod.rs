@@ -399,7 +399,7 @@ async fn render_page(
     }
     let judgement = async {
         let Some(id) = ctx.deployment.clone() else {
-            return String::new();
+            return maud::html! {};
         };
         let _slot = state.query_slots.acquire().await;
         let allowed = ctx.allowed.clone();
@@ -409,12 +409,12 @@ async fn render_page(
         };
         tokio::task::spawn_blocking(move || judgement::render(&sources, &id, allowed.as_deref()))
             .await
-            .unwrap_or_default()
+            .unwrap_or_else(|_| maud::html! {})
     };
     let shadow = async {
         match (&state.rules, name) {
             (Some(rules), "decisions") => judgement::dry_run_backtest(rules, &ctx).await,
-            _ => String::new(),
+            _ => maud::html! {},
         }
     };
     let (facts, outcomes, judged, shadow) = tokio::join!(
@@ -423,7 +423,7 @@ async fn render_page(
         judgement,
         shadow
     );
-    let extra = judged + &shadow;
+    let extra = maud::html! { (judged) (shadow) };
     let html = pages::dashboard_page(
         state,
         session,
@@ -432,7 +432,7 @@ async fn render_page(
         &facts,
         &outcomes,
         filter_error.as_deref(),
-        &extra,
+        extra,
     );
     let status = if filter_error.is_some() {
         StatusCode::BAD_REQUEST

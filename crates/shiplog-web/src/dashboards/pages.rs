@@ -2,15 +2,15 @@
 //! needed; the filter form submits with GET.
 
 use super::chart::{self, fmt_value, ChartArgs};
-use super::engine::{dora_legend, num, Ctx};
-use super::spec::{ChartKind, Dashboard, Status};
+use super::engine::{dora_legend, num, Ctx, PanelData};
+use super::spec::{ChartKind, Dashboard, PanelSpec, Status};
 use super::{page_path, DashboardState, PanelOutcome};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
-use std::fmt::Write;
 
-use crate::html::{escape as esc, percent_encode, COMPONENT};
+use crate::html::{percent_encode, COMPONENT};
 
 fn url_enc(s: &str) -> String {
     percent_encode(s, COMPONENT)
@@ -70,40 +70,30 @@ form.signout button{font:inherit;font-size:13px;padding:5px 12px;border-radius:7
 form.signout button:hover{background:#223247}
 "#;
 
-fn nav(state: &DashboardState, current: &str, qs: &str) -> String {
+fn nav(state: &DashboardState, current: &str, qs: &str) -> Markup {
     let mut items: Vec<(&i64, &Dashboard)> = state
         .dashboards
         .values()
         .filter_map(|d| d.nav.as_ref().map(|n| (n, d)))
         .collect();
     items.sort_by_key(|(n, d)| (**n, d.name.clone()));
-    let mut o = String::new();
-    for (_, d) in items {
-        let _ = write!(
-            o,
-            r#"<a href="{}{}"{}>{}</a>"#,
-            page_path(&d.name),
-            qs,
-            if d.name == current {
-                r#" class="on""#
-            } else {
-                ""
-            },
-            esc(&d.title)
-        );
+    html! {
+        @for (_, d) in items {
+            a href={ (page_path(&d.name)) (qs) } class=[(d.name == current).then_some("on")] { (d.title) }
+        }
     }
-    o
 }
 
 /// The header's sign-out form, for a browser signed in with the cookie (`session` is the
 /// token's name, see [`crate::login::cookie_session`]). A same-origin `POST /logout`.
-fn sign_out(session: Option<&str>) -> String {
-    match session {
-        Some(name) => format!(
-            r#"<form class="signout" method="post" action="/logout"><span title="signed in with this token">{}</span><button type="submit">Sign out</button></form>"#,
-            esc(name)
-        ),
-        None => String::new(),
+fn sign_out(session: Option<&str>) -> Markup {
+    html! {
+        @if let Some(name) = session {
+            form.signout method="post" action="/logout" {
+                span title="signed in with this token" { (name) }
+                button type="submit" { "Sign out" }
+            }
+        }
     }
 }
 
@@ -113,17 +103,34 @@ fn layout(
     current: &str,
     qs: &str,
     title: &str,
-    body: &str,
+    body: Markup,
 ) -> String {
-    format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{t} · shiplog</title><style>{CSS}</style></head><body>
-<div class="top"><a class="brand" href="/{qs}">ship<span>log</span></a><nav>{nav}</nav>{out}</div>
-<main>{body}<footer>shiplog · charts rendered on the server · <a href="/v1/dashboards">JSON API</a></footer></main></body></html>"#,
-        t = esc(title),
-        nav = nav(state, current, qs),
-        out = sign_out(session),
-    )
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                title { (title) " · shiplog" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                div.top {
+                    a.brand href={ "/" (qs) } { "ship" span { "log" } }
+                    nav { (nav(state, current, qs)) }
+                    (sign_out(session))
+                }
+                main {
+                    (body)
+                    footer {
+                        "shiplog · charts rendered on the server · "
+                        a href="/v1/dashboards" { "JSON API" }
+                    }
+                }
+            }
+        }
+    }
+    .into_string()
 }
 
 fn filter_qs(ctx: &Ctx) -> String {
@@ -151,32 +158,27 @@ fn filter_qs(ctx: &Ctx) -> String {
     }
 }
 
-fn select(name: &str, label: &str, all: &str, options: &[String], current: Option<&str>) -> String {
-    let mut o = format!(r#"<label>{label}<select name="{name}"><option value="">{all}</option>"#);
-    let mut opts: Vec<&String> = options.iter().collect();
-    let cur = current.map(str::to_owned);
-    if let Some(c) = &cur {
-        if !options.contains(c) {
+fn select(name: &str, label: &str, all: &str, options: &[String], current: Option<&str>) -> Markup {
+    let mut opts: Vec<&str> = options.iter().map(String::as_str).collect();
+    if let Some(c) = current {
+        if !opts.contains(&c) {
             opts.push(c);
         }
     }
-    for v in opts {
-        let _ = write!(
-            o,
-            r#"<option value="{0}"{1}>{0}</option>"#,
-            esc(v),
-            if Some(v.as_str()) == current {
-                " selected"
-            } else {
-                ""
+    html! {
+        label {
+            (label)
+            select name=(name) {
+                option value="" { (all) }
+                @for v in opts {
+                    option value=(v) selected[Some(v) == current] { (v) }
+                }
             }
-        );
+        }
     }
-    o.push_str("</select></label>");
-    o
 }
 
-fn filters(ctx: &Ctx, projects: &[String], envs: &[String]) -> String {
+fn filters(ctx: &Ctx, projects: &[String], envs: &[String]) -> Markup {
     let ranges = [
         ("24h", "Last 24 hours"),
         ("7d", "Last 7 days"),
@@ -184,15 +186,6 @@ fn filters(ctx: &Ctx, projects: &[String], envs: &[String]) -> String {
         ("90d", "Last 90 days"),
         ("custom", "Custom"),
     ];
-    let mut r = String::from(r#"<label>Time range<select name="range">"#);
-    for (v, l) in ranges {
-        let _ = write!(
-            r,
-            r#"<option value="{v}"{}>{l}</option>"#,
-            if ctx.range == v { " selected" } else { "" }
-        );
-    }
-    r.push_str("</select></label>");
     let (from, to) = if ctx.range == "custom" {
         (
             ctx.from.format("%Y-%m-%d").to_string(),
@@ -203,37 +196,35 @@ fn filters(ctx: &Ctx, projects: &[String], envs: &[String]) -> String {
     } else {
         (String::new(), String::new())
     };
-    format!(
-        r#"<form class="filters" method="get">{}{}{r}<label>From<input type="date" name="from" value="{from}"></label><label>To<input type="date" name="to" value="{to}"></label><button type="submit">Apply</button></form>"#,
-        select(
-            "project",
-            "Project",
-            "All projects",
-            projects,
-            ctx.project.as_deref()
-        ),
-        select(
-            "env",
-            "Environment",
-            "All environments",
-            envs,
-            ctx.env.as_deref()
-        ),
-    )
+    html! {
+        form.filters method="get" {
+            (select("project", "Project", "All projects", projects, ctx.project.as_deref()))
+            (select("env", "Environment", "All environments", envs, ctx.env.as_deref()))
+            label {
+                "Time range"
+                select name="range" {
+                    @for (v, l) in ranges {
+                        option value=(v) selected[ctx.range == v] { (l) }
+                    }
+                }
+            }
+            label { "From" input type="date" name="from" value=(from); }
+            label { "To" input type="date" name="to" value=(to); }
+            button type="submit" { "Apply" }
+        }
+    }
 }
 
-fn pill(status: Status, text: Option<&str>) -> String {
+fn pill(status: Status, text: Option<&str>) -> Markup {
     let (icon, word) = match status {
-        Status::None => return String::new(),
+        Status::None => return html! {},
         Status::Good => ("✓", "good"),
         Status::Warning => ("!", "warning"),
         Status::Bad => ("✕", "bad"),
     };
-    format!(
-        r#"<span class="pill {}">{icon} {}</span>"#,
-        status.as_str(),
-        esc(text.unwrap_or(word))
-    )
+    html! {
+        span class={ "pill " (status.as_str()) } { (icon) " " (text.unwrap_or(word)) }
+    }
 }
 
 fn pretty(name: &str) -> String {
@@ -279,11 +270,12 @@ fn column_unit(name: &str) -> Option<&'static str> {
     .map(|(_, u)| *u)
 }
 
-fn cell(col: &str, v: &Value) -> (String, bool) {
+/// A table cell's content, and whether it is a number (right-aligned).
+fn cell(col: &str, v: &Value) -> (Markup, bool) {
     match v {
-        Value::Null => (r#"<span class="muted">—</span>"#.into(), false),
-        Value::Bool(true) => ("✓ yes".into(), false),
-        Value::Bool(false) => ("✕ no".into(), false),
+        Value::Null => (html! { span.muted { "—" } }, false),
+        Value::Bool(true) => (html! { "✓ yes" }, false),
+        Value::Bool(false) => (html! { "✕ no" }, false),
         Value::Number(_) => {
             let f = num(v).unwrap_or(0.0);
             let s = match column_unit(col) {
@@ -294,17 +286,17 @@ fn cell(col: &str, v: &Value) -> (String, bool) {
                     .trim_end_matches('.')
                     .to_string(),
             };
-            (esc(&s), true)
+            (html! { (s) }, true)
         }
         Value::String(s) => {
             if col.ends_with("deployment_id") || col == "deployment" {
                 return (
-                    format!(r#"<a href="/deployments/{}">{}</a>"#, url_enc(s), esc(s)),
+                    html! { a href={ "/deployments/" (url_enc(s)) } { (s) } },
                     false,
                 );
             }
             if let Some(t) = chart::parse_time(v).filter(|_| s.len() >= 19) {
-                return (esc(&t.format("%b %-d, %H:%M").to_string()), false);
+                return (html! { (t.format("%b %-d, %H:%M")) }, false);
             }
             if s.starts_with("https://") && !s.contains(char::is_whitespace) {
                 let short = s.trim_start_matches("https://");
@@ -314,86 +306,92 @@ fn cell(col: &str, v: &Value) -> (String, bool) {
                     short.to_string()
                 };
                 return (
-                    format!(
-                        r#"<a href="{}" rel="noopener noreferrer">{}</a>"#,
-                        esc(s),
-                        esc(&short)
-                    ),
+                    html! { a href=(s) rel="noopener noreferrer" { (short) } },
                     false,
                 );
             }
             if col == "commit" && s.len() > 10 {
-                return (format!("<code>{}</code>", esc(&s[..10])), false);
+                return (html! { code { (&s[..10]) } }, false);
             }
-            (esc(s), false)
+            (html! { (s) }, false)
         }
-        other => (esc(&other.to_string()), false),
+        other => (html! { (other.to_string()) }, false),
     }
 }
 
-fn table(o: &PanelOutcome) -> String {
+fn table(o: &PanelOutcome) -> Markup {
     let d = &o.data;
-    let mut h = String::from(r#"<div class="tablewrap"><table><thead><tr>"#);
     let numeric: Vec<bool> = (0..d.columns.len())
         .map(|ci| d.rows.iter().any(|r| r[ci].is_number()))
         .collect();
-    for (ci, c) in d.columns.iter().enumerate() {
-        let _ = write!(
-            h,
-            r#"<th{}>{}</th>"#,
-            if numeric[ci] { r#" class="num""# } else { "" },
-            esc(&header(c))
-        );
-    }
-    h.push_str("</tr></thead><tbody>");
-    for (ri, row) in d.rows.iter().take(200).enumerate() {
-        h.push_str("<tr>");
-        for (ci, v) in row.iter().enumerate() {
-            let (text, is_num) = cell(&d.columns[ci], v);
-            let st = d
-                .cell_status
-                .get(ri)
-                .and_then(|s| s.get(ci))
-                .copied()
-                .unwrap_or(Status::None);
-            let mut classes = Vec::new();
-            if is_num {
-                classes.push("num");
+    html! {
+        div.tablewrap {
+            table {
+                thead {
+                    tr {
+                        @for (ci, c) in d.columns.iter().enumerate() {
+                            th class=[numeric[ci].then_some("num")] { (header(c)) }
+                        }
+                    }
+                }
+                tbody {
+                    @for (ri, row) in d.rows.iter().take(200).enumerate() {
+                        tr {
+                            @for (ci, v) in row.iter().enumerate() {
+                                (table_cell(d, ri, ci, v))
+                            }
+                        }
+                    }
+                }
             }
-            if st != Status::None {
-                classes.push(st.as_str());
-            }
-            if d.columns[ci] == "error" && !v.is_null() {
-                classes.push("err");
-            }
-            let icon = match st {
-                Status::Good => "✓ ",
-                Status::Warning => "! ",
-                Status::Bad => "✕ ",
-                Status::None => "",
-            };
-            let _ = write!(h, r#"<td class="{}">{icon}{text}</td>"#, classes.join(" "));
         }
-        h.push_str("</tr>");
+        @if d.rows.len() > 200 {
+            p.muted { "Showing 200 of " (d.rows.len()) " rows." }
+        }
     }
-    h.push_str("</tbody></table></div>");
-    if d.rows.len() > 200 {
-        let _ = write!(
-            h,
-            r#"<p class="muted">Showing 200 of {} rows.</p>"#,
-            d.rows.len()
-        );
-    }
-    h
 }
 
-fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
+fn table_cell(d: &PanelData, ri: usize, ci: usize, v: &Value) -> Markup {
+    let (text, is_num) = cell(&d.columns[ci], v);
+    let st = d
+        .cell_status
+        .get(ri)
+        .and_then(|s| s.get(ci))
+        .copied()
+        .unwrap_or(Status::None);
+    let mut classes = Vec::new();
+    if is_num {
+        classes.push("num");
+    }
+    if st != Status::None {
+        classes.push(st.as_str());
+    }
+    if d.columns[ci] == "error" && !v.is_null() {
+        classes.push("err");
+    }
+    let icon = match st {
+        Status::Good => "✓ ",
+        Status::Warning => "! ",
+        Status::Bad => "✕ ",
+        Status::None => "",
+    };
+    html! { td class=(classes.join(" ")) { (icon) (text) } }
+}
+
+/// A card that reports an error instead of its content.
+fn error_card(width: &str, title: &str, error: &str) -> Markup {
+    html! {
+        section class={ "card w-" (width) " panel-error" } {
+            header { h2 { "⚠ " (title) } }
+            pre { (error) }
+        }
+    }
+}
+
+fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> Markup {
     let d = &o.data;
     let Some(spec) = o.spec else {
-        return format!(
-            r#"<section class="card w-full panel-error"><header><h2>⚠ Panel error</h2></header><pre>{}</pre></section>"#,
-            esc(d.error.as_deref().unwrap_or(""))
-        );
+        return error_card("full", "Panel error", d.error.as_deref().unwrap_or(""));
     };
     let width = spec.width.clone().unwrap_or_else(|| match spec.kind {
         ChartKind::Stat => "quarter".into(),
@@ -401,85 +399,84 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
         _ => "half".into(),
     });
     if let Some(e) = &d.error {
-        return format!(
-            r#"<section class="card w-{width} panel-error"><header><h2>⚠ {}</h2></header><pre>{}</pre></section>"#,
-            esc(&spec.title),
-            esc(e)
-        );
+        return error_card(&width, &spec.title, e);
     }
-    let mut status_text = None;
-    if let Some(level) = d.dora_level {
-        status_text = Some(format!("DORA: {level}"));
-    }
-    let mut h = format!(
-        r#"<section class="card w-{width}" id="p-{}" data-kind="{:?}" data-status="{}"><header><h2>{}</h2>{}</header>"#,
-        esc(&spec.id),
-        spec.kind,
-        d.status.as_str(),
-        esc(&spec.title),
-        pill(d.status, status_text.as_deref())
-    );
-    if let Some(desc) = &spec.description {
-        let _ = write!(h, r#"<p class="desc">{}</p>"#, esc(desc));
-    }
+    let status_text = d.dora_level.map(|level| format!("DORA: {level}"));
     let empty = d.rows.is_empty()
         || (spec.kind == ChartKind::Stat
             && d.value.is_none()
             && d.rows.first().is_none_or(|r| r.iter().all(Value::is_null)));
-    if empty {
-        let hint = spec.empty.clone().unwrap_or_else(|| {
-            if ctx.range != "90d" && ctx.deployment.is_none() {
-                "No data for these filters in this time range. Try a longer range or another project.".into()
-            } else {
-                "No data for these filters.".into()
+    let hint = spec.empty.clone().unwrap_or_else(|| {
+        if ctx.range != "90d" && ctx.deployment.is_none() {
+            "No data for these filters in this time range. Try a longer range or another project.".into()
+        } else {
+            "No data for these filters.".into()
+        }
+    });
+    html! {
+        section class={ "card w-" (width) } id={ "p-" (spec.id) } data-kind=(format!("{:?}", spec.kind)) data-status=(d.status.as_str()) {
+            header { h2 { (spec.title) } (pill(d.status, status_text.as_deref())) }
+            @if let Some(desc) = &spec.description {
+                p.desc { (desc) }
             }
-        });
-        let _ = write!(h, r#"<p class="empty">{}</p></section>"#, esc(&hint));
-        return h;
+            @if empty {
+                p.empty { (hint) }
+            } @else {
+                (panel_body(o, spec, &width))
+            }
+        }
     }
+}
+
+fn panel_body(o: &PanelOutcome, spec: &PanelSpec, width: &str) -> Markup {
+    let d = &o.data;
     match spec.kind {
         ChartKind::Stat => {
             let vi = d.columns.iter().position(|c| c == "value").unwrap_or(0);
             let row = &d.rows[0];
             let text = match row.get(vi) {
-                Some(v) if v.is_number() => fmt_value(num(v).unwrap_or(0.0), spec.unit.as_deref()),
-                Some(Value::Null) | None => "—".into(),
+                Some(v) if v.is_number() => {
+                    html! { (fmt_value(num(v).unwrap_or(0.0), spec.unit.as_deref())) }
+                }
+                Some(Value::Null) | None => html! { "—" },
                 Some(v) => cell(&d.columns[vi], v).0,
             };
-            let _ = write!(
-                h,
-                r#"<div class="stat {}">{}</div>"#,
-                d.status.as_str(),
-                text
-            );
             let mut notes = Vec::new();
             if let Some(i) = d.columns.iter().position(|c| c == "detail") {
                 if let Some(s) = row[i].as_str() {
-                    notes.push(esc(s));
+                    notes.push(s.to_string());
                 }
             }
             if let Some(dora) = spec.dora {
-                notes.push(esc(dora_legend(dora)));
+                notes.push(dora_legend(dora).to_string());
             } else if let Some(b) = d.thresholds {
                 let u = spec.unit.as_deref();
                 let cmp = if b.higher_is_better { "≥" } else { "≤" };
-                notes.push(esc(&format!(
+                notes.push(format!(
                     "good {cmp} {} · warning {cmp} {}",
                     fmt_value(b.good, u),
                     fmt_value(b.warning, u)
-                )));
+                ));
             }
-            let _ = write!(h, r#"<div class="statnote">{}</div>"#, notes.join("<br>"));
+            html! {
+                div class={ "stat " (d.status.as_str()) } { (text) }
+                div.statnote {
+                    @for (i, n) in notes.iter().enumerate() {
+                        @if i > 0 { br; }
+                        (n)
+                    }
+                }
+            }
         }
-        ChartKind::Table => h.push_str(&table(o)),
+        ChartKind::Table => table(o),
         kind => {
-            let (w, ht) = match width.as_str() {
+            let (w, ht) = match width {
                 "full" => (1380, 300),
                 "third" => (460, 280),
                 "quarter" => (340, 240),
                 _ => (690, 300),
             };
-            match chart::render(&ChartArgs {
+            chart::figure_or_error(chart::render(&ChartArgs {
                 kind,
                 unit: spec.unit.as_deref(),
                 y_label: spec.y_label.as_deref(),
@@ -488,20 +485,9 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> String {
                 band: d.thresholds,
                 width: w,
                 height: ht,
-            }) {
-                Ok(r) => h.push_str(&super::chart::figure_html(&r)),
-                Err(e) => {
-                    let _ = write!(
-                        h,
-                        r#"<div class="panel-error"><pre>{}</pre></div>"#,
-                        esc(&e)
-                    );
-                }
-            }
+            }))
         }
     }
-    h.push_str("</section>");
-    h
 }
 
 const CURL: &str = r#"curl -X POST http://127.0.0.1:7070/v1/events \
@@ -511,24 +497,34 @@ const CURL: &str = r#"curl -X POST http://127.0.0.1:7070/v1/events \
        "data": {"tool": "vite", "success": true, "duration_ms": 48200,
                 "bundle_bytes": 812345, "gzip_bytes": 241000}}'"#;
 
-fn welcome() -> String {
-    format!(
-        r#"<section class="card w-full welcome"><h2>No events yet</h2>
-<p>shiplog is running, but nothing has been sent to it. Dashboards fill in as soon as events arrive
-(about a second after they are accepted).</p>
-<h2>Send a first build</h2><pre>{}</pre>
-<h2>Or</h2>
-<ul><li>add the Vite plugin (<code>vite-plugin-shiplog</code>) to report every <code>vite build</code>;</li>
-<li>report deploys from CI: <code>shiplog emit deploy --status succeeded --env production …</code>;</li>
-<li>wrap migrations: <code>shiplog migrate -- alembic upgrade head</code>;</li>
-<li>or explore with demo data: <code>shiplog serve --demo</code> on an empty data dir (this is what <code>make run</code> does).</li></ul>
-<p class="muted">Event kinds: build, deploy, migration, api_cost, check — see PRODUCT.md for their fields.</p></section>"#,
-        esc(CURL)
-    )
+fn welcome() -> Markup {
+    html! {
+        section.card.w-full.welcome {
+            h2 { "No events yet" }
+            p {
+                "shiplog is running, but nothing has been sent to it. Dashboards fill in as soon as events arrive "
+                "(about a second after they are accepted)."
+            }
+            h2 { "Send a first build" }
+            pre { (CURL) }
+            h2 { "Or" }
+            ul {
+                li { "add the Vite plugin (" code { "vite-plugin-shiplog" } ") to report every " code { "vite build" } ";" }
+                li { "report deploys from CI: " code { "shiplog emit deploy --status succeeded --env production …" } ";" }
+                li { "wrap migrations: " code { "shiplog migrate -- alembic upgrade head" } ";" }
+                li {
+                    "or explore with demo data: " code { "shiplog serve --demo" }
+                    " on an empty data dir (this is what " code { "make run" } " does)."
+                }
+            }
+            p.muted { "Event kinds: build, deploy, migration, api_cost, check — see PRODUCT.md for their fields." }
+        }
+    }
 }
 
 /// A dashboard's page; `session` is the token name of a cookie sign-in (a "Sign out"
-/// button in the header), `None` otherwise.
+/// button in the header), `None` otherwise. `extra`: sections computed beside the panels
+/// (a deployment's rollback judgement, the dry-run backtest).
 #[allow(clippy::too_many_arguments)] // one call site, each argument a different part of the page
 pub fn dashboard_page(
     state: &DashboardState,
@@ -538,55 +534,43 @@ pub fn dashboard_page(
     facts: &(Vec<String>, Vec<String>, i64),
     outcomes: &[PanelOutcome],
     filter_error: Option<&str>,
-    extra: &str,
+    extra: Markup,
 ) -> String {
     let qs = filter_qs(ctx);
-    let mut body = String::new();
     let (title, sub) = match &ctx.deployment {
         Some(id) => (format!("Deployment {id}"), "Its build, the migrations before it, the checks after it, the cost since, and the decisions about it.".to_string()),
         None => (d.title.clone(), d.description.clone().unwrap_or_default()),
     };
-    let _ = write!(
-        body,
-        r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div>{}</div>"#,
-        esc(&title),
-        esc(&sub),
-        if ctx.deployment.is_some() {
-            String::new()
-        } else {
-            filters(ctx, &facts.0, &facts.1)
+    let no_data = facts.2 == 0 && state.query.is_some();
+    let body = html! {
+        div.head {
+            div { h1 { (title) } p.sub { (sub) } }
+            @if ctx.deployment.is_none() {
+                (filters(ctx, &facts.0, &facts.1))
+            }
         }
-    );
-    if let Some(e) = filter_error {
-        let _ = write!(
-            body,
-            r#"<div class="banner">Invalid filter: {} — showing the last 30 days.</div>"#,
-            esc(e)
-        );
-    }
-    if let Some(e) = &d.error {
-        let _ = write!(
-            body,
-            r#"<section class="card w-full panel-error"><header><h2>⚠ This dashboard could not be loaded</h2></header><pre>{}</pre></section>"#,
-            esc(e)
-        );
-    }
-    body.push_str(r#"<div class="grid">"#);
-    // A section computed beside the panels (a deployment's rollback judgement).
-    body.push_str(extra);
-    if facts.2 == 0 && state.query.is_some() {
-        body.push_str(&welcome());
-        // Broken panels are reported even before there is data.
-        for o in outcomes.iter().filter(|o| o.data.error.is_some()) {
-            body.push_str(&panel_html(o, ctx));
+        @if let Some(e) = filter_error {
+            div.banner { "Invalid filter: " (e) " — showing the last 30 days." }
         }
-    } else {
-        for o in outcomes {
-            body.push_str(&panel_html(o, ctx));
+        @if let Some(e) = &d.error {
+            (error_card("full", "This dashboard could not be loaded", e))
         }
-    }
-    body.push_str("</div>");
-    layout(state, session, &d.name, &qs, &title, &body)
+        div.grid {
+            (extra)
+            @if no_data {
+                (welcome())
+                // Broken panels are reported even before there is data.
+                @for o in outcomes.iter().filter(|o| o.data.error.is_some()) {
+                    (panel_html(o, ctx))
+                }
+            } @else {
+                @for o in outcomes {
+                    (panel_html(o, ctx))
+                }
+            }
+        }
+    };
+    layout(state, session, &d.name, &qs, &title, body)
 }
 
 pub fn message_page(
@@ -595,18 +579,10 @@ pub fn message_page(
     title: &str,
     message: &str,
 ) -> String {
-    layout(
-        state,
-        session,
-        "",
-        "",
-        title,
-        &format!(
-            r#"<div class="head"><div><h1>{}</h1><p class="sub">{}</p></div></div>"#,
-            esc(title),
-            esc(message)
-        ),
-    )
+    let body = html! {
+        div.head { div { h1 { (title) } p.sub { (message) } } }
+    };
+    layout(state, session, "", "", title, body)
 }
 
 pub fn not_found(state: &DashboardState, session: Option<&str>, name: &str) -> String {
@@ -626,16 +602,26 @@ pub fn auth_page(r: Response) -> Response {
         .get(axum::http::header::WWW_AUTHENTICATE)
         .cloned();
     let msg = if status == StatusCode::FORBIDDEN {
-        "This token lacks the read scope. <a href=\"/login\">Sign in</a> with a token \
-         that has it."
+        html! { "This token lacks the read scope. " a href="/login" { "Sign in" } " with a token that has it." }
     } else {
-        "shiplog has tokens configured. <a href=\"/login\">Sign in</a> with a token that \
-         has the read scope; scripts send it as <code>Authorization: Bearer …</code>."
+        html! {
+            "shiplog has tokens configured. " a href="/login" { "Sign in" }
+            " with a token that has the read scope; scripts send it as "
+            code { "Authorization: Bearer …" } "."
+        }
     };
-    let html = format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>Sign-in needed · shiplog</title><style>{CSS}</style></head><body><main><h1>Sign-in needed</h1><p>{msg}</p></main></body></html>"#
-    );
-    let mut resp = (status, Html(html)).into_response();
+    let page = html! {
+        (DOCTYPE)
+        html {
+            head {
+                meta charset="utf-8";
+                title { "Sign-in needed · shiplog" }
+                style { (PreEscaped(CSS)) }
+            }
+            body { main { h1 { "Sign-in needed" } p { (msg) } } }
+        }
+    };
+    let mut resp = (status, Html(page.into_string())).into_response();
     if let Some(w) = www {
         resp.headers_mut()
             .insert(axum::http::header::WWW_AUTHENTICATE, w);

@@ -14,6 +14,7 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
+use maud::{html, Markup, PreEscaped};
 use std::sync::Once;
 
 mod category;
@@ -85,25 +86,27 @@ pub struct Rendered {
     pub points: usize,
 }
 
-/// A rendered chart as HTML: the SVG in a figure, then its legend.
-pub fn figure_html(r: &Rendered) -> String {
-    let mut h = format!(
-        r#"<figure class="chart" data-points="{}">{}</figure>"#,
-        r.points, r.svg
-    );
-    if !r.legend.is_empty() {
-        h.push_str(r#"<ul class="legend">"#);
-        for l in &r.legend {
-            h.push_str(&format!(
-                r#"<li><i class="{}" style="background:{}"></i>{}</li>"#,
-                l.mark,
-                l.color,
-                crate::html::escape(&l.name)
-            ));
+/// A rendered chart as HTML: the SVG (plotters' output, already escaped) in a figure, then
+/// its legend.
+pub fn figure_html(r: &Rendered) -> Markup {
+    html! {
+        figure.chart data-points=(r.points) { (PreEscaped(&r.svg)) }
+        @if !r.legend.is_empty() {
+            ul.legend {
+                @for l in &r.legend {
+                    li { i class=(l.mark) style={ "background:" (l.color) } {} (l.name) }
+                }
+            }
         }
-        h.push_str("</ul>");
     }
-    h
+}
+
+/// A chart, or the error that kept it from being drawn.
+pub fn figure_or_error(r: Result<Rendered, String>) -> Markup {
+    match r {
+        Ok(r) => figure_html(&r),
+        Err(e) => html! { div.panel-error { pre { (e) } } },
+    }
 }
 
 pub(super) fn err<E: std::fmt::Display>(e: E) -> String {
