@@ -468,11 +468,17 @@ mod tests {
         let body =
             futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 20)).unwrap();
         let body = String::from_utf8(body.to_vec()).unwrap();
-        assert!(!body.contains("<script>") && !body.contains("<b>"), "{body}");
+        assert!(
+            !body.contains("<script>") && !body.contains("<b>"),
+            "{body}"
+        );
         assert!(
             body.contains(r#"value="/d?x=&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;""#),
             "{body}"
         );
-        assert!(body.contains("bad &lt;b&gt;token&lt;/b&gt; &amp; more"), "{body}");
+        assert!(
+            body.contains("bad &lt;b&gt;token&lt;/b&gt; &amp; more"),
+            "{body}"
+        );
     }
 }

@@ -14,6 +14,21 @@ impl At {
     }
 }
 
+/// A rule of a config entry that has the common fields (`name`, `project`, `env`,
+/// `dry_run`, `action`) and the given spec.
+macro_rules! rule_of {
+    ($c:expr, $kind:expr, $spec:expr, $at:expr) => {
+        Rule {
+            name: $c.name.clone(),
+            project: project(&$c.project, $at)?,
+            env: $c.env.clone(),
+            dry_run: $c.dry_run,
+            action: action($c.action.as_ref(), $kind, $at)?,
+            spec: $spec,
+        }
+    };
+}
+
 /// Parses a cron expression; five fields (`*/1 * * * *`) get a `0` seconds field in front.
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
     let fields = expr.split_whitespace().count();
@@ -48,30 +63,20 @@ pub fn validate(rules: &[RuleConfig], settings: &RulesSettings) -> Result<Vec<Ru
         }
         let rule = match r {
             RuleConfig::Rollback(c) => rollback(c, &at)?,
-            RuleConfig::Threshold(c) => Rule {
-                name: c.name.clone(),
-                project: project(&c.project, &at)?,
-                env: c.env.clone(),
-                dry_run: c.dry_run,
-                action: action(c.action.as_ref(), RuleKind::Threshold, &at)?,
-                spec: RuleSpec::Threshold(threshold(c, &at)?),
-            },
-            RuleConfig::Budget(c) => Rule {
-                name: c.name.clone(),
-                project: project(&c.project, &at)?,
-                env: c.env.clone(),
-                dry_run: c.dry_run,
-                action: action(c.action.as_ref(), RuleKind::Budget, &at)?,
-                spec: RuleSpec::Budget(budget(c, &at)?),
-            },
-            RuleConfig::MigrationFailed(c) => Rule {
-                name: c.name.clone(),
-                project: project(&c.project, &at)?,
-                env: c.env.clone(),
-                dry_run: c.dry_run,
-                action: action(c.action.as_ref(), RuleKind::MigrationFailed, &at)?,
-                spec: RuleSpec::MigrationFailed,
-            },
+            RuleConfig::Threshold(c) => {
+                rule_of!(
+                    c,
+                    RuleKind::Threshold,
+                    RuleSpec::Threshold(threshold(c, &at)?),
+                    &at
+                )
+            }
+            RuleConfig::Budget(c) => {
+                rule_of!(c, RuleKind::Budget, RuleSpec::Budget(budget(c, &at)?), &at)
+            }
+            RuleConfig::MigrationFailed(c) => {
+                rule_of!(c, RuleKind::MigrationFailed, RuleSpec::MigrationFailed, &at)
+            }
         };
         out.push(rule);
     }

@@ -25,6 +25,21 @@ pub struct Planned {
 }
 
 impl Planned {
+    /// The two decisions of an action that runs: its start ("started", written before the
+    /// action) and its outcome (id `<id>/outcome`, written after it).
+    pub fn start_and_outcome(&self) -> (Planned, Planned) {
+        let start = Planned {
+            data: self.data.with_phase(Phase::Start, Some("started".into())),
+            ..self.clone()
+        };
+        let outcome = Planned {
+            id: format!("{}/outcome", self.id),
+            data: self.data.with_phase(Phase::Outcome, None),
+            ..self.clone()
+        };
+        (start, outcome)
+    }
+
     pub fn event(&self) -> Value {
         self.data.event(
             &self.id,
@@ -325,17 +340,7 @@ impl Planner<'_> {
         }
         let (_, argv) = rendered.expect("checked: rendered");
         let target = target.expect("checked: a safe target exists");
-        let start = Planned {
-            data: planned
-                .data
-                .with_phase(Phase::Start, Some("started".into())),
-            ..planned.clone()
-        };
-        let outcome = Planned {
-            id: format!("{}/outcome", planned.id),
-            data: planned.data.with_phase(Phase::Outcome, None),
-            ..planned.clone()
-        };
+        let (start, outcome) = planned.start_and_outcome();
         let mut body = start.event();
         body["previous_url"] = json!(target.url);
         let mut rb = json!({
@@ -449,17 +454,7 @@ pub fn alert_intent(
                 planned.data.outcome = Some("dry_run".into());
                 return Intent::Write(planned);
             }
-            let start = Planned {
-                data: planned
-                    .data
-                    .with_phase(Phase::Start, Some("started".into())),
-                ..planned.clone()
-            };
-            let outcome = Planned {
-                id: format!("{}/outcome", planned.id),
-                data: planned.data.with_phase(Phase::Outcome, None),
-                ..planned
-            };
+            let (start, outcome) = planned.start_and_outcome();
             Intent::Act {
                 rule: rule_idx,
                 body: start.event(),

@@ -4,9 +4,9 @@
 
 use super::commit::apply_pending;
 use super::flush::write_parquet;
-use super::layout::{file_name, files_by_partition, parquet_rows, parse_date_dir, rel, DayFile};
+use super::layout::{day_dirs, file_name, files_by_partition, parquet_rows, rel, DayFile};
 use super::{CompactionReport, ParquetProjector, ProjectorConfig, RetentionReport};
-use crate::fsutil::{list_dir, IoAt};
+use crate::fsutil::IoAt;
 use crate::schema::kind_schema;
 use crate::StoreError;
 use arrow::record_batch::RecordBatch;
@@ -26,14 +26,7 @@ impl ParquetProjector {
         let root = self.root.clone();
         let mut plan = MergePlan::default();
         for kind in Kind::ALL {
-            for day_dir in list_dir(&root.join(kind.as_str()))? {
-                let Some(date) = day_dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(parse_date_dir)
-                else {
-                    continue;
-                };
+            for (date, day_dir) in day_dirs(&root, kind)? {
                 if date >= today {
                     continue;
                 }
@@ -279,14 +272,7 @@ pub(super) fn expired_partitions(
     let mut out = Vec::new();
     for (&kind, &days) in retention {
         let cutoff = today - chrono::Days::new(days as u64);
-        for dir in list_dir(&root.join(kind.as_str()))? {
-            let Some(date) = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_date_dir)
-            else {
-                continue;
-            };
+        for (date, dir) in day_dirs(root, kind)? {
             if date < cutoff {
                 out.push((kind, date, dir));
             }

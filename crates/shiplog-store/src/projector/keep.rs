@@ -14,7 +14,7 @@ use super::commit::apply_pending;
 use super::compact::read_batches;
 use super::deadletter::DEAD_LETTER_DIR;
 use super::flush::write_parquet;
-use super::layout::{file_name, files_by_partition, footer_rows, parse_date_dir, rel};
+use super::layout::{day_dirs, file_name, files_by_partition, footer_rows, rel};
 use super::ParquetProjector;
 use crate::fsutil::{list_dir, IoAt};
 use crate::StoreError;
@@ -136,14 +136,7 @@ impl ParquetProjector {
         let mut rows: BTreeMap<Partition, u64> = BTreeMap::new();
         let (mut renames, mut deletes) = (Vec::new(), Vec::new());
         for kind in Kind::ALL {
-            for day_dir in list_dir(&root.join(kind.as_str()))? {
-                let Some(date) = day_dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(parse_date_dir)
-                else {
-                    continue;
-                };
+            for (date, day_dir) in day_dirs(&root, kind)? {
                 let mut any = false;
                 for (p, files) in files_by_partition(&day_dir)? {
                     let start = start_of(p);

@@ -49,8 +49,23 @@ pub(super) fn date_dir_name(d: NaiveDate) -> String {
     format!("date={}", d.format("%Y-%m-%d"))
 }
 
-pub(super) fn parse_date_dir(name: &str) -> Option<NaiveDate> {
+fn parse_date_dir(name: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(name.strip_prefix("date=")?, "%Y-%m-%d").ok()
+}
+
+/// The day directories (`<kind>/date=YYYY-MM-DD`) of one kind, with their dates; other
+/// entries are left out.
+pub(super) fn day_dirs(root: &Path, kind: Kind) -> Result<Vec<(NaiveDate, PathBuf)>, StoreError> {
+    Ok(list_dir(&root.join(kind.as_str()))?
+        .into_iter()
+        .filter_map(|dir| {
+            let date = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_date_dir)?;
+            Some((date, dir))
+        })
+        .collect())
 }
 
 pub(super) fn rel(root: &Path, p: &Path) -> String {

@@ -6,10 +6,10 @@
 use super::chart::{self, fmt_value, JudgedArgs};
 use crate::html::{percent_encode, COMPONENT};
 use chrono::{DateTime, Utc};
+use maud::{html, Markup};
 use serde_json::Value;
 use shiplog_rules::judge::{Evidence, MetricVerdict};
 use std::collections::BTreeMap;
-use maud::{html, Markup};
 use std::time::Duration;
 
 /// One rule's judgement of the deployment.

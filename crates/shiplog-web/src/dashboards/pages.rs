@@ -408,7 +408,8 @@ fn panel_html(o: &PanelOutcome, ctx: &Ctx) -> Markup {
             && d.rows.first().is_none_or(|r| r.iter().all(Value::is_null)));
     let hint = spec.empty.clone().unwrap_or_else(|| {
         if ctx.range != "90d" && ctx.deployment.is_none() {
-            "No data for these filters in this time range. Try a longer range or another project.".into()
+            "No data for these filters in this time range. Try a longer range or another project."
+                .into()
         } else {
             "No data for these filters.".into()
         }

@@ -12,7 +12,7 @@
 use super::ci::{self, Ci};
 use super::outputs::Outputs;
 use super::wrapped;
-use super::{ClientArgs, EnvelopeArgs};
+use super::{EnvelopeArgs, SendArgs};
 use crate::config::Config;
 use clap::Args;
 use serde_json::{Map, Value};
@@ -37,17 +37,10 @@ pub struct BuildArgs {
     /// The Next.js output folder to read after the build, when the build wrote it.
     #[arg(long, default_value = ".next", value_name = "DIR")]
     pub next_dir: PathBuf,
-    /// Server URL. Also SHIPLOG_URL; default: http://127.0.0.1:7070 (the configured
-    /// listen address).
-    #[arg(long, visible_alias = "server", env = "SHIPLOG_URL")]
-    pub url: Option<String>,
     #[command(flatten)]
     pub envelope: EnvelopeArgs,
-    /// Print the event on stderr (JSON) instead of sending it.
-    #[arg(long)]
-    pub dry_run: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub send: SendArgs,
     /// The build command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -89,15 +82,7 @@ pub fn run(mut args: BuildArgs, config: &Config, env: &HashMap<String, String>) 
             event["data"]["tool"].as_str().unwrap_or("build"),
             if run.failed() { "failed" } else { "succeeded" }
         );
-        super::send::report_wrapped(
-            &what,
-            args.url.as_deref(),
-            args.dry_run,
-            &args.client,
-            config,
-            env,
-            &[event],
-        );
+        super::send::report_wrapped(&what, &args.send, config, env, &[event]);
     }
     ExitCode::from(code)
 }

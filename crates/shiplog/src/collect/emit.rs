@@ -4,7 +4,7 @@
 
 use super::ci::{self, Ci};
 use super::send::Sender;
-use super::{ClientArgs, EnvelopeArgs};
+use super::{EnvelopeArgs, SendArgs};
 use crate::config::Config;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -40,10 +40,6 @@ pub struct EmitArgs {
     /// Event kind (optional when --json holds a whole event with `kind`).
     #[arg(value_enum)]
     pub kind: Option<EmitKind>,
-    /// Server URL. Also SHIPLOG_URL; default: http://127.0.0.1:7070 (the configured
-    /// listen address).
-    #[arg(long, visible_alias = "server", env = "SHIPLOG_URL")]
-    pub url: Option<String>,
     #[command(flatten)]
     pub envelope: EnvelopeArgs,
     /// Event id (unique per source). Default: derived from the CI run, job, step, kind,
@@ -75,11 +71,8 @@ pub struct EmitArgs {
     /// win). `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Print the event (validated) and send nothing.
-    #[arg(long)]
-    pub dry_run: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub send: SendArgs,
 }
 
 pub fn run(args: EmitArgs, config: &Config, env: &HashMap<String, String>) -> Result<ExitCode> {
@@ -93,12 +86,12 @@ pub fn run(args: EmitArgs, config: &Config, env: &HashMap<String, String>) -> Re
             super::field_hint(&e.field)
         );
     }
-    if args.dry_run {
+    if args.send.dry_run {
         println!("{}", serde_json::to_string_pretty(&event)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let server = super::server_url(args.url.as_deref(), config);
-    let sender = Sender::new(&server, &args.client, env)?;
+    let server = super::server_url(args.send.url.as_deref(), config);
+    let sender = Sender::new(&server, &args.send.client, env)?;
     let rt = super::runtime()?;
     let report = rt.block_on(sender.deliver(std::slice::from_ref(&event)));
     let (kind, id, source) = (
@@ -131,7 +124,7 @@ pub fn run(args: EmitArgs, config: &Config, env: &HashMap<String, String>) -> Re
             );
         }
     }
-    Ok(ExitCode::from(report.exit_code(args.client.strict)))
+    Ok(ExitCode::from(report.exit_code(args.send.client.strict)))
 }
 
 /// Builds the event (not validated).

@@ -8,7 +8,7 @@
 
 use super::ci::{self, Ci};
 use super::wrapped::{self, Run};
-use super::{ClientArgs, EnvelopeArgs};
+use super::{EnvelopeArgs, SendArgs};
 use crate::config::Config;
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
@@ -51,17 +51,10 @@ pub struct MigrateArgs {
     /// data.name when the output names no migration.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Server URL. Also SHIPLOG_URL; default: http://127.0.0.1:7070 (the configured
-    /// listen address).
-    #[arg(long, visible_alias = "server", env = "SHIPLOG_URL")]
-    pub url: Option<String>,
     #[command(flatten)]
     pub envelope: EnvelopeArgs,
-    /// Print the events on stderr (one JSON per line) instead of sending them.
-    #[arg(long)]
-    pub dry_run: bool,
     #[command(flatten)]
-    pub client: ClientArgs,
+    pub send: SendArgs,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -394,15 +387,7 @@ fn report(args: &MigrateArgs, config: &Config, env: &HashMap<String, String>, ev
         })
         .collect();
     let what = format!("migration event(s) [{}]", summary.join(", "));
-    super::send::report_wrapped(
-        &what,
-        args.url.as_deref(),
-        args.dry_run,
-        &args.client,
-        config,
-        env,
-        events,
-    );
+    super::send::report_wrapped(&what, &args.send, config, env, events);
 }
 
 #[cfg(test)]

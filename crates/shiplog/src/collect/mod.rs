@@ -93,6 +93,20 @@ pub fn run(cmd: CollectCommand, config: &Config) -> Result<ExitCode> {
     }
 }
 
+/// Where a collector sends its events (or that it only prints them), and how.
+#[derive(Args, Clone, Debug)]
+pub struct SendArgs {
+    /// Server URL. Also SHIPLOG_URL; default: http://127.0.0.1:7070 (the configured
+    /// listen address).
+    #[arg(long, visible_alias = "server", env = "SHIPLOG_URL")]
+    pub url: Option<String>,
+    /// Print the events (validated, as JSON, one per line) instead of sending them.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// How to reach the server and what to do when it cannot be reached.
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {

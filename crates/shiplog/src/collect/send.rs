@@ -592,9 +592,7 @@ pub fn run_flush(
 /// warning, since the command's exit code is what the caller passes on.
 pub fn report_wrapped(
     what: &str,
-    url: Option<&str>,
-    dry_run: bool,
-    client: &ClientArgs,
+    send: &super::SendArgs,
     config: &Config,
     env: &HashMap<String, String>,
     events: &[Value],
@@ -608,15 +606,15 @@ pub fn report_wrapped(
             return;
         }
     }
-    if dry_run {
+    if send.dry_run {
         for e in events {
             eprintln!("{e}");
         }
         return;
     }
-    let server = super::server_url(url, config);
+    let server = super::server_url(send.url.as_deref(), config);
     let result = (|| -> anyhow::Result<()> {
-        let sender = Sender::new(&server, client, env)?;
+        let sender = Sender::new(&server, &send.client, env)?;
         let r = super::runtime()?.block_on(sender.deliver(events));
         eprintln!(
             "shiplog: {} {what}: {} accepted, {} duplicate, {} rejected, {} spooled",

@@ -10,11 +10,11 @@
 use super::engine::num;
 use super::spec::{Band, ChartKind};
 use chrono::{DateTime, NaiveDate, Utc};
+use maud::{html, Markup, PreEscaped};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
-use maud::{html, Markup, PreEscaped};
 use std::sync::Once;
 
 mod category;
