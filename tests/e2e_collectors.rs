@@ -763,6 +763,7 @@ async fn migrate_exit_codes_and_signals() {
     assert_eq!(o.status.code(), Some(127), "{}", show(&o));
 
     // SIGTERM to shiplog is forwarded to the command.
+    let started = dir.path().join("v-term-started");
     let child = command(
         &[
             "migrate",
@@ -773,8 +774,10 @@ async fn migrate_exit_codes_and_signals() {
             "--version",
             "v-term",
             "--",
-            "sleep",
-            "30",
+            "sh",
+            "-c",
+            "touch \"$0\" && exec sleep 30",
+            started.to_str().unwrap(),
         ],
         &[],
         &cache,
@@ -784,7 +787,15 @@ async fn migrate_exit_codes_and_signals() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The command runs for at least 400 ms before the signal, however slow the start.
+    for _ in 0..200 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.exists(), "the migration command never started");
+    tokio::time::sleep(Duration::from_millis(450)).await;
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
