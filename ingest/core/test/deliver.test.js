@@ -8,7 +8,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { deliver, errorText, spoolDirFor } from '../index.js';
+import { deliver, errorText, spoolDirFor } from 'shiplog-collector-core';
 import { cleanupAll, tempDir } from '../../test-support/helpers.js';
 
 /** An HTTP server that answers each request with the next scripted [status, body]. */

@@ -21,8 +21,14 @@ function toBuffer(content) {
   return Buffer.alloc(0);
 }
 
-/** node:zlib, loaded with the first file to measure. */
+/** node:zlib, loaded when a build starts (preloadGzip) or with the first file to measure. */
 let zlib = null;
+
+/** Starts loading node:zlib (while the bundler works, not when its output is there). */
+export function preloadGzip() {
+  zlib ??= import('node:zlib');
+  zlib.catch(() => {});
+}
 
 async function gzipLength(buf) {
   zlib ??= import('node:zlib');

@@ -7,7 +7,11 @@
 // event whose answer was lost is stored once. Events the server refuses (4xx) go to
 // rejected/ with its answer.
 //
-// node:http(s) is loaded on first use (or by prepare(), while the bundler works).
+// node:http(s) is loaded, and the connection opened (TCP, and TLS for https), when a build
+// starts (preconnect(), while the bundler works): the request at the build's end then goes
+// out on a connection that is already there. A pre-opened connection the server closed
+// meanwhile (its idle timeout, a long build) is replaced by a new one; one that breaks
+// under the request is retried once on a new one (the server deduplicates a repeat).
 
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -38,18 +42,76 @@ export function prepare(url) {
   return clients.get(https);
 }
 
+/** Pre-opened connections, by origin: at most one each, taken by the next request there. */
+const warm = new Map();
+
+/**
+ * Loads the HTTP client and opens a connection to the server at `url`, for the request a
+ * build makes at its end. Never throws; the connection does not keep the process alive.
+ */
+export function preconnect(url) {
+  let u;
+  try {
+    u = new URL(String(url).trim());
+  } catch {
+    return;
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return;
+  prepare(u.href)
+    .then(async () => {
+      const w = warm.get(u.origin);
+      if (w && usable(w.socket)) return; // one is open already (a watch-mode rebuild)
+      const socket = await openSocket(u);
+      socket.on('error', () => {}); // a refused or dropped pre-connection only means a new one later
+      // Nothing comes before the request: read, so that a close by the server is seen.
+      const closed = () => socket.destroy();
+      socket.once('end', closed);
+      socket.resume();
+      socket.unref();
+      warm.set(u.origin, { socket, closed });
+    })
+    .catch(() => {});
+}
+
+const usable = (socket) => !socket.destroyed && !socket.readableEnded && !socket.writableEnded;
+
+/** The pre-opened connection to `u`'s origin when it is still open (then it is no longer warm). */
+function takeWarm(u) {
+  const w = warm.get(u.origin);
+  if (!w) return null;
+  warm.delete(u.origin);
+  if (!usable(w.socket)) {
+    w.socket.destroy();
+    return null;
+  }
+  w.socket.removeListener('end', w.closed);
+  w.socket.ref();
+  return w.socket;
+}
+
+async function openSocket(u) {
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  if (u.protocol === 'https:') {
+    const tls = await import('node:tls');
+    const { isIP } = await import('node:net');
+    return tls.connect({ host, port: Number(u.port) || 443, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+  }
+  const net = await import('node:net');
+  return net.connect({ host, port: Number(u.port) || 80 });
+}
+
 /**
  * Sends the spooled events (oldest first) and `event` in one request. Never throws.
  * Bounded by `timeoutMs` (connection, request and answer).
- * @param {import('./index.d.ts').BuildEvent} event
+ * @param {import('../index.d.ts').BuildEvent} event
  * @param {{url: string, token?: string, timeoutMs: number, spoolDir: string, maxSpoolFiles?: number, userAgent?: string}} o
- * @returns {Promise<import('./index.d.ts').DeliveryOutcome>}
+ * @returns {Promise<import('../index.d.ts').DeliveryOutcome>}
  */
 export async function deliver(event, o) {
   const deadline = Date.now() + o.timeoutMs;
   const endpoint = `${o.url.trim().replace(/\/+$/, '')}/v1/events`;
   const maxFiles = o.maxSpoolFiles ?? DEFAULT_MAX_SPOOL_FILES;
-  /** @type {import('./index.d.ts').DeliveryOutcome} */
+  /** @type {import('../index.d.ts').DeliveryOutcome} */
   const outcome = {
     delivered: false,
     spooled: false,
@@ -201,7 +263,7 @@ function refusedByIndex(answer, count) {
 
 /**
  * One POST over node:http(s), bounded by the deadline (connection, request and answer).
- * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number | null, answer?: string, reason?: string}>}
+ * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number | null, answer?: string, reason?: string, broken?: boolean}>}
  */
 async function post(endpoint, body, o, deadline) {
   let url;
@@ -220,6 +282,18 @@ async function post(endpoint, body, o, deadline) {
     'user-agent': o.userAgent || 'shiplog-collector',
   };
   if (o.token) headers.authorization = `Bearer ${o.token}`;
+  const socket = takeWarm(url);
+  const answer = await send(lib, url, endpoint, body, headers, socket, left);
+  // The pre-opened connection broke under the request (closed by the server as the request
+  // went out): once more on a new one, within the deadline.
+  if (socket && answer.kind === 'retry' && answer.broken && deadline - Date.now() > 0) {
+    return send(lib, url, endpoint, body, headers, null, deadline - Date.now());
+  }
+  return answer;
+}
+
+/** One POST on `socket` (null: a new connection), answered within `left` ms. */
+function send(lib, url, endpoint, body, headers, socket, left) {
   return new Promise((done) => {
     let settled = false;
     const finish = (r) => {
@@ -228,7 +302,12 @@ async function post(endpoint, body, o, deadline) {
       clearTimeout(timer);
       done(r);
     };
-    const req = lib.request(url, { method: 'POST', headers, agent: false }, (res) => {
+    // `agent: false` (a connection of its own, closed after the answer), or the pre-opened
+    // connection (node:http then uses no agent: `createConnection` is only read without one).
+    const options = socket ? { method: 'POST', headers, createConnection: () => socket } : { method: 'POST', headers, agent: false };
+    let answered = false;
+    const req = lib.request(url, options, (res) => {
+      answered = true;
       const parts = [];
       res.on('data', (c) => parts.push(c));
       res.on('error', () => finish(classify(res.statusCode, '')));
@@ -240,7 +319,7 @@ async function post(endpoint, body, o, deadline) {
     }, Math.max(1, Math.floor(left)));
     req.on('error', (e) => {
       const why = /** @type {any} */ (e).code || e.message || '';
-      finish({ kind: 'retry', reason: `cannot reach ${endpoint}${why ? ` (${oneLine(why)})` : ''}` });
+      finish({ kind: 'retry', broken: !answered, reason: `cannot reach ${endpoint}${why ? ` (${oneLine(why)})` : ''}` });
     });
     req.end(body);
   });

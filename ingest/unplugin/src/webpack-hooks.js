@@ -13,7 +13,7 @@ const PLUGIN = 'unplugin-shiplog';
 
 /**
  * @param {any} compiler webpack or Rspack compiler
- * @param {import('./index.d.ts').ShiplogOptions} options
+ * @param {import('../index.d.ts').ShiplogOptions} options
  * @param {'webpack' | 'rspack'} framework
  */
 export function webpackLikeApply(compiler, options, framework) {
