@@ -5,10 +5,11 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { deliver, errorText, spoolDirFor } from 'shiplog-collector-core';
+import { deliver, errorText, preconnect, spoolDirFor } from 'shiplog-collector-core';
 import { cleanupAll, tempDir } from '../../test-support/helpers.js';
 
 /** An HTTP server that answers each request with the next scripted [status, body]. */
@@ -179,6 +180,88 @@ describe('delivery and spool', () => {
     assert.deepEqual(ids, ['2', '3'], 'the oldest is dropped past maxSpoolFiles');
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
+  });
+});
+
+/**
+ * A raw HTTP server that counts connections and answers 202 to each whole request;
+ * `onConnection(n, socket)` may break connection n (0-based) instead.
+ */
+async function counting(onConnection = () => false) {
+  const state = { connections: 0, requests: 0 };
+  const server = net.createServer((socket) => {
+    const n = state.connections++;
+    socket.on('error', () => {});
+    if (onConnection(n, socket)) return;
+    let text = '';
+    socket.on('data', (c) => {
+      text += c;
+      const head = text.indexOf('\r\n\r\n');
+      const length = Number(/content-length: *(\d+)/i.exec(text)?.[1] ?? -1);
+      if (head < 0 || Buffer.byteLength(text.slice(head + 4)) < length) return;
+      state.requests++;
+      const body = JSON.stringify({ accepted: 1, duplicates: 0, rejected: [] });
+      socket.end(`HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${/** @type {any} */ (server.address()).port}`,
+    state,
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
+const until = async (cond) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(cond(), 'waited 2 s');
+};
+
+describe('connection opened when the build starts', () => {
+  it("sends the build's request on the connection preconnect() opened", async () => {
+    const s = await counting();
+    preconnect(s.url);
+    await until(() => s.state.connections === 1);
+    const out = await deliver(ev('warm'), { url: s.url, timeoutMs: 2000, spoolDir: join(tempDir(), 'spool') });
+    assert.equal(out.delivered, true, out.warning);
+    assert.deepEqual(s.state, { connections: 1, requests: 1 });
+    await s.close();
+  });
+
+  it('opens a new connection when the server closed the pre-opened one meanwhile', async () => {
+    const s = await counting((n, socket) => n === 0 && (socket.end(), true));
+    preconnect(s.url);
+    await until(() => s.state.connections === 1);
+    await new Promise((r) => setTimeout(r, 100)); // the close reaches the client
+    const out = await deliver(ev('closed'), { url: s.url, timeoutMs: 2000, spoolDir: join(tempDir(), 'spool') });
+    assert.equal(out.delivered, true, out.warning);
+    assert.deepEqual(s.state, { connections: 2, requests: 1 });
+    await s.close();
+  });
+
+  it('sends once more on a new connection when the pre-opened one breaks under the request', async () => {
+    const s = await counting((n, socket) => n === 0 && (socket.once('data', () => socket.destroy()), true));
+    preconnect(s.url);
+    await until(() => s.state.connections === 1);
+    const dir = join(tempDir(), 'spool');
+    const out = await deliver(ev('broken'), { url: s.url, timeoutMs: 2000, spoolDir: dir });
+    assert.equal(out.delivered, true, out.warning);
+    assert.deepEqual(s.state, { connections: 2, requests: 1 });
+    assert.deepEqual(spooled(dir), []);
+    await s.close();
+  });
+
+  it('spools as before when the server cannot be reached', async () => {
+    const s = await counting();
+    const url = s.url;
+    await s.close();
+    preconnect(url);
+    await new Promise((r) => setTimeout(r, 50));
+    const dir = join(tempDir(), 'spool');
+    const out = await deliver(ev('down'), { url, timeoutMs: 2000, spoolDir: dir });
+    assert.equal(out.spooled, true);
+    assert.match(out.warning, /ECONNREFUSED/);
+    assert.equal(spooled(dir).length, 1);
   });
 });
 
