@@ -1,5 +1,5 @@
-// Delivery: POST /v1/events with node:http(s) (not the global fetch: loading undici costs a
-// build about 40 ms and 30 MiB). One request per build: the spooled events (oldest first)
+// Delivery: POST /v1/events (http.js: neither node:http nor the global fetch, whose loading
+// and first use cost a build tens of milliseconds). One request per build: the spooled events (oldest first)
 // and this build's event in one array, which the server stores or refuses event by event,
 // so a build waits one round trip whatever the spool holds, bounded by `timeoutMs`.
 // Whatever is not acknowledged by then is spooled to disk (one file per event, written
@@ -7,16 +7,16 @@
 // event whose answer was lost is stored once. Events the server refuses (4xx) go to
 // rejected/ with its answer.
 //
-// node:http(s) is loaded, and the connection opened (TCP, and TLS for https), when a build
-// starts (preconnect(), while the bundler works): the request at the build's end then goes
-// out on a connection that is already there. A pre-opened connection the server closed
-// meanwhile (its idle timeout, a long build) is replaced by a new one; one that breaks
-// under the request is retried once on a new one (the server deduplicates a repeat).
+// The request is http.js's: one HTTP/1.1 POST on the connection opened when the build
+// started (preconnect), else on a new one.
 
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 
 import { oneLine } from './event.js';
+import { post as httpPost } from './http.js';
+
+export { preconnect } from './http.js';
 
 const DEFAULT_MAX_SPOOL_FILES = 1000;
 /** At most this many spooled events ride along with one build's event (the rest wait for the next). */
@@ -32,72 +32,6 @@ export function spoolDirFor(opts, root) {
   if (opts.spoolDir) return isAbsolute(opts.spoolDir) ? opts.spoolDir : resolve(root, opts.spoolDir);
   if (existsSync(join(root, 'node_modules'))) return join(root, 'node_modules', '.cache', 'shiplog');
   return join(root, '.shiplog-spool');
-}
-
-const clients = new Map();
-/** Starts loading the HTTP client `url` needs (node:http or node:https); resolves with it. */
-export function prepare(url) {
-  const https = /^https:/i.test(String(url).trim());
-  if (!clients.has(https)) clients.set(https, https ? import('node:https') : import('node:http'));
-  return clients.get(https);
-}
-
-/** Pre-opened connections, by origin: at most one each, taken by the next request there. */
-const warm = new Map();
-
-/**
- * Loads the HTTP client and opens a connection to the server at `url`, for the request a
- * build makes at its end. Never throws; the connection does not keep the process alive.
- */
-export function preconnect(url) {
-  let u;
-  try {
-    u = new URL(String(url).trim());
-  } catch {
-    return;
-  }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') return;
-  prepare(u.href)
-    .then(async () => {
-      const w = warm.get(u.origin);
-      if (w && usable(w.socket)) return; // one is open already (a watch-mode rebuild)
-      const socket = await openSocket(u);
-      socket.on('error', () => {}); // a refused or dropped pre-connection only means a new one later
-      // Nothing comes before the request: read, so that a close by the server is seen.
-      const closed = () => socket.destroy();
-      socket.once('end', closed);
-      socket.resume();
-      socket.unref();
-      warm.set(u.origin, { socket, closed });
-    })
-    .catch(() => {});
-}
-
-const usable = (socket) => !socket.destroyed && !socket.readableEnded && !socket.writableEnded;
-
-/** The pre-opened connection to `u`'s origin when it is still open (then it is no longer warm). */
-function takeWarm(u) {
-  const w = warm.get(u.origin);
-  if (!w) return null;
-  warm.delete(u.origin);
-  if (!usable(w.socket)) {
-    w.socket.destroy();
-    return null;
-  }
-  w.socket.removeListener('end', w.closed);
-  w.socket.ref();
-  return w.socket;
-}
-
-async function openSocket(u) {
-  const host = u.hostname.replace(/^\[|\]$/g, '');
-  if (u.protocol === 'https:') {
-    const tls = await import('node:tls');
-    const { isIP } = await import('node:net');
-    return tls.connect({ host, port: Number(u.port) || 443, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
-  }
-  const net = await import('node:net');
-  return net.connect({ host, port: Number(u.port) || 80 });
 }
 
 /**
@@ -262,69 +196,32 @@ function refusedByIndex(answer, count) {
 }
 
 /**
- * One POST over node:http(s), bounded by the deadline (connection, request and answer).
- * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number | null, answer?: string, reason?: string, broken?: boolean}>}
+ * One POST, bounded by the deadline (connection, request and answer).
+ * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number | null, answer?: string, reason?: string}>}
  */
 async function post(endpoint, body, o, deadline) {
   let url;
   try {
     url = new URL(endpoint);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http');
   } catch {
     return { kind: 'rejected', status: null, answer: `invalid server URL ${endpoint}` };
   }
-  const lib = await prepare(endpoint);
   const left = deadline - Date.now();
   if (left <= 0) return { kind: 'retry', reason: `no answer from ${endpoint} within the timeout` };
   /** @type {Record<string, string | number>} */
   const headers = {
     'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
     'user-agent': o.userAgent || 'shiplog-collector',
   };
   if (o.token) headers.authorization = `Bearer ${o.token}`;
-  const socket = takeWarm(url);
-  const answer = await send(lib, url, endpoint, body, headers, socket, left);
-  // The pre-opened connection broke under the request (closed by the server as the request
-  // went out): once more on a new one, within the deadline.
-  if (socket && answer.kind === 'retry' && answer.broken && deadline - Date.now() > 0) {
-    return send(lib, url, endpoint, body, headers, null, deadline - Date.now());
-  }
-  return answer;
+  const r = await httpPost(url, headers, body, left);
+  if ('status' in r) return classify(r.status, r.answer);
+  if (r.timedOut) return { kind: 'retry', reason: `no answer from ${endpoint} within the timeout` };
+  return { kind: 'retry', reason: `cannot reach ${endpoint}${r.error ? ` (${oneLine(r.error)})` : ''}` };
 }
 
-/** One POST on `socket` (null: a new connection), answered within `left` ms. */
-function send(lib, url, endpoint, body, headers, socket, left) {
-  return new Promise((done) => {
-    let settled = false;
-    const finish = (r) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      done(r);
-    };
-    // `agent: false` (a connection of its own, closed after the answer), or the pre-opened
-    // connection (node:http then uses no agent: `createConnection` is only read without one).
-    const options = socket ? { method: 'POST', headers, createConnection: () => socket } : { method: 'POST', headers, agent: false };
-    let answered = false;
-    const req = lib.request(url, options, (res) => {
-      answered = true;
-      const parts = [];
-      res.on('data', (c) => parts.push(c));
-      res.on('error', () => finish(classify(res.statusCode, '')));
-      res.on('end', () => finish(classify(res.statusCode, Buffer.concat(parts).toString('utf8'))));
-    });
-    const timer = setTimeout(() => {
-      finish({ kind: 'retry', reason: `no answer from ${endpoint} within the timeout` });
-      req.destroy();
-    }, Math.max(1, Math.floor(left)));
-    req.on('error', (e) => {
-      const why = /** @type {any} */ (e).code || e.message || '';
-      finish({ kind: 'retry', broken: !answered, reason: `cannot reach ${endpoint}${why ? ` (${oneLine(why)})` : ''}` });
-    });
-    req.end(body);
-  });
-}
-
+/** @returns {{kind: 'ok'|'rejected'|'retry', status: number, answer: string, reason?: string}} */
 function classify(status, answer) {
   if (status >= 200 && status < 300) return { kind: 'ok', status, answer };
   if (status >= 500 || status === 429 || status === 408 || status === 425) {

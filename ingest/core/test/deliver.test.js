@@ -11,6 +11,7 @@ import { after, describe, it } from 'node:test';
 
 import { deliver, errorText, preconnect, spoolDirFor } from 'shiplog-collector-core';
 import { cleanupAll, tempDir } from '../../test-support/helpers.js';
+import { parseAnswer } from '../src/http.js';
 
 /** An HTTP server that answers each request with the next scripted [status, body]. */
 async function scripted(script) {
@@ -262,6 +263,37 @@ describe('connection opened when the build starts', () => {
     assert.equal(out.spooled, true);
     assert.match(out.warning, /ECONNREFUSED/);
     assert.equal(spooled(dir).length, 1);
+  });
+});
+
+describe('reading the answer', () => {
+  const b = (s) => Buffer.from(s, 'utf8');
+  it('reads a body by content-length, and waits while it is not whole', () => {
+    const part = 'HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"accepted":';
+    assert.equal(parseAnswer(b(part), false), null);
+    assert.equal(parseAnswer(b(part), true), null, 'a short body is not an answer, even at the end');
+    assert.equal(parseAnswer(b('HTTP/1.1 202 Accepted\r\nContent-Le'), false), null);
+    assert.deepEqual(parseAnswer(b(`${part}1}`), false), { status: 202, answer: '{"accepted":1}' });
+    assert.deepEqual(parseAnswer(b('HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}'), false), { status: 202, answer: '{}' });
+    const utf8 = 'é€';
+    assert.deepEqual(parseAnswer(b(`HTTP/1.1 400 Bad\r\nContent-Length: ${Buffer.byteLength(utf8)}\r\n\r\n${utf8}`), false), { status: 400, answer: utf8 });
+  });
+
+  it('reads a chunked body (chunk extensions and trailers too)', () => {
+    const head = 'HTTP/1.1 207 Multi-Status\r\ntransfer-encoding: chunked\r\n\r\n';
+    assert.equal(parseAnswer(b(`${head}4\r\n{"a"\r\n`), false), null);
+    assert.equal(parseAnswer(b(`${head}4\r\n{"a"\r\n3;x=y\r\n:1}\r\n0\r\n`), false), null);
+    assert.deepEqual(parseAnswer(b(`${head}4\r\n{"a"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n`), false), { status: 207, answer: '{"a":1}' });
+    assert.deepEqual(parseAnswer(b(`${head}2\r\n{}\r\n0\r\nx-t: 1\r\n\r\n`), false), { status: 207, answer: '{}' });
+    assert.throws(() => parseAnswer(b(`${head}zz\r\n`), false), /chunk size/);
+  });
+
+  it('skips interim 1xx answers, reads to the end without a length, and refuses what is not HTTP', () => {
+    assert.deepEqual(parseAnswer(b('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n'), false), { status: 201, answer: '' });
+    assert.equal(parseAnswer(b('HTTP/1.0 503 Busy\r\n\r\nlater'), false), null);
+    assert.deepEqual(parseAnswer(b('HTTP/1.0 503 Busy\r\n\r\nlater'), true), { status: 503, answer: 'later' });
+    assert.deepEqual(parseAnswer(b('HTTP/1.1 204 No Content\r\n\r\n'), false), { status: 204, answer: '' });
+    assert.throws(() => parseAnswer(b('SSH-2.0-OpenSSH\r\n\r\n'), false), /status line/);
   });
 });
 
