@@ -3,7 +3,7 @@
 // and starts as soon as a plugin hands a file over: while the bundler is still writing,
 // not after it. Source maps are not shipped to users: they are totalled apart.
 
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 
 /** Files larger than this are not gzipped (their raw size is used). */
 const GZIP_MAX_BYTES = 32 << 20;
@@ -73,7 +73,9 @@ export function createSizer() {
       const entry = { name, type, file, bytes: 0, gzip: null };
       items.set(name, entry);
       entry.gzip = schedule(async () => {
-        const buf = file.content !== undefined ? toBuffer(file.content) : await readFile(file.path);
+        // A synchronous read: an output file is read once, at once (fs/promises would add
+        // four thread-pool round trips per file).
+        const buf = file.content !== undefined ? toBuffer(file.content) : readFileSync(file.path);
         entry.bytes = buf.length;
         if (name.endsWith('.map') || buf.length === 0) return 0;
         if (COMPRESSED_EXT.test(name) || buf.length > GZIP_MAX_BYTES) return buf.length;

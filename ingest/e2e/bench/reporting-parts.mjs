@@ -7,8 +7,6 @@
 // - load: importing the plugin as shipped (unplugin-shiplog/esbuild: one bundled file, the
 //   core inlined), after the bundler is loaded (esbuild, the lightest), as in a build;
 // - git: reading the commit and branch from .git (the app lives inside this repository);
-// - http: loading node:http, which the plugin starts while the bundler works (then it
-//   opens the connection to the server, as a build does when it starts: preconnect);
 // - gzip: measuring the app's output (its Vite build, made once), every file gzipped on the
 //   thread pool;
 // - deliver: the one request to a running server, on the connection opened before, from
@@ -17,7 +15,7 @@
 //
 // Wall and CPU (user + system) time of each part. CPU is what the build's process pays
 // besides the bundler; wall is what a build waits when the part is on its path (load and
-// the delivery always are; git and http run while the bundler works; gzip overlaps the
+// the delivery always are; git runs while the bundler works; gzip overlaps the
 // writing except with esbuild, whose outputs are known at its end).
 
 import { spawnSync } from 'node:child_process';
@@ -26,7 +24,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadavg } from 'node:os';
 
-const PARTS = ['load', 'git', 'http', 'gzip', 'deliver'];
+const PARTS = ['load', 'git', 'gzip', 'deliver'];
 
 /** One run, in this (fresh) process: prints `PARTS {…}`. */
 async function child(root, dist, url) {
@@ -42,8 +40,7 @@ async function child(root, dist, url) {
   out.load = await measure(() => import('unplugin-shiplog/esbuild'));
   const core = await import('shiplog-collector-core');
   out.git = await measure(() => core.detectGit({}, root));
-  out.http = await measure(() => import('node:http'));
-  core.preconnect(url);
+  core.preconnect(url); // as a build does when it starts
   const files = [];
   const walk = (d) => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
