@@ -125,6 +125,9 @@ export function deliver(
   options: { url: string; token?: string; timeoutMs: number; spoolDir: string; maxSpoolFiles?: number; userAgent?: string },
 ): Promise<DeliveryOutcome>;
 
+/** Loads the HTTP client and opens a connection to the server at `url` for the next deliver() there (a build calls it when it starts). Never throws; the connection does not keep the process alive. */
+export function preconnect(url: string): void;
+
 /** The CI run described by the environment variables, or null outside CI. */
 export function detectCi(env: Record<string, string | undefined>): BuildCi | null;
 

@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { ciProviders, detectCi, detectCiRun, detectGit, readRepository, renderTemplate } from '../index.js';
+import { ciProviders, detectCi, detectCiRun, detectGit, readRepository, renderTemplate } from 'shiplog-collector-core';
 import { cleanupAll, tempDir } from '../../test-support/helpers.js';
 
 const vectors = JSON.parse(readFileSync(new URL('./ci-vectors.json', import.meta.url), 'utf8')).vectors;

@@ -5,11 +5,13 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { deliver, errorText, spoolDirFor } from '../index.js';
+import { deliver, errorText, preconnect, spoolDirFor } from 'shiplog-collector-core';
 import { cleanupAll, tempDir } from '../../test-support/helpers.js';
+import { parseAnswer } from '../src/http.js';
 
 /** An HTTP server that answers each request with the next scripted [status, body]. */
 async function scripted(script) {
@@ -179,6 +181,119 @@ describe('delivery and spool', () => {
     assert.deepEqual(ids, ['2', '3'], 'the oldest is dropped past maxSpoolFiles');
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
+  });
+});
+
+/**
+ * A raw HTTP server that counts connections and answers 202 to each whole request;
+ * `onConnection(n, socket)` may break connection n (0-based) instead.
+ */
+async function counting(onConnection = () => false) {
+  const state = { connections: 0, requests: 0 };
+  const server = net.createServer((socket) => {
+    const n = state.connections++;
+    socket.on('error', () => {});
+    if (onConnection(n, socket)) return;
+    let text = '';
+    socket.on('data', (c) => {
+      text += c;
+      const head = text.indexOf('\r\n\r\n');
+      const length = Number(/content-length: *(\d+)/i.exec(text)?.[1] ?? -1);
+      if (head < 0 || Buffer.byteLength(text.slice(head + 4)) < length) return;
+      state.requests++;
+      const body = JSON.stringify({ accepted: 1, duplicates: 0, rejected: [] });
+      socket.end(`HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${/** @type {any} */ (server.address()).port}`,
+    state,
+    close: () => new Promise((r) => server.close(r)),
+  };
+}
+
+const until = async (cond) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(cond(), 'waited 2 s');
+};
+
+describe('connection opened when the build starts', () => {
+  it("sends the build's request on the connection preconnect() opened", async () => {
+    const s = await counting();
+    preconnect(s.url);
+    await until(() => s.state.connections === 1);
+    const out = await deliver(ev('warm'), { url: s.url, timeoutMs: 2000, spoolDir: join(tempDir(), 'spool') });
+    assert.equal(out.delivered, true, out.warning);
+    assert.deepEqual(s.state, { connections: 1, requests: 1 });
+    await s.close();
+  });
+
+  it('opens a new connection when the server closed the pre-opened one meanwhile', async () => {
+    const s = await counting((n, socket) => n === 0 && (socket.end(), true));
+    preconnect(s.url);
+    await until(() => s.state.connections === 1);
+    await new Promise((r) => setTimeout(r, 100)); // the close reaches the client
+    const out = await deliver(ev('closed'), { url: s.url, timeoutMs: 2000, spoolDir: join(tempDir(), 'spool') });
+    assert.equal(out.delivered, true, out.warning);
+    assert.deepEqual(s.state, { connections: 2, requests: 1 });
+    await s.close();
+  });
+
+  it('sends once more on a new connection when the pre-opened one breaks under the request', async () => {
+    const s = await counting((n, socket) => n === 0 && (socket.once('data', () => socket.destroy()), true));
+    preconnect(s.url);
+    await until(() => s.state.connections === 1);
+    const dir = join(tempDir(), 'spool');
+    const out = await deliver(ev('broken'), { url: s.url, timeoutMs: 2000, spoolDir: dir });
+    assert.equal(out.delivered, true, out.warning);
+    assert.deepEqual(s.state, { connections: 2, requests: 1 });
+    assert.deepEqual(spooled(dir), []);
+    await s.close();
+  });
+
+  it('spools as before when the server cannot be reached', async () => {
+    const s = await counting();
+    const url = s.url;
+    await s.close();
+    preconnect(url);
+    await new Promise((r) => setTimeout(r, 50));
+    const dir = join(tempDir(), 'spool');
+    const out = await deliver(ev('down'), { url, timeoutMs: 2000, spoolDir: dir });
+    assert.equal(out.spooled, true);
+    assert.match(out.warning, /ECONNREFUSED/);
+    assert.equal(spooled(dir).length, 1);
+  });
+});
+
+describe('reading the answer', () => {
+  const b = (s) => Buffer.from(s, 'utf8');
+  it('reads a body by content-length, and waits while it is not whole', () => {
+    const part = 'HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"accepted":';
+    assert.equal(parseAnswer(b(part), false), null);
+    assert.equal(parseAnswer(b(part), true), null, 'a short body is not an answer, even at the end');
+    assert.equal(parseAnswer(b('HTTP/1.1 202 Accepted\r\nContent-Le'), false), null);
+    assert.deepEqual(parseAnswer(b(`${part}1}`), false), { status: 202, answer: '{"accepted":1}' });
+    assert.deepEqual(parseAnswer(b('HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}'), false), { status: 202, answer: '{}' });
+    const utf8 = 'é€';
+    assert.deepEqual(parseAnswer(b(`HTTP/1.1 400 Bad\r\nContent-Length: ${Buffer.byteLength(utf8)}\r\n\r\n${utf8}`), false), { status: 400, answer: utf8 });
+  });
+
+  it('reads a chunked body (chunk extensions and trailers too)', () => {
+    const head = 'HTTP/1.1 207 Multi-Status\r\ntransfer-encoding: chunked\r\n\r\n';
+    assert.equal(parseAnswer(b(`${head}4\r\n{"a"\r\n`), false), null);
+    assert.equal(parseAnswer(b(`${head}4\r\n{"a"\r\n3;x=y\r\n:1}\r\n0\r\n`), false), null);
+    assert.deepEqual(parseAnswer(b(`${head}4\r\n{"a"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n`), false), { status: 207, answer: '{"a":1}' });
+    assert.deepEqual(parseAnswer(b(`${head}2\r\n{}\r\n0\r\nx-t: 1\r\n\r\n`), false), { status: 207, answer: '{}' });
+    assert.throws(() => parseAnswer(b(`${head}zz\r\n`), false), /chunk size/);
+  });
+
+  it('skips interim 1xx answers, reads to the end without a length, and refuses what is not HTTP', () => {
+    assert.deepEqual(parseAnswer(b('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n'), false), { status: 201, answer: '' });
+    assert.equal(parseAnswer(b('HTTP/1.0 503 Busy\r\n\r\nlater'), false), null);
+    assert.deepEqual(parseAnswer(b('HTTP/1.0 503 Busy\r\n\r\nlater'), true), { status: 503, answer: 'later' });
+    assert.deepEqual(parseAnswer(b('HTTP/1.1 204 No Content\r\n\r\n'), false), { status: 204, answer: '' });
+    assert.throws(() => parseAnswer(b('SSH-2.0-OpenSSH\r\n\r\n'), false), /status line/);
   });
 });
 

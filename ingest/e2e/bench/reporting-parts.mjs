@@ -4,33 +4,30 @@
 //   node ingest/e2e/bench/reporting-parts.mjs [runs] [--app react-ts|react-ts-large]
 //   (needs target/debug/shiplog, or SHIPLOG_BIN)
 //
-// - load: importing the plugin (unplugin-shiplog/esbuild: its 2 modules and the core's 7),
-//   after the bundler is loaded (esbuild, the lightest), as in a build;
-// - load-1-file: the same plugin bundled by esbuild into one file (made once per run of
-//   this script): what shipping each entry as one file would save. Each process loads
-//   one of the two (alternating), so neither warms the other's loading;
+// - load: importing the plugin as shipped (unplugin-shiplog/esbuild: one bundled file, the
+//   core inlined), after the bundler is loaded (esbuild, the lightest), as in a build;
 // - git: reading the commit and branch from .git (the app lives inside this repository);
-// - http: loading node:http, which the plugin starts while the bundler works;
 // - gzip: measuring the app's output (its Vite build, made once), every file gzipped on the
 //   thread pool;
-// - deliver: the one request to a running server, from sending to its acknowledgement (the
-//   server answers once the event is durable: written and fsynced).
+// - deliver: the one request to a running server, on the connection opened before, from
+//   sending to its acknowledgement (the server answers once the event is durable: written
+//   and fsynced).
 //
 // Wall and CPU (user + system) time of each part. CPU is what the build's process pays
 // besides the bundler; wall is what a build waits when the part is on its path (load and
-// the delivery always are; git and http run while the bundler works; gzip overlaps the
+// the delivery always are; git runs while the bundler works; gzip overlaps the
 // writing except with esbuild, whose outputs are known at its end).
 
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { loadavg } from 'node:os';
 
-const PARTS = ['load', 'load-1-file', 'git', 'http', 'gzip', 'deliver'];
+const PARTS = ['load', 'git', 'gzip', 'deliver'];
 
 /** One run, in this (fresh) process: prints `PARTS {…}`. */
-async function child(root, dist, url, bundled, which) {
+async function child(root, dist, url) {
   const measure = async (fn) => {
     const c = process.cpuUsage();
     const t = performance.now();
@@ -40,11 +37,10 @@ async function child(root, dist, url, bundled, which) {
   };
   await import('esbuild');
   const out = {};
-  if (which === 'load-1-file') out[which] = await measure(() => import(bundled));
-  else out.load = await measure(() => import('unplugin-shiplog/esbuild'));
+  out.load = await measure(() => import('unplugin-shiplog/esbuild'));
   const core = await import('shiplog-collector-core');
   out.git = await measure(() => core.detectGit({}, root));
-  out.http = await measure(() => import('node:http'));
+  core.preconnect(url); // as a build does when it starts
   const files = [];
   const walk = (d) => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
@@ -80,7 +76,7 @@ async function child(root, dist, url, bundled, which) {
 }
 
 if (process.argv[2] === '--child') {
-  await child(...process.argv.slice(3, 8));
+  await child(...process.argv.slice(3, 6));
 } else {
   const { cleanupAll, startServer, tempDir } = await import('../../test-support/helpers.js');
   const { APPS } = await import('./apps.mjs');
@@ -94,15 +90,12 @@ if (process.argv[2] === '--child') {
   const dist = join(out, 'dist');
   const b = spawnSync(process.execPath, [join(here, '..', 'build-app.mjs'), 'vite', root, dist], { cwd: root, encoding: 'utf8' });
   if (b.status !== 0) throw new Error(`vite build failed: ${b.stderr}`);
-  const bundled = join(out, 'plugin-one-file.mjs');
-  const { buildSync } = await import('esbuild');
-  buildSync({ entryPoints: [join(here, '..', '..', '..', 'unplugin', 'esbuild.js')], bundle: true, platform: 'node', format: 'esm', outfile: bundled, logLevel: 'error' });
   const server = await startServer();
   const env = { ...process.env };
   for (const k of Object.keys(env)) if (k.startsWith('SHIPLOG_')) delete env[k];
   const rows = [];
   for (let i = 0; i < runs; i++) {
-    const r = spawnSync(process.execPath, [here, '--child', root, dist, server.url, pathToFileURL(bundled).href, i % 2 ? 'load' : 'load-1-file'], { cwd: root, encoding: 'utf8', env });
+    const r = spawnSync(process.execPath, [here, '--child', root, dist, server.url], { cwd: root, encoding: 'utf8', env });
     const line = r.stdout.split('\n').find((l) => l.startsWith('PARTS '));
     if (r.status !== 0 || !line) throw new Error(`run failed (exit ${r.status}): ${r.stderr}`);
     rows.push(JSON.parse(line.slice('PARTS '.length)));

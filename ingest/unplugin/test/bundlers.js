@@ -3,11 +3,11 @@
 
 import { join } from 'node:path';
 
-import { unplugin } from '../index.js';
-import shiplogEsbuild from '../esbuild.js';
-import shiplogRollup from '../rollup.js';
-import shiplogRspack from '../rspack.js';
-import shiplogWebpack from '../webpack.js';
+import { unplugin } from 'unplugin-shiplog';
+import shiplogEsbuild from 'unplugin-shiplog/esbuild';
+import shiplogRollup from 'unplugin-shiplog/rollup';
+import shiplogRspack from 'unplugin-shiplog/rspack';
+import shiplogWebpack from 'unplugin-shiplog/webpack';
 
 const quiet = { level: 'none' };
 

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { dirname, join as joinPath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import shiplog from '../index.js';
+import shiplog from 'vite-plugin-shiplog';
 import {
   blackhole,
   breakFixture,

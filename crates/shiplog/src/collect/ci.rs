@@ -3,7 +3,7 @@
 //! core). Ten providers: GitHub Actions, GitLab CI, CircleCI, Buildkite, Bitbucket
 //! Pipelines, Azure Pipelines, Netlify, Vercel, Cloudflare Pages, Jenkins. The file's
 //! `about` says how a template is read; this module implements exactly that, as does
-//! `ingest/core/ci.js`, and both run the same test vectors (`ingest/core/test/ci-vectors.json`).
+//! `ingest/core/src/ci.js`, and both run the same test vectors (`ingest/core/test/ci-vectors.json`).
 //!
 //! Gives the commit, the branch (and a pull request's base branch), the run
 //! (`data.ci {provider, run_id, url, …}`) and a run key that stays the same when a job is

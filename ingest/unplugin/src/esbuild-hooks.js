@@ -8,7 +8,7 @@ import { createReporter, packageVersion } from 'shiplog-collector-core';
 
 /**
  * @param {import('esbuild').PluginBuild} build
- * @param {import('./index.d.ts').ShiplogOptions} options
+ * @param {import('../index.d.ts').ShiplogOptions} options
  */
 export function esbuildSetup(build, options) {
   const reporter = createReporter(options, { source: 'esbuild-plugin', userAgent: 'unplugin-shiplog' });

@@ -2,7 +2,7 @@
 // dependencies: Node built-ins only (no global fetch either: see deliver.js).
 
 export { ciProviders, detectCi, detectCiRun, renderTemplate } from './ci.js';
-export { deliver, spoolDirFor } from './deliver.js';
+export { deliver, preconnect, spoolDirFor } from './deliver.js';
 export { createReporter, errorText, isDisabled, oneLine, packageRoot, packageVersion, projectName } from './event.js';
 export { detectGit, readRepository } from './git.js';
 export { createSizer, isChunkFile } from './sizes.js';

@@ -1,14 +1,13 @@
 // CI detection from the one table every shiplog collector shares (ci-providers.json, also
 // embedded by the Rust binary). The table's `about` says how a template is read.
 
-import { readFileSync } from 'node:fs';
-
-let table = null;
+// The table is imported as a JSON module: the shipped bundle (dist/) carries it inline, so
+// no file is read at run time.
+import table from '../ci-providers.json' with { type: 'json' };
 
 /** The providers of ci-providers.json, in detection order. */
 export function ciProviders() {
-  if (!table) table = JSON.parse(readFileSync(new URL('./ci-providers.json', import.meta.url), 'utf8')).providers;
-  return table;
+  return table.providers;
 }
 
 const get = (env, k) => {

@@ -12,7 +12,7 @@ import { esbuildSetup } from './esbuild-hooks.js';
 import { rollupPlugin } from './rollup-hooks.js';
 import { webpackLikeApply } from './webpack-hooks.js';
 
-/** @type {import('unplugin').UnpluginInstance<import('./index.d.ts').ShiplogOptions | undefined>} */
+/** @type {import('unplugin').UnpluginInstance<import('../index.d.ts').ShiplogOptions | undefined>} */
 export const unplugin = createUnplugin((options = {}) => ({
   name: 'unplugin-shiplog',
   rollup: rollupPlugin(options),

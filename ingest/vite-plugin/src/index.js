@@ -11,7 +11,7 @@ export { deliver, detectCi, detectGit, errorText, measureBundle, spoolDirFor } f
 
 /**
  * Creates the plugin.
- * @param {import('./index.d.ts').ShiplogOptions} [options]
+ * @param {import('../index.d.ts').ShiplogOptions} [options]
  * @returns {import('vite').Plugin}
  */
 export default function shiplog(options = {}) {

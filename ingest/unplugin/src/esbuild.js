@@ -3,7 +3,7 @@
 // of every build: see docs/benchmarks.md).
 import { esbuildSetup } from './esbuild-hooks.js';
 
-/** @param {import('./index.d.ts').ShiplogOptions} [options] */
+/** @param {import('../index.d.ts').ShiplogOptions} [options] */
 export default function shiplog(options = {}) {
   return {
     name: 'unplugin-shiplog',

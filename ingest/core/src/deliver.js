@@ -1,5 +1,5 @@
-// Delivery: POST /v1/events with node:http(s) (not the global fetch: loading undici costs a
-// build about 40 ms and 30 MiB). One request per build: the spooled events (oldest first)
+// Delivery: POST /v1/events (http.js: neither node:http nor the global fetch, whose loading
+// and first use cost a build tens of milliseconds). One request per build: the spooled events (oldest first)
 // and this build's event in one array, which the server stores or refuses event by event,
 // so a build waits one round trip whatever the spool holds, bounded by `timeoutMs`.
 // Whatever is not acknowledged by then is spooled to disk (one file per event, written
@@ -7,12 +7,16 @@
 // event whose answer was lost is stored once. Events the server refuses (4xx) go to
 // rejected/ with its answer.
 //
-// node:http(s) is loaded on first use (or by prepare(), while the bundler works).
+// The request is http.js's: one HTTP/1.1 POST on the connection opened when the build
+// started (preconnect), else on a new one.
 
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 
 import { oneLine } from './event.js';
+import { post as httpPost } from './http.js';
+
+export { preconnect } from './http.js';
 
 const DEFAULT_MAX_SPOOL_FILES = 1000;
 /** At most this many spooled events ride along with one build's event (the rest wait for the next). */
@@ -30,26 +34,18 @@ export function spoolDirFor(opts, root) {
   return join(root, '.shiplog-spool');
 }
 
-const clients = new Map();
-/** Starts loading the HTTP client `url` needs (node:http or node:https); resolves with it. */
-export function prepare(url) {
-  const https = /^https:/i.test(String(url).trim());
-  if (!clients.has(https)) clients.set(https, https ? import('node:https') : import('node:http'));
-  return clients.get(https);
-}
-
 /**
  * Sends the spooled events (oldest first) and `event` in one request. Never throws.
  * Bounded by `timeoutMs` (connection, request and answer).
- * @param {import('./index.d.ts').BuildEvent} event
+ * @param {import('../index.d.ts').BuildEvent} event
  * @param {{url: string, token?: string, timeoutMs: number, spoolDir: string, maxSpoolFiles?: number, userAgent?: string}} o
- * @returns {Promise<import('./index.d.ts').DeliveryOutcome>}
+ * @returns {Promise<import('../index.d.ts').DeliveryOutcome>}
  */
 export async function deliver(event, o) {
   const deadline = Date.now() + o.timeoutMs;
   const endpoint = `${o.url.trim().replace(/\/+$/, '')}/v1/events`;
   const maxFiles = o.maxSpoolFiles ?? DEFAULT_MAX_SPOOL_FILES;
-  /** @type {import('./index.d.ts').DeliveryOutcome} */
+  /** @type {import('../index.d.ts').DeliveryOutcome} */
   const outcome = {
     delivered: false,
     spooled: false,
@@ -200,52 +196,32 @@ function refusedByIndex(answer, count) {
 }
 
 /**
- * One POST over node:http(s), bounded by the deadline (connection, request and answer).
+ * One POST, bounded by the deadline (connection, request and answer).
  * @returns {Promise<{kind: 'ok'|'rejected'|'retry', status?: number | null, answer?: string, reason?: string}>}
  */
 async function post(endpoint, body, o, deadline) {
   let url;
   try {
     url = new URL(endpoint);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http');
   } catch {
     return { kind: 'rejected', status: null, answer: `invalid server URL ${endpoint}` };
   }
-  const lib = await prepare(endpoint);
   const left = deadline - Date.now();
   if (left <= 0) return { kind: 'retry', reason: `no answer from ${endpoint} within the timeout` };
   /** @type {Record<string, string | number>} */
   const headers = {
     'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
     'user-agent': o.userAgent || 'shiplog-collector',
   };
   if (o.token) headers.authorization = `Bearer ${o.token}`;
-  return new Promise((done) => {
-    let settled = false;
-    const finish = (r) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      done(r);
-    };
-    const req = lib.request(url, { method: 'POST', headers, agent: false }, (res) => {
-      const parts = [];
-      res.on('data', (c) => parts.push(c));
-      res.on('error', () => finish(classify(res.statusCode, '')));
-      res.on('end', () => finish(classify(res.statusCode, Buffer.concat(parts).toString('utf8'))));
-    });
-    const timer = setTimeout(() => {
-      finish({ kind: 'retry', reason: `no answer from ${endpoint} within the timeout` });
-      req.destroy();
-    }, Math.max(1, Math.floor(left)));
-    req.on('error', (e) => {
-      const why = /** @type {any} */ (e).code || e.message || '';
-      finish({ kind: 'retry', reason: `cannot reach ${endpoint}${why ? ` (${oneLine(why)})` : ''}` });
-    });
-    req.end(body);
-  });
+  const r = await httpPost(url, headers, body, left);
+  if ('status' in r) return classify(r.status, r.answer);
+  if (r.timedOut) return { kind: 'retry', reason: `no answer from ${endpoint} within the timeout` };
+  return { kind: 'retry', reason: `cannot reach ${endpoint}${r.error ? ` (${oneLine(r.error)})` : ''}` };
 }
 
+/** @returns {{kind: 'ok'|'rejected'|'retry', status: number, answer: string, reason?: string}} */
 function classify(status, answer) {
   if (status >= 200 && status < 300) return { kind: 'ok', status, answer };
   if (status >= 500 || status === 429 || status === 408 || status === 425) {

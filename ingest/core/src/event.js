@@ -7,9 +7,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 import { detectCiRun } from './ci.js';
-import { deliver, prepare, spoolDirFor } from './deliver.js';
+import { deliver, preconnect, spoolDirFor } from './deliver.js';
 import { detectGit } from './git.js';
-import { createSizer } from './sizes.js';
+import { createSizer, preloadGzip } from './sizes.js';
 
 const DEFAULT_TIMEOUT_MS = 2000;
 const DEFAULT_MAX_SPOOL_FILES = 1000;
@@ -108,7 +108,7 @@ export function packageVersion(root, name) {
 
 /**
  * A reporter for one plugin instance.
- * @param {import('./index.d.ts').ShiplogOptions} options
+ * @param {import('../index.d.ts').ShiplogOptions} options
  * @param {{source: string, userAgent: string}} who
  */
 export function createReporter(options, who) {
@@ -149,14 +149,18 @@ export function createReporter(options, who) {
   const serverUrl = () => (opts.url || process.env.SHIPLOG_URL || '').trim();
 
   /**
-   * Starts one build. `startedAt` defaults to now; git and CI are read right away, and the
-   * HTTP client loaded, in the background while the bundler works.
+   * Starts one build. `startedAt` defaults to now; git and CI are read right away, node:zlib
+   * and the HTTP client loaded and the connection to the server opened, in the background
+   * while the bundler works.
    */
   function start({ root = process.cwd(), startedAt = Date.now() } = {}) {
     const active = !isDisabled(opts);
     const ci = active ? detectCiRun(process.env) : null;
     const git = active ? detectGit(process.env, root, ci).catch(() => ({ commit: null, branch: null })) : null;
-    if (active && serverUrl()) prepare(serverUrl()).catch(() => {});
+    if (active && serverUrl()) {
+      preconnect(serverUrl());
+      preloadGzip();
+    }
     const sizer = createSizer();
     const phases = [];
     let reported = false;
@@ -196,7 +200,7 @@ export function createReporter(options, who) {
         }
         const [sizes, repo] = await Promise.all([sizer.result(), git]);
         const mode = data.mode || 'production';
-        /** @type {import('./index.d.ts').BuildData} */
+        /** @type {import('../index.d.ts').BuildData} */
         const body = {
           tool: null,
           tool_version: null,
@@ -222,7 +226,7 @@ export function createReporter(options, who) {
 
         const runPart = ci?.run_id ? `${ci.provider}-${ci.run_id}`.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 80) : 'local';
         const envPart = environment ? `-${environment}` : '';
-        /** @type {import('./index.d.ts').BuildEvent} */
+        /** @type {import('../index.d.ts').BuildEvent} */
         const event = {
           id: `${runPart}-${startedAt}-${randomHex()}${envPart}`,
           kind: 'build',

@@ -3,7 +3,7 @@
 // and starts as soon as a plugin hands a file over: while the bundler is still writing,
 // not after it. Source maps are not shipped to users: they are totalled apart.
 
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 
 /** Files larger than this are not gzipped (their raw size is used). */
 const GZIP_MAX_BYTES = 32 << 20;
@@ -21,8 +21,14 @@ function toBuffer(content) {
   return Buffer.alloc(0);
 }
 
-/** node:zlib, loaded with the first file to measure. */
+/** node:zlib, loaded when a build starts (preloadGzip) or with the first file to measure. */
 let zlib = null;
+
+/** Starts loading node:zlib (while the bundler works, not when its output is there). */
+export function preloadGzip() {
+  zlib ??= import('node:zlib');
+  zlib.catch(() => {});
+}
 
 async function gzipLength(buf) {
   zlib ??= import('node:zlib');
@@ -67,7 +73,9 @@ export function createSizer() {
       const entry = { name, type, file, bytes: 0, gzip: null };
       items.set(name, entry);
       entry.gzip = schedule(async () => {
-        const buf = file.content !== undefined ? toBuffer(file.content) : await readFile(file.path);
+        // A synchronous read: an output file is read once, at once (fs/promises would add
+        // four thread-pool round trips per file).
+        const buf = file.content !== undefined ? toBuffer(file.content) : readFileSync(file.path);
         entry.bytes = buf.length;
         if (name.endsWith('.map') || buf.length === 0) return 0;
         if (COMPRESSED_EXT.test(name) || buf.length > GZIP_MAX_BYTES) return buf.length;
