@@ -593,7 +593,10 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
         if limit >= 2 * floor {
             format!(" plus one segment {:.2} MiB", mib(allowance))
         } else {
-            format!(" plus the floor {:.2} MiB (max_bytes is below 2 x floor)", mib(allowance))
+            format!(
+                " plus the floor {:.2} MiB (max_bytes is below 2 x floor)",
+                mib(allowance)
+            )
         }
     );
     Ok(())

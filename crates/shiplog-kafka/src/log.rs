@@ -322,7 +322,6 @@ impl KafkaLog {
     pub fn topic(&self) -> &str {
         &self.shared.topic
     }
-
 }
 
 /// Reads every partition's watermarks (the background refresh, every second).

@@ -226,8 +226,7 @@ impl LogRetention {
         m.removed_bytes.fetch_add(pass.removed_bytes, Relaxed);
         m.held_back_bytes.store(pass.held_back_bytes, Relaxed);
         m.keep_from.store(keep_from, Relaxed);
-        m.target_bytes
-            .store(policy.max_bytes.unwrap_or(0), Relaxed);
+        m.target_bytes.store(policy.max_bytes.unwrap_or(0), Relaxed);
         if pass.held_back_segments > 0 {
             info!(
                 segments = pass.held_back_segments,
@@ -396,5 +395,4 @@ mod tests {
         };
         assert_eq!(pass_policy(&by_age, 300, 100), by_age);
     }
-
 }
