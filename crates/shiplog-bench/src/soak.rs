@@ -155,19 +155,144 @@ pub struct SoakArgs {
     pub data_dir: Option<PathBuf>,
     /// `[log.retention] max_bytes` of the server's configuration, to report against.
     pub log_max_bytes: Option<u64>,
+    /// `[log] segment_bytes` and `[log.retention] interval` of the server's configuration
+    /// (the sizing rule's terms).
+    pub log_segment_bytes: u64,
+    pub retention_interval: Duration,
 }
 
 /// Bytes of the files in `dir` (the log directory: segments, `START`, `LOCK`).
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
+    LogDir::of(dir).total()
+}
+
+/// The log directory at one moment, by kind of file.
+#[derive(Debug, Clone, Copy, Default)]
+struct LogDir {
+    /// The newest plain segment (the one being written).
+    active: u64,
+    /// Other plain segments: sealed, not compressed yet.
+    sealed_plain: u64,
+    /// Compressed segments.
+    compressed: u64,
+    /// Anything else (`START`, `LOCK`, a `.zseg.tmp` being written).
+    other: u64,
+}
+
+impl LogDir {
+    fn of(dir: &Path) -> LogDir {
+        let mut plain: Vec<(String, u64)> = Vec::new();
+        let mut d = LogDir::default();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if !m.is_file() {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".seg") {
+                plain.push((name, m.len()));
+            } else if name.ends_with(".zseg") {
+                d.compressed += m.len();
+            } else {
+                d.other += m.len();
+            }
+        }
+        plain.sort();
+        if let Some((_, active)) = plain.pop() {
+            d.active = active;
+        }
+        d.sealed_plain = plain.iter().map(|p| p.1).sum();
+        d
+    }
+
+    fn total(&self) -> u64 {
+        self.active + self.sealed_plain + self.compressed + self.other
+    }
+}
+
+/// Every series without labels of the server's /metrics.
+async fn scrape(client: &reqwest::Client, url: &str) -> std::collections::HashMap<String, f64> {
+    let Ok(r) = client.get(format!("{url}/metrics")).send().await else {
+        return Default::default();
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
         })
-        .unwrap_or(0)
+        .collect()
+}
+
+/// The log directory watched every second during the soak: its peak, and each moment it
+/// was above the limit with what the server said then.
+#[derive(Debug, Default)]
+struct DirWatch {
+    samples: u64,
+    peak: u64,
+    peak_at: Duration,
+    peak_parts: LogDir,
+    over: u64,
+    /// Of `over`: samples when the last pass held segments back (still needed), and the
+    /// largest projection lag seen then.
+    over_held: u64,
+    over_lag: f64,
+    /// Of `over`: samples when nothing was held back: the log grew past the headroom the
+    /// last pass left (a burst, or the segment being written).
+    over_grew: u64,
+}
+
+/// How often the log directory is measured.
+const DIR_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Measures `log_dir` every [`DIR_SAMPLE`] until `stop`, asking the server's /metrics
+/// why whenever it is above `limit`.
+async fn watch_log_dir(
+    log_dir: PathBuf,
+    limit: Option<u64>,
+    client: reqwest::Client,
+    url: String,
+    started: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    shared: Arc<Mutex<(u64, u64)>>,
+) -> DirWatch {
+    let mut w = DirWatch::default();
+    let mut tick = tokio::time::interval(DIR_SAMPLE);
+    while !stop.load(Relaxed) {
+        *shared.lock().unwrap() = (w.peak, w.over);
+        tick.tick().await;
+        let dir = log_dir.clone();
+        let parts = tokio::task::spawn_blocking(move || LogDir::of(&dir))
+            .await
+            .unwrap_or_default();
+        let bytes = parts.total();
+        w.samples += 1;
+        if bytes > w.peak {
+            w.peak = bytes;
+            w.peak_at = started.elapsed();
+            w.peak_parts = parts;
+        }
+        if limit.is_some_and(|l| bytes > l) {
+            w.over += 1;
+            let m = scrape(&client, &url).await;
+            let held = m
+                .get("shiplog_log_retention_held_back_bytes")
+                .copied()
+                .unwrap_or(0.0);
+            if held > 0.0 {
+                w.over_held += 1;
+                let lag = m
+                    .get("shiplog_projection_lag_events")
+                    .copied()
+                    .unwrap_or(f64::NAN);
+                w.over_lag = w.over_lag.max(lag);
+            } else {
+                w.over_grew += 1;
+            }
+        }
+    }
+    w
 }
 
 #[derive(Default)]
@@ -251,6 +376,7 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
         "dedup keys",
         "log dir MiB"
     );
+    println!("(with a limit, each line also gives the log directory's peak so far, measured every second, and the seconds it spent above the limit)");
     if let Some(limit) = args.log_max_bytes {
         println!(
             "log retention: max_bytes {limit} ({:.1} MiB); the log directory is measured at each report",
@@ -259,6 +385,18 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
     }
     let log_dir = data.join("log");
     let mut log_dir_series: Vec<u64> = Vec::new();
+    let watch_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // (peak bytes, samples above the limit) so far, for the report lines.
+    let watch_so_far = Arc::new(Mutex::new((0u64, 0u64)));
+    let watcher = tokio::spawn(watch_log_dir(
+        log_dir.clone(),
+        args.log_max_bytes,
+        client.clone(),
+        server.url.clone(),
+        Instant::now(),
+        watch_stop.clone(),
+        watch_so_far.clone(),
+    ));
     let current = Arc::new(Mutex::new(Interval::default()));
     // Open loop: request i is due at start + i / requests_per_s. At most 16 requests per
     // connection wait for an answer; beyond that the generator counts the request as failed.
@@ -296,8 +434,17 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
                 .unwrap_or(f64::NAN);
             let log_dir_bytes = dir_bytes(&log_dir);
             log_dir_series.push(log_dir_bytes);
+            let (peak_so_far, over_so_far) = *watch_so_far.lock().unwrap();
+            let so_far = match args.log_max_bytes {
+                Some(_) => format!(
+                    "  peak {:.2} MiB, {} s over",
+                    peak_so_far as f64 / (1u64 << 20) as f64,
+                    over_so_far
+                ),
+                None => String::new(),
+            };
             println!(
-                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2} {:>11.0} {:>11.1}",
+                "{:>6.1} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>8} {:>9.0} {:>9.0} {:>10.2} {:>11.0} {:>11.2}{so_far}",
                 start.elapsed().as_secs_f64() / 60.0,
                 iv.accepted as f64 / args.interval,
                 pct(0.5),
@@ -358,41 +505,100 @@ pub async fn soak(args: SoakArgs) -> Result<()> {
              p99: first {p99_first:.1} ms, last {p99_last:.1} ms, worst {p99_worst:.1} ms"
         );
     }
+    watch_stop.store(true, Relaxed);
+    let watched = watcher.await?;
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    let peak = log_dir_series.iter().copied().max().unwrap_or(0);
     let last = log_dir_series.last().copied().unwrap_or(0);
-    match args.log_max_bytes {
-        Some(limit) => {
-            let over = log_dir_series.iter().filter(|&&b| b > limit).count();
-            println!(
-                "log directory: last {:.1} MiB, peak {:.1} MiB against max_bytes {:.1} MiB \
-                 (peak/limit {:.2}); above the limit in {over} of {} reports",
-                mib(last),
-                mib(peak),
-                mib(limit),
-                peak as f64 / limit.max(1) as f64,
-                log_dir_series.len()
-            );
-            let start = metric(&client, &server.url, "shiplog_log_start_offset").await;
-            let removed = metric(
-                &client,
-                &server.url,
-                "shiplog_log_retention_removed_segments_total",
-            )
-            .await;
-            println!(
-                "log retention: the log starts at offset {:.0}; {:.0} segments removed",
-                start.unwrap_or(f64::NAN),
-                removed.unwrap_or(f64::NAN)
-            );
-        }
-        None => println!(
+    let Some(limit) = args.log_max_bytes else {
+        println!(
             "log directory: last {:.1} MiB, peak {:.1} MiB (no [log.retention] limit)",
             mib(last),
-            mib(peak)
-        ),
-    }
+            mib(watched.peak)
+        );
+        server.stop()?;
+        return Ok(());
+    };
+    let m = scrape(&client, &server.url).await;
+    let get = |name: &str| m.get(name).copied().unwrap_or(f64::NAN);
+    let kept = get("shiplog_log_last_offset") + 1.0 - get("shiplog_log_start_offset");
+    // The sizing rule (docs/operations.md, "Sizing a disk"): the log directory stays under
+    // max_bytes when max_bytes >= 2 x floor; it may exceed it by up to the floor otherwise.
+    // floor = one segment (the one being written) + the second or so the projection is
+    // behind, uncompressed (the newest segments are compressed only once sealed) + what the
+    // log grows by on disk during one retention interval.
+    let compressed_per_event = get("shiplog_log_bytes") / kept.max(1.0);
+    let raw_per_event = get("shiplog_log_raw_bytes") / kept.max(1.0);
+    let grows = rate as f64
+        * (raw_per_event + compressed_per_event * args.retention_interval.as_secs_f64());
+    let floor = args.log_segment_bytes + grows as u64;
+    let over_s = watched.over as f64 * DIR_SAMPLE.as_secs_f64();
+    let p = watched.peak_parts;
+    println!(
+        "log directory, measured every {} s ({} samples): peak {:.2} MiB at {:.1} min \
+         (segment being written {:.2}, sealed not yet compressed {:.2}, compressed {:.2}, other {:.2} MiB), \
+         last {:.2} MiB; max_bytes {:.2} MiB, peak/limit {:.2}",
+        DIR_SAMPLE.as_secs_f64(),
+        watched.samples,
+        mib(watched.peak),
+        watched.peak_at.as_secs_f64() / 60.0,
+        mib(p.active),
+        mib(p.sealed_plain),
+        mib(p.compressed),
+        mib(p.other),
+        mib(last),
+        mib(limit),
+        watched.peak as f64 / limit.max(1) as f64
+    );
+    println!(
+        "above max_bytes: {over_s:.0} s of {:.0} s ({} samples: {} with segments held back, \
+         projection lag up to {:.0} events; {} grown past the headroom left by the last pass)",
+        watched.samples as f64 * DIR_SAMPLE.as_secs_f64(),
+        watched.over,
+        watched.over_held,
+        watched.over_lag,
+        watched.over_grew
+    );
+    println!(
+        "sizing rule: floor = segment {:.2} MiB + a second of events raw and an interval \
+         on disk ({rate} events/s x ({raw_per_event:.0} B x 1 s + {compressed_per_event:.0} B x {:.0} s) \
+         = {:.2} MiB) = {:.2} MiB; the limit holds when max_bytes >= 2 x floor = {:.2} MiB, \
+         else the directory may exceed it by up to the floor",
+        mib(args.log_segment_bytes),
+        args.retention_interval.as_secs_f64(),
+        grows / (1u64 << 20) as f64,
+        mib(floor),
+        mib(2 * floor)
+    );
+    println!(
+        "log retention: the log starts at offset {:.0}; {:.0} segments removed ({:.1} MiB); \
+         {:.0} passes wrote a fresh dedup or rules snapshot",
+        get("shiplog_log_start_offset"),
+        get("shiplog_log_retention_removed_segments_total"),
+        get("shiplog_log_retention_removed_bytes_total") / (1u64 << 20) as f64,
+        get("shiplog_log_retention_snapshots_asked_total")
+    );
     server.stop()?;
+    // The documented allowance: one segment (the segment being written swings by up to
+    // its size between passes) when the limit can hold, else the floor.
+    let allowance = if limit >= 2 * floor {
+        args.log_segment_bytes
+    } else {
+        floor
+    };
+    ensure!(
+        watched.peak <= limit + allowance,
+        "the log directory peaked at {:.2} MiB: above max_bytes {:.2} MiB{}",
+        mib(watched.peak),
+        mib(limit),
+        if limit >= 2 * floor {
+            format!(" plus one segment {:.2} MiB", mib(allowance))
+        } else {
+            format!(
+                " plus the floor {:.2} MiB (max_bytes is below 2 x floor)",
+                mib(allowance)
+            )
+        }
+    );
     Ok(())
 }
 

@@ -10,10 +10,17 @@
 //! - **Partitions** come from the topic's metadata at open (the topic must exist).
 //! - **Readers** are `BaseConsumer`s assigned manually to one partition at one offset (no
 //!   consumer group, no committed Kafka offsets: the projection's own state is the
-//!   position), polled on a blocking thread; `auto.offset.reset=error`, so a read below the
-//!   log start is [`LogError::OutOfRange`].
+//!   position), polled on a blocking thread; `auto.offset.reset=error`.
 //! - **End offsets** are high watermarks, refreshed in the background every second and
 //!   raised by every successful delivery, so [`Log::end_offset`] never blocks.
+//! - **Start offsets** are low watermarks, refreshed with the high ones (and when a read
+//!   finds its offset gone): the topic's retention (`retention.ms`, `retention.bytes`,
+//!   `DeleteRecords`) moves them forward, and [`Log::start_offset`] says where each
+//!   partition starts now without blocking. As the [`Log`] trait documents for Kafka, a
+//!   reader asked for an offset below the start is [`LogError::OutOfRange`] with the real
+//!   start and end: at once when the start is known to be past it, or from the read that
+//!   finds the offset deleted since (between two refreshes). Nothing is skipped silently:
+//!   a consumer (replay, the projection) decides what the deleted offsets mean.
 //!
 //! Settings passed in [`KafkaLogConfig::settings`] go to librdkafka as they are (SASL/SSL
 //! for managed Kafka), after the defaults, so they override them; `_` in a key is read as
@@ -150,8 +157,10 @@ fn map_kafka_error(e: &KafkaError) -> LogError {
 struct Shared {
     topic: String,
     partitions: Vec<Partition>,
-    /// High watermark per partition (index = position in `partitions`).
+    /// High watermark per partition.
     ends: Mutex<BTreeMap<Partition, Offset>>,
+    /// Low watermark per partition (only moves forward).
+    starts: Mutex<BTreeMap<Partition, Offset>>,
     bytes: AtomicU64,
     records: AtomicU64,
     closed: AtomicBool,
@@ -163,6 +172,56 @@ impl Shared {
         let e = ends.entry(partition).or_insert(0);
         if next > *e {
             *e = next;
+        }
+    }
+
+    fn raise_start(&self, partition: Partition, start: Offset) {
+        let mut starts = self.starts.lock().unwrap();
+        let s = starts.entry(partition).or_insert(0);
+        if start > *s {
+            *s = start;
+        }
+    }
+
+    fn start(&self, partition: Partition) -> Offset {
+        self.starts
+            .lock()
+            .unwrap()
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn end(&self, partition: Partition) -> Offset {
+        self.ends
+            .lock()
+            .unwrap()
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Reads one partition's watermarks from the brokers and records them.
+    fn refresh(
+        &self,
+        c: &BaseConsumer,
+        partition: Partition,
+        timeout: Duration,
+    ) -> Result<(), LogError> {
+        let (low, high) = c
+            .fetch_watermarks(&self.topic, partition as i32, timeout)
+            .map_err(|e| map_kafka_error(&e))?;
+        self.raise_start(partition, low.max(0) as Offset);
+        self.raise_end(partition, high.max(0) as Offset);
+        Ok(())
+    }
+
+    /// The error of a read at `offset` below the partition's start.
+    fn out_of_range(&self, partition: Partition, offset: Offset) -> LogError {
+        LogError::OutOfRange {
+            offset,
+            start: self.start(partition),
+            end: self.end(partition),
         }
     }
 }
@@ -230,6 +289,7 @@ impl KafkaLog {
             topic: config.topic.clone(),
             partitions,
             ends: Mutex::new(BTreeMap::new()),
+            starts: Mutex::new(BTreeMap::new()),
             bytes: AtomicU64::new(0),
             records: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -262,31 +322,16 @@ impl KafkaLog {
     pub fn topic(&self) -> &str {
         &self.shared.topic
     }
-
-    /// The low watermark (first readable offset) of a partition. Blocking.
-    pub fn start_offset(&self, partition: Partition) -> Result<Offset, LogError> {
-        let c: BaseConsumer = self
-            .config
-            .consumer_config()
-            .create()
-            .map_err(|e| map_kafka_error(&e))?;
-        let (low, _) = c
-            .fetch_watermarks(&self.shared.topic, partition as i32, Duration::from_secs(5))
-            .map_err(|e| map_kafka_error(&e))?;
-        Ok(low.max(0) as Offset)
-    }
 }
 
+/// Reads every partition's watermarks (the background refresh, every second).
 fn refresh_watermarks(
     c: &BaseConsumer,
     shared: &Shared,
     timeout: Duration,
 ) -> Result<(), LogError> {
     for &p in &shared.partitions {
-        let (_, high) = c
-            .fetch_watermarks(&shared.topic, p as i32, timeout)
-            .map_err(|e| map_kafka_error(&e))?;
-        shared.raise_end(p, high.max(0) as Offset);
+        shared.refresh(c, p, timeout)?;
     }
     Ok(())
 }
@@ -364,6 +409,9 @@ impl Log for KafkaLog {
                 self.shared.topic
             )));
         }
+        if from < self.shared.start(partition) {
+            return Err(self.shared.out_of_range(partition, from));
+        }
         let consumer: BaseConsumer =
             self.config.consumer_config().create().map_err(|e| {
                 LogError::Unavailable(format!("cannot create a Kafka consumer: {e}"))
@@ -384,14 +432,14 @@ impl Log for KafkaLog {
         }))
     }
 
+    /// The low watermark as last read (every second, and by a read that found its offset
+    /// deleted): never blocks.
+    fn start_offset(&self, partition: Partition) -> Offset {
+        self.shared.start(partition)
+    }
+
     fn end_offset(&self, partition: Partition) -> Offset {
-        self.shared
-            .ends
-            .lock()
-            .unwrap()
-            .get(&partition)
-            .copied()
-            .unwrap_or(0)
+        self.shared.end(partition)
     }
 
     fn close(&self) -> BoxFuture<'static, Result<(), LogError>> {
@@ -435,12 +483,12 @@ impl LogReader for KafkaReader {
         let consumer = self.consumer.clone();
         let partition = self.partition;
         let position = self.position;
-        let topic = self.shared.topic.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
             let batch = tokio::task::spawn_blocking(move || {
                 poll_batch(
                     &consumer,
-                    &topic,
+                    &shared,
                     partition,
                     position,
                     max_records,
@@ -465,7 +513,7 @@ impl LogReader for KafkaReader {
 
 fn poll_batch(
     consumer: &BaseConsumer,
-    topic: &str,
+    shared: &Shared,
     partition: Partition,
     position: Offset,
     max_records: usize,
@@ -488,7 +536,7 @@ fn poll_batch(
                 }
             }
             Some(Ok(m)) => {
-                if m.topic() != topic || m.partition() as Partition != partition {
+                if m.topic() != shared.topic || m.partition() as Partition != partition {
                     continue;
                 }
                 let offset = m.offset() as Offset;
@@ -510,11 +558,12 @@ fn poll_batch(
                 }
                 return Err(match e.rdkafka_error_code() {
                     Some(RDKafkaErrorCode::OffsetOutOfRange)
-                    | Some(RDKafkaErrorCode::AutoOffsetReset) => LogError::OutOfRange {
-                        offset: position,
-                        start: 0,
-                        end: 0,
-                    },
+                    | Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                        // Deleted since the last refresh (or never written): say where the
+                        // partition holds records now.
+                        let _ = shared.refresh(consumer, partition, Duration::from_secs(5));
+                        shared.out_of_range(partition, position)
+                    }
                     _ => map_kafka_error(&e),
                 });
             }

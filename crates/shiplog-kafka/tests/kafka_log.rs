@@ -277,3 +277,170 @@ async fn copy_log_copies_a_file_log_record_for_record_and_verifies_the_count() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// A valid `check` event of about `pad` bytes (random letters: lz4 barely shrinks them).
+fn big_event(i: u64, pad: usize, rng: &mut u64) -> String {
+    let note: String = (0..pad)
+        .map(|_| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            (b'a' + (*rng % 26) as u8) as char
+        })
+        .collect();
+    format!(
+        r#"{{"id":"evt-{i:04}","kind":"check","source":"probe","received_at":"2026-11-20T10:{:02}:{:02}Z","project":"web","data":{{"name":"error_rate","value":0.02,"note":"{note}"}}}}"#,
+        i / 60,
+        i % 60
+    )
+}
+
+/// The topic's retention moves a partition's start: `Log::start_offset` follows the low
+/// watermark, a reader below it is `OutOfRange` with the real start and end (never a silent
+/// skip), a reader at it reads on, and a replay keeps the Parquet rows below the start and
+/// rebuilds the rest, each offset exactly once.
+///
+/// librdkafka's mock cluster has no DeleteRecords, but it is a broker with retention: a
+/// partition keeps at most 5 MiB of message sets and drops the oldest beyond, moving the
+/// low watermark as Kafka's `retention.bytes` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_topics_retention_moves_the_start_and_replay_keeps_the_rows_below_it() {
+    use shiplog_store::{replay, ParquetProjector, ProjectorConfig};
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(TOPIC, 1, 1).expect("create topic");
+    let log = KafkaLog::open(config(mock.bootstrap_servers())).unwrap();
+    assert_eq!(log.start_offset(0), 0);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = 0u64;
+    let mut append = async |n: u64, rng: &mut u64| {
+        for _ in 0..n {
+            let value = big_event(next, 100_000, rng);
+            log.append(vec![rec("web", value)]).await.unwrap();
+            next += 1;
+        }
+    };
+
+    // 45 events of 100 kB: under the partition's 5 MiB, all kept, all projected.
+    append(45, &mut rng).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ProjectorConfig::default();
+    let first = replay(&log, dir.path(), &cfg, &mut |_| {}).await.unwrap();
+    assert_eq!(first.events, 45);
+    assert_eq!(first.kept, None);
+
+    // 35 more: the oldest go.
+    append(35, &mut rng).await;
+    let end = 80;
+    // The start as read after the last append: a refresh during the appends saw an
+    // earlier one, so wait until two refreshes (every second) agree.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    let start = loop {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let now = log.start_offset(0);
+        if now > 0 && now == seen {
+            break now;
+        }
+        seen = now;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the low watermark never settled (start {now}, end {})",
+            log.end_offset(0)
+        );
+    };
+    assert!(start > 0 && start < 45, "start {start}");
+    assert_eq!(log.end_offset(0), end);
+
+    // Below the start: out of range, with where the partition holds records now.
+    match log.reader(0, 3) {
+        Err(LogError::OutOfRange {
+            offset,
+            start: s,
+            end: e,
+        }) => assert_eq!((offset, s, e), (3, start, end)),
+        Err(e) => panic!("reading below the start: {e}"),
+        Ok(_) => panic!("a reader below the start must be OutOfRange"),
+    }
+    // At the start: every record from there, in order.
+    let mut r = log.reader(0, start).unwrap();
+    let mut offsets = Vec::new();
+    while r.position() < end {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(20));
+        for e in r
+            .next_batch(100, 16 << 20, Duration::from_millis(500))
+            .await
+            .unwrap()
+        {
+            assert!(std::str::from_utf8(&e.value)
+                .unwrap()
+                .contains(&format!("\"evt-{:04}\"", e.offset)));
+            offsets.push(e.offset);
+        }
+    }
+    assert_eq!(offsets, (start..end).collect::<Vec<_>>());
+
+    // Replay keeps the rows below the start (their events are gone from Kafka) and
+    // rebuilds the rest: every offset once, none missing.
+    let again = replay(&log, dir.path(), &cfg, &mut |_| {}).await.unwrap();
+    let kept = again.kept.expect("rows below the start kept");
+    assert_eq!(kept.rows, start, "{kept:?}");
+    assert_eq!(again.events, end - start);
+    let p = ParquetProjector::open(dir.path(), cfg.clone()).unwrap();
+    assert_eq!(p.next_offset(0), end);
+    let audit = p.audit_offsets().unwrap();
+    assert!(
+        audit.gaps.is_empty() && audit.duplicates.is_empty() && audit.beyond == 0,
+        "{audit:?}"
+    );
+    assert!(p.coverage().unwrap().is_consistent());
+}
+
+/// A reader made while the start it knew was still 0 finds its offset deleted when it
+/// reads: `OutOfRange` from `next_batch`, with the start read again then (or from
+/// `reader` itself when the background refresh got there first). Either way no record
+/// below the start is returned and nothing is skipped silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_that_finds_its_offset_deleted_is_out_of_range_with_the_new_start() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic(TOPIC, 1, 1).expect("create topic");
+    let log = KafkaLog::open(config(mock.bootstrap_servers())).unwrap();
+    let mut rng = 7u64;
+    for i in 0..80 {
+        log.append(vec![rec("web", big_event(i, 100_000, &mut rng))])
+            .await
+            .unwrap();
+    }
+    // Straight away, before the refresh a second later may have read the new start.
+    let outcome: Result<(), LogError> = match log.reader(0, 0) {
+        Err(e) => Err(e),
+        Ok(mut r) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no error reading offset 0"
+                );
+                match r
+                    .next_batch(100, 16 << 20, Duration::from_millis(500))
+                    .await
+                {
+                    Ok(batch) => assert!(batch.is_empty(), "offset 0 is deleted: {batch:?}"),
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+    };
+    let start = log.start_offset(0);
+    assert!(start > 0);
+    match outcome {
+        Err(LogError::OutOfRange {
+            offset: 0,
+            start: s,
+            end: e,
+        }) => {
+            assert_eq!(s, start);
+            assert_eq!(e, 80);
+        }
+        other => panic!("expected OutOfRange at offset 0, got {other:?}"),
+    }
+}

@@ -74,7 +74,7 @@ pub struct LogStats {
     /// The first offset the log holds a record for (file log; 0 for Kafka).
     pub first_offset: Offset,
     /// Where the log starts: offsets below were removed by retention (file log; 0 for
-    /// Kafka).
+    /// Kafka, whose partitions each have theirs: [`Log::start_offset`]).
     pub start_offset: Offset,
 }
 
@@ -152,14 +152,19 @@ pub trait Log: Send + Sync + 'static {
     /// A reader of one partition, starting at `from` (inclusive); `from` = the partition's
     /// end is fine (the reader waits), beyond it is `OutOfRange`. Below the log's start
     /// ([`Log::start_offset`]), Kafka (whose retention deletes old records) answers
-    /// `OutOfRange`; the file log starts at its start without reporting anything skipped
-    /// (retention removed those offsets on purpose), and reports as a [`SkippedRange`] only
-    /// the offsets between its start and its first segment file (files deleted by hand).
+    /// `OutOfRange` with the partition's real start and end: here when the start it knows
+    /// is past `from`, else from [`LogReader::next_batch`] once the read finds `from`
+    /// deleted (retention ran since the start was last read); nothing is skipped silently.
+    /// The file log starts at its start without reporting anything skipped (retention
+    /// removed those offsets on purpose, and never one a reader of the server still
+    /// needs), and reports as a [`SkippedRange`] only the offsets between its start and
+    /// its first segment file (files deleted by hand).
     fn reader(&self, partition: Partition, from: Offset) -> Result<Box<dyn LogReader>, LogError>;
 
     /// Where a partition starts: the offsets below it were removed by retention (the file
     /// log's `[log] retention`, Kafka's topic retention) and no reader returns them. 0 when
-    /// nothing was removed.
+    /// nothing was removed. Never blocks: Kafka answers the low watermark as last read
+    /// (about every second), so its start may have moved on since.
     fn start_offset(&self, partition: Partition) -> Offset {
         let _ = partition;
         0

@@ -329,7 +329,19 @@ async fn run_once(
 ) -> Result<(), StoreError> {
     let mut readers: Vec<Box<dyn LogReader>> = Vec::new();
     for part in log.partitions() {
-        readers.push(log.reader(part, p.next_offset(part))?);
+        let next = p.next_offset(part);
+        readers.push(log.reader(part, next).map_err(|e| match e {
+            // Kafka's topic retention deleted events this projection had not read yet (the
+            // file log's retention never does): the projection cannot go on without them.
+            LogError::OutOfRange { start, .. } if start > next => StoreError::Config(format!(
+                "partition {part} of the log starts at offset {start}: the events at offsets \
+                 {next}..{start} were deleted (the topic's retention) before they were \
+                 projected and are lost; `shiplog replay` keeps the rows projected so far \
+                 and projects from the log's start (raise the topic's retention above the \
+                 projection's lag)"
+            )),
+            e => e.into(),
+        })?);
     }
     let mut first_buffered: Option<Instant> = None;
     loop {

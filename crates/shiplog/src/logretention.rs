@@ -7,9 +7,19 @@
 //!   log from the covered offset: keys of removed events come from the snapshot);
 //! - the record the rules snapshot saw last (a start checks it and reads on from there).
 //!
-//! Nothing known (no projection running, no snapshot yet) keeps everything. When the dedup
-//! snapshot is what holds retention back, it is written then (otherwise serve writes it
-//! only every million keys): the rules engine writes its own every 30 s.
+//! Nothing known (no projection running, no snapshot yet) keeps everything.
+//!
+//! Snapshots follow retention's need: serve writes the dedup snapshot only every million
+//! keys and the rules engine its own every 30 s, so either can be what keeps a segment that
+//! the projection already passed. When a pass holds segments back and the projection is not
+//! what holds them, it asks for a fresh snapshot of each one that is (the dedup index
+//! written, [`shiplog_rules::RulesEngine::snapshot_now`]) and tries again: at most once per
+//! pass, and only when it frees a segment.
+//!
+//! With `max_bytes`, a pass brings the log down to `max_bytes` less what the log grew by
+//! since the previous pass and one segment ([`pass_policy`]), so that it is still under
+//! the limit when the next pass comes; docs/operations.md ("Sizing a disk") gives the rule for a limit that
+//! can hold.
 //!
 //! The removal itself is [`SegmentedLog::apply_retention`] (crash-safe, the `START` file).
 
@@ -76,6 +86,19 @@ impl Needed {
     }
 }
 
+/// The policy of one pass: with `max_bytes`, the limit less a headroom of `growth` (what
+/// the log grew by since the previous pass: growing as much again keeps it under the
+/// limit) and one segment (the segment being written swings by up to its size between
+/// passes), but never less than half the limit.
+pub fn pass_policy(policy: &RetentionPolicy, growth: u64, segment_bytes: u64) -> RetentionPolicy {
+    RetentionPolicy {
+        max_bytes: policy
+            .max_bytes
+            .map(|max| max - growth.saturating_add(segment_bytes).min(max / 2)),
+        ..*policy
+    }
+}
+
 /// Figures of the retention task for `/metrics`.
 #[derive(Debug, Default)]
 pub struct RetentionMetrics {
@@ -85,6 +108,8 @@ pub struct RetentionMetrics {
     held_back_bytes: AtomicU64,
     keep_from: AtomicU64,
     failures: AtomicU64,
+    target_bytes: AtomicU64,
+    snapshots_asked: AtomicU64,
 }
 
 /// The retention task's inputs.
@@ -92,10 +117,14 @@ pub struct LogRetention {
     pub log: Arc<SegmentedLog>,
     pub policy: RetentionPolicy,
     pub interval: Duration,
+    /// `[log] segment_bytes` (see [`pass_policy`]).
+    pub segment_bytes: u64,
     pub ingestor: Arc<Ingestor>,
     pub dedup_dir: PathBuf,
     pub dedup_covered: Arc<DedupCovered>,
     pub rules_dir: PathBuf,
+    /// The rules engine, asked for a fresh snapshot when its own holds segments back.
+    pub rules: Option<shiplog_rules::RulesEngine>,
     /// The projection's committed offset of partition 0 (`None`: not projecting yet).
     pub projected: Arc<dyn Fn() -> Option<Offset> + Send + Sync>,
     pub metrics: Arc<RetentionMetrics>,
@@ -121,8 +150,8 @@ impl LogRetention {
         }
     }
 
-    async fn apply(&self, keep_from: Offset) -> Option<RetentionPass> {
-        let (log, policy) = (self.log.clone(), self.policy);
+    async fn apply(&self, policy: RetentionPolicy, keep_from: Offset) -> Option<RetentionPass> {
+        let log = self.log.clone();
         let pass = tokio::task::spawn_blocking(move || {
             log.apply_retention(&policy, keep_from, SystemTime::now())
         })
@@ -142,24 +171,52 @@ impl LogRetention {
         }
     }
 
-    /// One pass: removes what may go; writes the dedup snapshot first when it alone holds
-    /// segments back, then tries again.
-    pub async fn pass(&self) -> Option<RetentionPass> {
-        let needed = self.needed();
-        let mut pass = self.apply(needed.keep_from()).await?;
-        if pass.held_back_segments > 0 && needed.dedup < needed.projection.min(needed.rules) {
+    /// Writes a fresh snapshot of each reader that alone keeps the segments below `until`
+    /// (the projection already passed it; otherwise a snapshot would not free anything).
+    /// True when one was asked for.
+    async fn refresh_snapshots(&self, needed: Needed, until: Offset) -> bool {
+        if needed.projection < until {
+            return false;
+        }
+        let mut asked = false;
+        if needed.dedup < until {
             crate::serve::snapshot_dedup(&self.ingestor, &self.dedup_dir, &self.dedup_covered)
                 .await;
-            let again = self.needed();
-            if again.keep_from() > needed.keep_from() {
-                let more = self.apply(again.keep_from()).await?;
-                pass.removed_segments += more.removed_segments;
-                pass.removed_bytes += more.removed_bytes;
-                pass.removed.end = more.removed.end;
-                pass.held_back_segments = more.held_back_segments;
-                pass.held_back_bytes = more.held_back_bytes;
-                pass.start = more.start;
-                pass.bytes = more.bytes;
+            asked = true;
+        }
+        if needed.rules < until {
+            if let Some(rules) = &self.rules {
+                rules.snapshot_now().await;
+                asked = true;
+            }
+        }
+        if asked {
+            self.metrics.snapshots_asked.fetch_add(1, Relaxed);
+        }
+        asked
+    }
+
+    /// One pass (`growth`: what the log grew by since the previous one, see [`pass_policy`]):
+    /// removes what may go; when a snapshot is what holds segments back, writes it and
+    /// tries again.
+    pub async fn pass(&self, growth: u64) -> Option<RetentionPass> {
+        let policy = pass_policy(&self.policy, growth, self.segment_bytes);
+        let needed = self.needed();
+        let mut pass = self.apply(policy, needed.keep_from()).await?;
+        if let Some(until) = pass.held_back_until {
+            if self.refresh_snapshots(needed, until).await {
+                let again = self.needed();
+                if again.keep_from() > needed.keep_from() {
+                    let more = self.apply(policy, again.keep_from()).await?;
+                    pass.removed_segments += more.removed_segments;
+                    pass.removed_bytes += more.removed_bytes;
+                    pass.removed.end = more.removed.end;
+                    pass.held_back_segments = more.held_back_segments;
+                    pass.held_back_bytes = more.held_back_bytes;
+                    pass.held_back_until = more.held_back_until;
+                    pass.start = more.start;
+                    pass.bytes = more.bytes;
+                }
             }
         }
         let keep_from = self.needed().keep_from();
@@ -169,6 +226,7 @@ impl LogRetention {
         m.removed_bytes.fetch_add(pass.removed_bytes, Relaxed);
         m.held_back_bytes.store(pass.held_back_bytes, Relaxed);
         m.keep_from.store(keep_from, Relaxed);
+        m.target_bytes.store(policy.max_bytes.unwrap_or(0), Relaxed);
         if pass.held_back_segments > 0 {
             info!(
                 segments = pass.held_back_segments,
@@ -193,12 +251,19 @@ impl LogRetention {
         );
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The log's bytes after the previous pass: what it grew by since is the headroom
+        // the next pass leaves.
+        let mut after: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            self.pass().await;
+            let before = self.log.stats().bytes;
+            let growth = after.map_or(0, |a| before.saturating_sub(a));
+            if let Some(pass) = self.pass(growth).await {
+                after = Some(pass.bytes);
+            }
         }
     }
 }
@@ -207,6 +272,8 @@ impl LogRetention {
 pub struct RetentionSeries {
     pub log: Arc<SegmentedLog>,
     pub metrics: Option<Arc<RetentionMetrics>>,
+    /// `[log.retention] max_bytes`.
+    pub max_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for RetentionSeries {
@@ -277,11 +344,55 @@ impl Collector for RetentionSeries {
             "The lowest offset still needed (projection, dedup and rules snapshots): segments below it may go.",
             m.keep_from.load(Relaxed) as i64,
         )?;
+        if let Some(max) = self.max_bytes {
+            gauge(
+                e,
+                "shiplog_log_retention_max_bytes",
+                "[log.retention] max_bytes: the limit of the log's bytes on disk.",
+                max as i64,
+            )?;
+            gauge(
+                e,
+                "shiplog_log_retention_target_bytes",
+                "What the last pass brought the log down to: max_bytes less what the log grew by during the interval before (so it stays under max_bytes until the next pass).",
+                m.target_bytes.load(Relaxed) as i64,
+            )?;
+        }
+        counter(
+            e,
+            "shiplog_log_retention_snapshots_asked",
+            "Passes that wrote a fresh dedup or rules snapshot because it alone held segments back.",
+            m.snapshots_asked.load(Relaxed),
+        )?;
         counter(
             e,
             "shiplog_log_retention_failures",
             "Retention passes that failed (the server log says why).",
             m.failures.load(Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_leaves_the_growth_of_an_interval_as_headroom_but_keeps_half_the_limit() {
+        let policy = RetentionPolicy {
+            max_age: Some(Duration::from_secs(60)),
+            max_bytes: Some(1000),
+        };
+        assert_eq!(pass_policy(&policy, 0, 0), policy);
+        assert_eq!(pass_policy(&policy, 300, 0).max_bytes, Some(700));
+        assert_eq!(pass_policy(&policy, 300, 100).max_bytes, Some(600));
+        assert_eq!(pass_policy(&policy, 900, 100).max_bytes, Some(500));
+        assert_eq!(pass_policy(&policy, u64::MAX, 100).max_bytes, Some(500));
+        assert_eq!(pass_policy(&policy, 300, 100).max_age, policy.max_age);
+        let by_age = RetentionPolicy {
+            max_age: Some(Duration::from_secs(60)),
+            max_bytes: None,
+        };
+        assert_eq!(pass_policy(&by_age, 300, 100), by_age);
     }
 }

@@ -387,6 +387,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         interval,
                         data_dir: cli.data_dir.clone(),
                         log_max_bytes: config.log.retention.max_bytes,
+                        log_segment_bytes: config.log.segment_bytes,
+                        retention_interval: config.log.retention.interval,
                     },
                 ))?,
                 BenchCommand::Rss {

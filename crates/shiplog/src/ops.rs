@@ -145,7 +145,7 @@ pub fn replay(config: &Config) -> Result<ExitCode> {
     );
     let report = rebuild(config, projector_config(config)?)?;
     if let Some(kept) = &report.kept {
-        eprintln!("{}", describe_kept(kept));
+        eprintln!("{}", describe_kept(kept, config.log.is_kafka()));
     }
     eprintln!(
         "shiplog replay: {} events → {} rows in {} files ({} skipped, of which {} records \
@@ -161,11 +161,17 @@ pub fn replay(config: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a replay over a log shortened by retention kept instead of rebuilding.
-fn describe_kept(kept: &shiplog_store::KeptBelow) -> String {
+/// What a replay over a log shortened by retention (`[log.retention]`, or the Kafka topic's
+/// own) kept instead of rebuilding.
+fn describe_kept(kept: &shiplog_store::KeptBelow, kafka: bool) -> String {
+    let removed = match kafka {
+        true => "the topic's retention deleted the events before",
+        false => "[log.retention] removed the events before",
+    };
     let starts = kept
         .below
         .iter()
+        .filter(|(_, s)| **s > 0 || kept.below.len() == 1)
         .map(|(p, s)| match kept.below.len() {
             1 => format!("offset {s}"),
             _ => format!("offset {s} of partition {p}"),
@@ -178,8 +184,8 @@ fn describe_kept(kept: &shiplog_store::KeptBelow) -> String {
         None => String::new(),
     };
     format!(
-        "shiplog replay: the log starts at {starts} ([log.retention] removed the events \
-         before): those cannot be rebuilt, so their Parquet rows were KEPT as they were: {} \
+        "shiplog replay: the log starts at {starts} ({removed}): those cannot be rebuilt, \
+         so their Parquet rows were KEPT as they were: {} \
          rows in {} files{days} ({} files cut at the log's start); only the events from the \
          log's start on were rebuilt",
         kept.rows, kept.files, kept.cut
@@ -279,7 +285,7 @@ pub fn reprice(config: &Config, prices: Option<&std::path::Path>) -> Result<Exit
         // Kept rows keep the prices they were projected with.
         eprintln!(
             "{} (their costs are not re-priced)",
-            describe_kept(kept).replace("shiplog replay", "shiplog reprice")
+            describe_kept(kept, config.log.is_kafka()).replace("shiplog replay", "shiplog reprice")
         );
     }
     let after = cost_totals(data_dir)?;

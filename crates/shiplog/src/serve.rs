@@ -214,31 +214,6 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
     } else {
         None
     };
-    let retention = match (&file_log, &projection) {
-        (Some(file_log), Some(projection)) if config.log.retention.policy().is_enabled() => {
-            let metrics = Arc::new(RetentionMetrics::default());
-            let running = projection.running.clone();
-            let task = LogRetention {
-                log: file_log.clone(),
-                policy: config.log.retention.policy(),
-                interval: config.log.retention.interval,
-                ingestor: ingestor.clone(),
-                dedup_dir: dedup_dir.clone(),
-                dedup_covered: dedup_covered.clone(),
-                rules_dir: data_dir.join("rules"),
-                projected: Arc::new(move || {
-                    let running = running.lock().unwrap();
-                    let (_, progress) = running.as_ref()?;
-                    let offset = progress.borrow().get(&0).copied();
-                    offset
-                }),
-                metrics: metrics.clone(),
-            };
-            tokio::spawn(task.run(shutdown_rx.clone()));
-            Some(metrics)
-        }
-        _ => None,
-    };
     let query = if role.serves_web() {
         Some(open_queries(&config)?)
     } else {
@@ -254,6 +229,35 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         )?),
         None => None,
     };
+    // After the rules engine: retention asks it for a fresh snapshot when that is what
+    // holds segments back.
+    let retention = match (&file_log, &projection) {
+        (Some(file_log), Some(projection)) if config.log.retention.policy().is_enabled() => {
+            let metrics = Arc::new(RetentionMetrics::default());
+            let running = projection.running.clone();
+            let task = LogRetention {
+                log: file_log.clone(),
+                policy: config.log.retention.policy(),
+                interval: config.log.retention.interval,
+                segment_bytes: config.log.segment_bytes,
+                ingestor: ingestor.clone(),
+                dedup_dir: dedup_dir.clone(),
+                dedup_covered: dedup_covered.clone(),
+                rules_dir: data_dir.join("rules"),
+                rules: rules.clone(),
+                projected: Arc::new(move || {
+                    let running = running.lock().unwrap();
+                    let (_, progress) = running.as_ref()?;
+                    let offset = progress.borrow().get(&0).copied();
+                    offset
+                }),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(task.run(shutdown_rx.clone()));
+            Some(metrics)
+        }
+        _ => None,
+    };
     let admission = Arc::new(shiplog_ingest::admission::Admission::new(
         config.server.max_inflight_bytes,
     ));
@@ -268,6 +272,7 @@ pub async fn serve(config: Config, demo: bool, role: Role) -> Result<()> {
         registry.register_collector(Box::new(crate::logretention::RetentionSeries {
             log: l.clone(),
             metrics: retention.clone(),
+            max_bytes: config.log.retention.max_bytes,
         }));
     }
     if let Some(r) = &rules {

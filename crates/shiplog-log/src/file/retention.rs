@@ -87,6 +87,10 @@ pub struct RetentionPass {
     /// past `keep_from` (not projected yet, or not covered by the snapshots), and their bytes.
     pub held_back_segments: u64,
     pub held_back_bytes: u64,
+    /// When segments were held back: the lowest `keep_from` that would let the first of
+    /// them go (the offset after its last record). Whoever needs less than that is what
+    /// holds retention back.
+    pub held_back_until: Option<Offset>,
     /// The log's start after the pass.
     pub start: Offset,
     /// Bytes of the segment files on disk after the pass.
@@ -205,6 +209,9 @@ impl SegmentedLog {
                 }
                 if held || next.base > keep_from {
                     // Needed still: this one and every later one the policy would take.
+                    if !held {
+                        pass.held_back_until = Some(next.base);
+                    }
                     held = true;
                     pass.held_back_segments += 1;
                     pass.held_back_bytes += s.disk_len;

@@ -65,6 +65,8 @@ fn size_retention_removes_oldest_segments_only_below_keep_from() {
         .unwrap();
     assert_eq!(pass.removed_segments, 0);
     assert!(pass.held_back_segments > 0);
+    // keep_from must reach the second segment's base for the first one to go.
+    assert_eq!(pass.held_back_until, Some(b[1]));
     assert_eq!(log.start_offset(0), 0);
     assert!(!dir.path().join(START_FILE).exists());
 
@@ -76,6 +78,7 @@ fn size_retention_removes_oldest_segments_only_below_keep_from() {
     assert_eq!(pass.removed, 0..b[3]);
     assert_eq!(pass.start, b[3]);
     assert!(pass.held_back_segments > 0);
+    assert_eq!(pass.held_back_until, Some(b[4]));
     assert_eq!(read_start(dir.path()).unwrap(), Some(b[3]));
     assert!(!segment_path(dir.path(), b[0]).exists());
     assert!(segment_path(dir.path(), b[3]).exists());
@@ -86,6 +89,7 @@ fn size_retention_removes_oldest_segments_only_below_keep_from() {
         .unwrap();
     assert!(pass.bytes <= total / 2, "{pass:?}");
     assert_eq!(pass.held_back_segments, 0);
+    assert_eq!(pass.held_back_until, None);
     let start = pass.start;
     assert_eq!(log.stats().start_offset, start);
     assert_eq!(log.stats().first_offset, start);

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 struct Inner {
@@ -52,6 +52,9 @@ struct Inner {
     resumed: Mutex<Option<Vec<(Partition, Offset)>>>,
     /// A snapshot is being written.
     saving: Arc<AtomicBool>,
+    /// Requests for a snapshot now ([`RulesEngine::snapshot_now`]), answered by the main
+    /// loop once it is written.
+    snapshot_requests: mpsc::Sender<oneshot::Sender<()>>,
     /// The last backtest of the current rules (the decisions page), and when it ran.
     shadow: tokio::sync::Mutex<Option<(std::time::Instant, Arc<crate::backtest::BacktestReport>)>>,
 }
@@ -131,12 +134,14 @@ impl RulesEngine {
             .map(|dir| (dir, snapshot::fingerprint(&retention, settings.catch_up)));
         let mut state = State::new(retention.clone());
         state.set_prices(settings.prices.clone());
+        let (snapshot_requests, requests) = mpsc::channel(4);
         let engine = RulesEngine {
             inner: Arc::new(Inner {
                 action_env,
                 snapshot,
                 resumed: Mutex::new(None),
                 saving: Arc::new(AtomicBool::new(false)),
+                snapshot_requests,
                 shadow: tokio::sync::Mutex::new(None),
                 rules,
                 settings,
@@ -149,7 +154,11 @@ impl RulesEngine {
             }),
         };
         let log = engine.inner.ingestor.log().clone();
-        tokio::spawn(engine.clone().run(log, retention, shutdown.clone()));
+        tokio::spawn(
+            engine
+                .clone()
+                .run(log, retention, requests, shutdown.clone()),
+        );
         for (i, r) in engine.inner.rules.iter().enumerate() {
             if r.schedule().is_some() {
                 tokio::spawn(engine.clone().cron_loop(i, shutdown.clone()));
@@ -161,7 +170,13 @@ impl RulesEngine {
 
     /// Resumes from the snapshot when it may be used (else starts from an empty state),
     /// reads every partition from where the state stands, and runs the main loop.
-    async fn run(self, log: Arc<dyn Log>, retention: Retention, shutdown: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        log: Arc<dyn Log>,
+        retention: Retention,
+        requests: mpsc::Receiver<oneshot::Sender<()>>,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let mut positions: BTreeMap<Partition, Position> = BTreeMap::new();
         if let Some((dir, fingerprint)) = &self.inner.snapshot {
             match snapshot::load(dir, fingerprint, &retention, log.as_ref()).await {
@@ -198,7 +213,7 @@ impl RulesEngine {
             ));
         }
         drop(tx);
-        self.main_loop(rx, partitions.len(), positions, shutdown)
+        self.main_loop(rx, requests, partitions.len(), positions, shutdown)
             .await;
     }
 
@@ -209,13 +224,14 @@ impl RulesEngine {
     }
 
     /// Replaces the snapshot with the state and `positions` (encoded and written on a
-    /// blocking thread; skipped while the previous one is still being written).
-    async fn save_snapshot(&self, positions: &BTreeMap<Partition, Position>, wait: bool) {
+    /// blocking thread; skipped while the previous one is still being written). False when
+    /// skipped.
+    async fn save_snapshot(&self, positions: &BTreeMap<Partition, Position>, wait: bool) -> bool {
         let Some((dir, fingerprint)) = self.inner.snapshot.clone() else {
-            return;
+            return false;
         };
         if self.inner.saving.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         let image = self.inner.state.lock().unwrap().image();
         let positions: Vec<Position> = positions.values().cloned().collect();
@@ -230,6 +246,31 @@ impl RulesEngine {
         });
         if wait {
             let _ = task.await;
+        }
+        true
+    }
+
+    /// [`Self::save_snapshot`], after the write still running (a periodic one) if any,
+    /// and waits for it. False when there is no snapshot directory.
+    async fn save_snapshot_waiting(&self, positions: &BTreeMap<Partition, Position>) -> bool {
+        while self.inner.snapshot.is_some() {
+            if self.save_snapshot(positions, true).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Writes the snapshot now, with the state as far as the engine has read the log, and
+    /// returns once it is on disk (or was current already, or the engine is not ready or
+    /// has no snapshot directory). Log retention asks for it when the snapshot is what
+    /// keeps it from removing segments: the periodic one is only written every
+    /// [`SNAPSHOT_EVERY`]. Cheap when the state did not change: only the positions move.
+    pub async fn snapshot_now(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.snapshot_requests.send(tx).await.is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -400,6 +441,7 @@ impl RulesEngine {
     async fn main_loop(
         self,
         mut rx: mpsc::Receiver<Msg>,
+        mut requests: mpsc::Receiver<oneshot::Sender<()>>,
         partitions: usize,
         mut positions: BTreeMap<Partition, Position>,
         mut shutdown: watch::Receiver<bool>,
@@ -448,18 +490,26 @@ impl RulesEngine {
                             self.close_interrupted().await;
                             self.evaluate().await;
                             let seq = self.inner.state.lock().unwrap().seq();
-                            self.save_snapshot(&positions, false).await;
-                            saved = Some((seq, positions.clone()));
+                            if self.save_snapshot(&positions, false).await {
+                                saved = Some((seq, positions.clone()));
+                            }
                         }
                     }
                 },
                 _ = snapshot_tick.tick() => {
                     let seq = self.inner.state.lock().unwrap().seq();
                     let changed = saved.as_ref().is_none_or(|(s, p)| *s != seq || *p != positions);
-                    if self.is_ready() && changed {
-                        self.save_snapshot(&positions, false).await;
+                    if self.is_ready() && changed && self.save_snapshot(&positions, false).await {
                         saved = Some((seq, positions.clone()));
                     }
+                }
+                Some(reply) = requests.recv() => {
+                    let seq = self.inner.state.lock().unwrap().seq();
+                    let changed = saved.as_ref().is_none_or(|(s, p)| *s != seq || *p != positions);
+                    if self.is_ready() && changed && self.save_snapshot_waiting(&positions).await {
+                        saved = Some((seq, positions.clone()));
+                    }
+                    let _ = reply.send(());
                 }
                 _ = tick.tick() => {
                     if self.is_ready() {
@@ -470,7 +520,7 @@ impl RulesEngine {
                 }
                 _ = shutdown.changed() => {
                     if self.is_ready() {
-                        self.save_snapshot(&positions, true).await;
+                        self.save_snapshot_waiting(&positions).await;
                     }
                     break;
                 }
