@@ -8,7 +8,10 @@
 
 pub mod cron;
 pub mod plan;
+mod poll;
 pub(crate) mod tail;
+
+pub use poll::ErrorCounts;
 
 use crate::action;
 use crate::config::{Action, Rule, RuleSpec, RulesSettings};
@@ -54,6 +57,8 @@ struct Inner {
     saving: Arc<AtomicBool>,
     /// The last backtest of the current rules (the decisions page), and when it ran.
     shadow: tokio::sync::Mutex<Option<(std::time::Instant, Arc<crate::backtest::BacktestReport>)>>,
+    /// Failed reads of the rules' sources, for `/metrics`.
+    source_errors: Mutex<poll::ErrorCounts>,
 }
 
 /// A running rules engine: its state answers the gate and the deployment page.
@@ -111,6 +116,20 @@ impl RulesEngine {
                 }
             }
         }
+        let mut source_secrets = Vec::new();
+        for r in &rules {
+            for m in r.rollback().map_or(&[][..], |s| &s.metrics[..]) {
+                for var in m.source.iter().flat_map(|s| s.secret_envs()) {
+                    if std::env::var(&var).map(|s| s.is_empty()).unwrap_or(true) {
+                        return Err(RulesError::MissingSourceSecret {
+                            rule: r.name().to_string(),
+                            var,
+                        });
+                    }
+                    source_secrets.push(var);
+                }
+            }
+        }
         let webhook_secrets = rules.iter().filter_map(|r| match &r.action {
             Some(Action::Webhook { secret_env, .. }) => secret_env.clone(),
             _ => None,
@@ -121,6 +140,7 @@ impl RulesEngine {
                 .iter()
                 .cloned()
                 .chain(webhook_secrets)
+                .chain(source_secrets)
                 .collect::<Vec<_>>(),
         );
         let started_at = Utc::now();
@@ -138,6 +158,7 @@ impl RulesEngine {
                 resumed: Mutex::new(None),
                 saving: Arc::new(AtomicBool::new(false)),
                 shadow: tokio::sync::Mutex::new(None),
+                source_errors: Mutex::new(poll::ErrorCounts::new()),
                 rules,
                 settings,
                 state: Mutex::new(state),
@@ -150,6 +171,9 @@ impl RulesEngine {
         };
         let log = engine.inner.ingestor.log().clone();
         tokio::spawn(engine.clone().run(log, retention, shutdown.clone()));
+        if engine.has_sources() {
+            tokio::spawn(engine.clone().poll_loop(shutdown.clone()));
+        }
         for (i, r) in engine.inner.rules.iter().enumerate() {
             if r.schedule().is_some() {
                 tokio::spawn(engine.clone().cron_loop(i, shutdown.clone()));
