@@ -365,7 +365,7 @@ impl Source {
                 };
                 let rendered: Result<Vec<Option<String>>, SourceError> = [query, errors, requests]
                     .iter()
-                    .map(|q| q.as_ref().map(render).transpose())
+                    .map(|q| q.as_ref().map(&render).transpose())
                     .collect();
                 let rendered = match rendered {
                     Ok(r) => r,
@@ -445,10 +445,10 @@ impl Source {
                 let mut shown = url.source.clone();
                 for t in grid {
                     let span = span_of(*t);
-                    let rendered = http_json::render(url, span, value).and_then(|u| {
+                    let rendered = http_json::render(url, span, &value).and_then(|u| {
                         let b = body
                             .as_ref()
-                            .map(|b| http_json::render(b, span, value))
+                            .map(|b| http_json::render(b, span, &value))
                             .transpose()?;
                         Ok((u, b))
                     });
