@@ -134,7 +134,10 @@ impl Prometheus {
         let stderr = std::fs::File::create(dir.join("prometheus.stderr")).unwrap();
         let child = Command::new(prometheus_bin())
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -301,7 +304,12 @@ async fn prometheus_source_rolls_back_judges_and_fails_safe() {
 
     // The baselines go live; the new versions 15 s later (five baseline samples each).
     for p in ["bad", "good", "stop", "hostile"] {
-        post(&client, &url, vec![deploy(p, &format!("{p}-v1"), "v1", None)]).await;
+        post(
+            &client,
+            &url,
+            vec![deploy(p, &format!("{p}-v1"), "v1", None)],
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(15)).await;
     let live = Instant::now();
@@ -317,7 +325,14 @@ async fn prometheus_source_rolls_back_judges_and_fails_safe() {
     .await;
 
     // 1. Errors ten times more: rolled back within the window.
-    let bad = wait_decision(&client, &url, "prom-bad", "bad-v2", Duration::from_secs(WINDOW_S)).await;
+    let bad = wait_decision(
+        &client,
+        &url,
+        "prom-bad",
+        "bad-v2",
+        Duration::from_secs(WINDOW_S),
+    )
+    .await;
     let decided_in = live.elapsed();
     assert!(
         !bad.is_empty() && bad[0][0] == "degraded",
@@ -328,14 +343,27 @@ async fn prometheus_source_rolls_back_judges_and_fails_safe() {
         decided_in < Duration::from_secs(WINDOW_S),
         "rolled back after {decided_in:?}, past the {WINDOW_S}s window"
     );
-    eprintln!("bad version judged degraded {decided_in:?} after going live");
+    eprintln!("bad version judged degraded {decided_in:?} after going live: {bad:?}");
 
     // 2. The healthy one, and the hostile one, conclude when their window closes.
-    let good = wait_decision(&client, &url, "prom-good", "good-v2", Duration::from_secs(WINDOW_S + 15)).await;
+    let good = wait_decision(
+        &client,
+        &url,
+        "prom-good",
+        "good-v2",
+        Duration::from_secs(WINDOW_S + 15),
+    )
+    .await;
     assert_eq!(good.len(), 1, "good: {good:?}");
     assert_eq!(good[0][0], "healthy", "good: {good:?}");
-    let hostile =
-        wait_decision(&client, &url, "prom-hostile", "hostile-v2", Duration::from_secs(15)).await;
+    let hostile = wait_decision(
+        &client,
+        &url,
+        "prom-hostile",
+        "hostile-v2",
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(hostile.len(), 1, "hostile: {hostile:?}");
     assert_eq!(hostile[0][0], "inconclusive", "hostile: {hostile:?}");
     let reason = hostile[0][2].as_str().unwrap_or_default();
@@ -361,7 +389,7 @@ async fn prometheus_source_rolls_back_judges_and_fails_safe() {
     let rows = query(
         &client,
         &url,
-        "SELECT deployment_id, source, count(*), sum(errors), sum(requests), \
+        "SELECT deployment_id, source, count(*), sum(errors)::DOUBLE, sum(requests)::DOUBLE, \
          min(json_extract_string(extra, '$.data.source')), min(json_extract_string(extra, '$.data.query')) \
          FROM checks WHERE value IS NOT NULL GROUP BY deployment_id, source ORDER BY deployment_id",
     )
@@ -375,7 +403,16 @@ async fn prometheus_source_rolls_back_judges_and_fails_safe() {
             .get(dep)
             .unwrap_or_else(|| panic!("no samples of {dep}: {rows:?}"));
         assert_eq!(r[1], "shiplog-rules/prometheus", "{r:?}");
-        assert!(r[2].as_i64().unwrap() >= 3, "{r:?}");
+        assert!(
+            r[2].as_i64().unwrap() >= 3,
+            "{r:?}\nall: {rows:?}\n{:?}",
+            query(
+                &client,
+                &url,
+                "SELECT deployment_id, time, id, value, errors, requests FROM checks ORDER BY time"
+            )
+            .await
+        );
         assert_eq!(r[5], "prometheus", "{r:?}");
         let q = r[6].as_str().unwrap();
         assert!(
@@ -387,6 +424,7 @@ async fn prometheus_source_rolls_back_judges_and_fails_safe() {
             "{q}"
         );
     }
+    eprintln!("samples judged, by deployment: {rows:?}");
     let rate = |dep: &str| {
         let r = &by_dep[dep];
         r[3].as_f64().unwrap() / r[4].as_f64().unwrap()

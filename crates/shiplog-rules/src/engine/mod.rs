@@ -550,6 +550,25 @@ impl RulesEngine {
         Ok(())
     }
 
+    /// Writes events through the ingestor only: the state reads them back from the log
+    /// (checks, unlike decisions, are not idempotent to apply, and a point read again is a
+    /// duplicate that ingest drops).
+    async fn ingest_only(&self, values: Vec<Value>) -> Result<(), RulesError> {
+        let mut events = Vec::with_capacity(values.len());
+        for v in values {
+            events.push(
+                Event::from_json(v, Origin::Internal)
+                    .map_err(|e| RulesError::InvalidEvent(e.to_string()))?,
+            );
+        }
+        self.inner
+            .ingestor
+            .ingest(events)
+            .await
+            .map_err(|e| RulesError::Write(e.to_string()))?;
+        Ok(())
+    }
+
     /// Writes `values`, in 10 tries at most: 200 ms doubled up to 6.4 s between them, with
     /// jitter.
     async fn write_retrying(&self, values: Vec<Value>) {

@@ -1,6 +1,6 @@
 //! The sources' poller: reads the metrics of rollback rules that have a `source`
 //! (Prometheus, HTTP JSON) and writes what it read to the log as `check` events, through
-//! the ingestor like every decision, so the judge reads them like pushed checks.
+//! the ingestor (the state reads them back from the log, like pushed checks).
 //!
 //! **The grid.** A deployment that went live at `s` is sampled at `s + k·interval`
 //! (k = 1, 2, …) up to the end of its window, each sample covering the interval before
@@ -189,7 +189,9 @@ impl RulesEngine {
                 let Some(start) = d.succeeded_at else {
                     continue;
                 };
-                let end = start.checked_add_signed(window).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let end = start
+                    .checked_add_signed(window)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 if end < oldest
                     || d.failed
                     || d.rolled_back
@@ -310,7 +312,7 @@ impl RulesEngine {
                         )
                     })
                     .collect();
-                match self.write(events).await {
+                match self.ingest_only(events).await {
                     Ok(()) => {
                         mark.done = last.max(mark.done);
                         mark.retry_at = None;
@@ -337,7 +339,7 @@ impl RulesEngine {
                 let mut d = data;
                 d.insert("error".into(), json!(err.to_string()));
                 let ev = envelope(format!("{base_id}/{}/error", at.timestamp_millis()), at, d);
-                if let Err(e) = self.write(vec![ev]).await {
+                if let Err(e) = self.ingest_only(vec![ev]).await {
                     warn!(error = %e, "cannot write a source failure");
                 }
                 mark.retry_at = Some(Utc::now() + chrono_dur(source.interval));

@@ -185,7 +185,10 @@ mod tests {
             .number(&v)
             .unwrap_err()
             .contains("no value at results.1.count"));
-        assert!(p("series.0").number(&v).unwrap_err().contains("not a number"));
+        assert!(p("series.0")
+            .number(&v)
+            .unwrap_err()
+            .contains("not a number"));
         assert!(JsonPath::parse("a..b").is_err());
     }
 

@@ -227,20 +227,20 @@ impl Source {
                 if counts == c.query.is_some() {
                     return Err(err(
                         "query",
-                        "set query (a value), or errors and requests (counts), not both"
-                            .into(),
+                        "set query (a value), or errors and requests (counts), not both".into(),
                     ));
                 }
-                let prom = |k: &str, s: &Option<String>| -> Result<Option<PromQuery>, _> {
-                    s.as_ref()
-                        .map(|s| {
-                            let template = Template::parse(s).map_err(|m| err(k, m))?;
-                            let quotes =
-                                promql::placeholder_quotes(&template).map_err(|m| err(k, m))?;
-                            Ok(PromQuery { template, quotes })
-                        })
-                        .transpose()
-                };
+                let prom =
+                    |k: &str, s: &Option<String>| -> Result<Option<PromQuery>, (String, String)> {
+                        s.as_ref()
+                            .map(|s| {
+                                let template = Template::parse(s).map_err(|m| err(k, m))?;
+                                let quotes =
+                                    promql::placeholder_quotes(&template).map_err(|m| err(k, m))?;
+                                Ok::<_, (String, String)>(PromQuery { template, quotes })
+                            })
+                            .transpose()
+                    };
                 SourceKind::Prometheus {
                     base: base.trim_end_matches('/').to_string(),
                     query: prom("query", &c.query)?,
@@ -252,7 +252,8 @@ impl Source {
                 if c.query.is_some() {
                     return Err(err(
                         "query",
-                        "http sources put the query in the URL or body; the answer's path is value".into(),
+                        "http sources put the query in the URL or body; the answer's path is value"
+                            .into(),
                     ));
                 }
                 if counts == c.value.is_some() {
@@ -275,7 +276,10 @@ impl Source {
                         .map_err(|_| err("headers", format!("{name:?} is not a header name")))?;
                     if let HeaderValue::Env { env } = v {
                         if env.is_empty() {
-                            return Err(err("headers", format!("{name}: env must name a variable")));
+                            return Err(err(
+                                "headers",
+                                format!("{name}: env must name a variable"),
+                            ));
                         }
                     }
                 }
@@ -426,14 +430,12 @@ impl Source {
                         HeaderValue::Text(s) => resolved.push((k.clone(), s.clone())),
                         HeaderValue::Env { env } => match std::env::var(env) {
                             Ok(s) if !s.is_empty() => resolved.push((k.clone(), s)),
-                            _ => {
-                                return Reading {
-                                    query: url.source.clone(),
-                                    result: Err(SourceError::Failed(format!(
-                                        "http_json: environment variable {env} (header {k}) is not set"
-                                    ))),
-                                }
-                            }
+                            _ => return Reading {
+                                query: url.source.clone(),
+                                result: Err(SourceError::Failed(format!(
+                                    "http_json: environment variable {env} (header {k}) is not set"
+                                ))),
+                            },
                         },
                     }
                 }

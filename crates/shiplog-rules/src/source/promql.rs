@@ -142,7 +142,10 @@ impl Prometheus {
     ) -> Result<Vec<(DateTime<Utc>, f64)>, SourceError> {
         let (path, params) = match times {
             [] => return Ok(Vec::new()),
-            [t] => ("query", vec![("query", query.to_string()), ("time", unix(*t))]),
+            [t] => (
+                "query",
+                vec![("query", query.to_string()), ("time", unix(*t))],
+            ),
             [first, .., last] => (
                 "query_range",
                 vec![
@@ -187,7 +190,9 @@ fn parse_result(data: &Value) -> Result<Vec<(DateTime<Utc>, f64)>, SourceError> 
     let point = |p: &Value| -> Option<(DateTime<Utc>, f64)> {
         let t = p.get(0)?.as_f64()?;
         let v: f64 = p.get(1)?.as_str()?.parse().ok()?;
-        let t = Utc.timestamp_millis_opt((t * 1000.0).round() as i64).single()?;
+        let t = Utc
+            .timestamp_millis_opt((t * 1000.0).round() as i64)
+            .single()?;
         Some((t, v))
     };
     match data["resultType"].as_str() {
@@ -258,8 +263,8 @@ mod tests {
             r#"v2"} or vector(1) #\\\n\'"#
         );
         assert_eq!(escape_label_value("a\u{1}b", '"'), r"a\x01b");
-        let t = Template::parse(r#"sum(x{version="{commit}"}) / sum(y{d='{deployment_id}'})"#)
-            .unwrap();
+        let t =
+            Template::parse(r#"sum(x{version="{commit}"}) / sum(y{d='{deployment_id}'})"#).unwrap();
         let q = placeholder_quotes(&t).unwrap();
         assert_eq!(q, vec![Some('"'), Some('\'')]);
         let rendered = render(&t, &q, |_| Ok(hostile.to_string())).unwrap();
@@ -309,7 +314,10 @@ mod tests {
             r#"{"resultType":"vector","result":[{"metric":{"a":"1"},"value":[1,"1"]},{"metric":{"a":"2"},"value":[1,"2"]}]}"#,
         )
         .unwrap();
-        assert!(parse_result(&two).unwrap_err().to_string().contains("2 series"));
+        assert!(parse_result(&two)
+            .unwrap_err()
+            .to_string()
+            .contains("2 series"));
         let t = |s| Utc.timestamp_opt(s, 0).unwrap();
         let got = combine(
             None,

@@ -1,8 +1,8 @@
 //! Applying one event to the state.
 
 use super::model::{
-    CostBucket, Deployment, MigrationRec, RollbackRec, Sample, Series, SourceFailure,
-    ThresholdRec, COST_BUCKET,
+    CostBucket, Deployment, MigrationRec, RollbackRec, Sample, Series, SourceFailure, ThresholdRec,
+    COST_BUCKET,
 };
 use super::{sweep, tomb_key, State, MAX_ERROR_BYTES, MAX_PENDING_MIGRATIONS, SOURCE};
 use crate::config::RuleKind;

@@ -55,7 +55,11 @@ impl Collector for RulesSeries {
             MetricType::Counter,
         )?;
         for ((rule, source, class), n) in errors {
-            let labels = [("rule", rule.as_str()), ("source", source), ("class", class)];
+            let labels = [
+                ("rule", rule.as_str()),
+                ("source", source),
+                ("class", class),
+            ];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
