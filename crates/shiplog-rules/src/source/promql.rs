@@ -53,8 +53,6 @@ pub fn placeholder_quotes(t: &Template) -> Result<Vec<Option<char>>, String> {
                         None => {
                             if matches!(c, '"' | '\'' | '`') {
                                 open = Some(c);
-                            } else if c == '#' {
-                                // A comment to the end of the line: treated as text.
                             }
                         }
                         Some(q) => {
