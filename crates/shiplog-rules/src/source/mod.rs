@@ -430,12 +430,14 @@ impl Source {
                         HeaderValue::Text(s) => resolved.push((k.clone(), s.clone())),
                         HeaderValue::Env { env } => match std::env::var(env) {
                             Ok(s) if !s.is_empty() => resolved.push((k.clone(), s)),
-                            _ => return Reading {
-                                query: url.source.clone(),
-                                result: Err(SourceError::Failed(format!(
+                            _ => {
+                                return Reading {
+                                    query: url.source.clone(),
+                                    result: Err(SourceError::Failed(format!(
                                     "http_json: environment variable {env} (header {k}) is not set"
                                 ))),
-                            },
+                                }
+                            }
                         },
                     }
                 }
