@@ -214,6 +214,21 @@ const CHECK: &[FieldSpec] = &[
         Count,
         "Requests in the interval the check covers.",
     ),
+    opt(
+        "source",
+        Str,
+        "Where shiplog read the sample for a rollback rule: `prometheus` or `http_json` (absent on pushed checks).",
+    ),
+    opt(
+        "query",
+        Str,
+        "The query (PromQL) or request (URL) the sample was read with, as sent.",
+    ),
+    opt(
+        "error",
+        Str,
+        "Why a source gave no sample (unreachable, an error answer, no series); such a check has no value.",
+    ),
 ];
 
 const DECISION: &[FieldSpec] = &[

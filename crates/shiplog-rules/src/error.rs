@@ -14,6 +14,9 @@ pub enum RulesError {
     /// A webhook's secret variable is not set in the server's environment.
     #[error("rule {rule}: action.secret_env: environment variable {var} is not set")]
     MissingSecret { rule: String, var: String },
+    /// A source header's secret variable is not set in the server's environment.
+    #[error("rule {rule}: source.headers: environment variable {var} is not set")]
+    MissingSourceSecret { rule: String, var: String },
     /// A decision could not be written to the log (it is retried).
     #[error("cannot write a decision: {0}")]
     Write(String),

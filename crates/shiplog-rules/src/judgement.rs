@@ -3,7 +3,7 @@
 //! and the deployment page, so the three agree.
 
 use crate::config::RollbackSpec;
-use crate::judge::{self, Judgement, MetricSpec, Reference, Window};
+use crate::judge::{self, Judgement, MetricSpec, MetricVerdict, Reference, Window};
 use crate::state::{chrono_dur, Deployment, State};
 use chrono::{DateTime, Utc};
 
@@ -34,6 +34,7 @@ pub fn assess(
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
     };
     let baseline = st.baseline_of(d).map(Deployment::header);
+    let spec_fixed = spec.fixed_baseline.is_some();
     let shares = judge::alpha_shares(
         spec.alpha,
         &spec.metrics.iter().map(|m| m.critical).collect::<Vec<_>>(),
@@ -76,7 +77,35 @@ pub fn assess(
                 aggregate: m.aggregate,
                 critical: m.critical,
             };
-            judge::judge_metric(&spec, &new, reference, &window)
+            let mut evidence = judge::judge_metric(&spec, &new, reference, &window);
+            if window.closed && evidence.verdict != MetricVerdict::Degraded {
+                // A source failing when the window closed: what it did not read could have
+                // changed the verdict, so it is no healthy one (and a failure is never a
+                // degraded one: no sample was made up).
+                let failing = |x: &Deployment| {
+                    st.deployment(&x.project, &x.id)
+                        .and_then(|x| x.series(&m.name))
+                        .and_then(|s| s.failure.clone())
+                };
+                let why = failing(d).map(|f| (String::new(), f)).or_else(|| {
+                    match (&baseline, spec_fixed) {
+                        (Ok(b), false) => failing(b).map(|f| (format!("baseline {}: ", b.id), f)),
+                        _ => None,
+                    }
+                });
+                if let Some((whose, f)) = why {
+                    evidence.verdict = MetricVerdict::Inconclusive;
+                    evidence.reason = format!(
+                        "inconclusive: {whose}{} (failing since {}, {} failed read{}); {}",
+                        f.reason,
+                        shiplog_events::format_rfc3339(&f.since),
+                        f.reads,
+                        if f.reads == 1 { "" } else { "s" },
+                        evidence.reason
+                    );
+                }
+            }
+            evidence
         })
         .collect();
     let smoke = st.failed_smoke(d, length).map(|s| s.time);

@@ -37,6 +37,7 @@ pub mod error;
 pub mod judge;
 pub mod judgement;
 pub mod snapshot;
+pub mod source;
 pub mod state;
 
 pub use config::{validate, Rule, RuleConfig, RuleKind, RulesSettings};

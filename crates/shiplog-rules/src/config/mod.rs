@@ -132,6 +132,8 @@ pub struct MetricConfig {
     /// `api_cost_per_request` only: the check whose `requests` count the requests served
     /// (default `error_rate`).
     pub requests_from: Option<String>,
+    /// Where the metric is read (Prometheus, HTTP JSON) instead of pushed checks.
+    pub source: Option<crate::source::SourceConfig>,
 }
 
 /// `kind = "rollback"`.
@@ -166,6 +168,9 @@ pub struct RollbackConfig {
     #[serde(default, with = "humantime_serde")]
     pub cooldown: Option<Duration>,
     pub action: Option<ActionConfig>,
+    /// Where `metric` is read (Prometheus, HTTP JSON) instead of pushed checks; with
+    /// `metrics = [...]`, each metric has its own `source`.
+    pub source: Option<crate::source::SourceConfig>,
 }
 
 /// `kind = "threshold"`.
@@ -335,6 +340,8 @@ pub struct RollbackMetric {
     pub aggregate: Aggregate,
     /// `api_cost_per_request`: the check name whose `requests` are the requests served.
     pub requests_from: Option<String>,
+    /// Read from this source by the engine's poller (None: pushed checks).
+    pub source: Option<crate::source::Source>,
 }
 
 impl RollbackMetric {

@@ -185,3 +185,78 @@ fn five_field_cron_gets_seconds() {
     assert!(parse_schedule("0 */1 * * * *").is_ok());
     assert!(parse_schedule("nope").is_err());
 }
+
+/// The source examples of docs/rules.md ("Reading metrics from Prometheus or an HTTP JSON
+/// API") are valid rules.
+#[test]
+fn the_documented_sources_parse() {
+    let doc = include_str!("../../../../docs/rules.md");
+    let section = doc
+        .split("## Reading metrics from Prometheus or an HTTP JSON API")
+        .nth(1)
+        .expect("the section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    let head = r#"
+[[rules]]
+name = "r"
+kind = "rollback"
+project = "web-app"
+env = "production"
+metric = "error_rate"
+window = "10m"
+max_ratio = 1.5
+action = { command = ["true"] }
+"#;
+    let mut kinds = Vec::new();
+    for b in blocks {
+        let text = if b.trim_start().starts_with("[rules.source]") {
+            format!("{head}\n{b}")
+        } else {
+            b.to_string()
+        };
+        let rules = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let src = rules[0].rollback().unwrap().metrics[0]
+            .source
+            .clone()
+            .expect("a source");
+        kinds.push(src.name());
+    }
+    assert_eq!(kinds, vec!["prometheus", "http_json", "http_json"]);
+}
+
+#[test]
+fn source_errors_name_the_rule_and_key() {
+    let base = r#"
+[[rules]]
+name = "r"
+kind = "rollback"
+project = "web-app"
+env = "production"
+window = "10m"
+max_ratio = 1.5
+action = { command = ["true"] }
+"#;
+    let e = parse(&format!(
+        "{base}metrics = [\"error_rate\"]\nsource = {{ prometheus = \"http://p\", query = \"q\" }}\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("rules[0] (r): source:"), "{e}");
+    let e = parse(&format!(
+        "{base}metric = \"error_rate\"\nsource = {{ prometheus = \"http://p\", query = 'x{{v={{commit}}}}' }}\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("rules[0] (r): source.query:"), "{e}");
+    let e = parse(&format!(
+        "{base}metrics = [{{ name = \"latency_p95\", source = {{ http = \"https://x\", value = \"a\", query = \"q\" }} }}]\n"
+    ))
+    .unwrap_err();
+    assert!(e.contains("rules[0] (r): metrics[0].source.query:"), "{e}");
+}

@@ -167,6 +167,7 @@ fn rollback(c: &RollbackConfig, at: &At) -> Result<Rule, RulesError> {
                 method: None,
                 aggregate: None,
                 requests_from: None,
+                source: c.source.clone(),
             }],
             (None, false) => c
                 .metrics
@@ -181,11 +182,18 @@ fn rollback(c: &RollbackConfig, at: &At) -> Result<Rule, RulesError> {
                         method: None,
                         aggregate: None,
                         requests_from: None,
+                        source: None,
                     },
                     MetricEntry::Table(t) => t.clone(),
                 })
                 .collect(),
         };
+    if c.source.is_some() && c.metric.is_none() {
+        return Err(at.err(
+            "source",
+            "with metrics = [...], give each metric its own source",
+        ));
+    }
     let mut metrics = Vec::with_capacity(entries.len());
     let mut seen = std::collections::HashSet::new();
     for (j, m) in entries.iter().enumerate() {
@@ -240,7 +248,20 @@ fn rollback(c: &RollbackConfig, at: &At) -> Result<Rule, RulesError> {
                 format!("only applies to {API_COST_PER_REQUEST}"),
             ));
         }
+        if m.source.is_some() && m.name == API_COST_PER_REQUEST {
+            return Err(at.err(
+                &format!("{key}source"),
+                format!("{API_COST_PER_REQUEST} is computed from api_cost records"),
+            ));
+        }
+        let source = m
+            .source
+            .as_ref()
+            .map(crate::source::Source::from_config)
+            .transpose()
+            .map_err(|(k, msg)| at.err(&format!("{key}{k}"), msg))?;
         metrics.push(RollbackMetric {
+            source,
             name: m.name.clone(),
             critical: m.critical,
             method,

@@ -8,7 +8,10 @@
 
 pub mod cron;
 pub mod plan;
+mod poll;
 pub(crate) mod tail;
+
+pub use poll::ErrorCounts;
 
 use crate::action;
 use crate::config::{Action, Rule, RuleSpec, RulesSettings};
@@ -57,6 +60,8 @@ struct Inner {
     snapshot_requests: mpsc::Sender<oneshot::Sender<()>>,
     /// The last backtest of the current rules (the decisions page), and when it ran.
     shadow: tokio::sync::Mutex<Option<(std::time::Instant, Arc<crate::backtest::BacktestReport>)>>,
+    /// Failed reads of the rules' sources, for `/metrics`.
+    source_errors: Mutex<poll::ErrorCounts>,
 }
 
 /// A running rules engine: its state answers the gate and the deployment page.
@@ -114,6 +119,20 @@ impl RulesEngine {
                 }
             }
         }
+        let mut source_secrets = Vec::new();
+        for r in &rules {
+            for m in r.rollback().map_or(&[][..], |s| &s.metrics[..]) {
+                for var in m.source.iter().flat_map(|s| s.secret_envs()) {
+                    if std::env::var(&var).map(|s| s.is_empty()).unwrap_or(true) {
+                        return Err(RulesError::MissingSourceSecret {
+                            rule: r.name().to_string(),
+                            var,
+                        });
+                    }
+                    source_secrets.push(var);
+                }
+            }
+        }
         let webhook_secrets = rules.iter().filter_map(|r| match &r.action {
             Some(Action::Webhook { secret_env, .. }) => secret_env.clone(),
             _ => None,
@@ -124,6 +143,7 @@ impl RulesEngine {
                 .iter()
                 .cloned()
                 .chain(webhook_secrets)
+                .chain(source_secrets)
                 .collect::<Vec<_>>(),
         );
         let started_at = Utc::now();
@@ -143,6 +163,7 @@ impl RulesEngine {
                 saving: Arc::new(AtomicBool::new(false)),
                 snapshot_requests,
                 shadow: tokio::sync::Mutex::new(None),
+                source_errors: Mutex::new(poll::ErrorCounts::new()),
                 rules,
                 settings,
                 state: Mutex::new(state),
@@ -159,6 +180,9 @@ impl RulesEngine {
                 .clone()
                 .run(log, retention, requests, shutdown.clone()),
         );
+        if engine.has_sources() {
+            tokio::spawn(engine.clone().poll_loop(shutdown.clone()));
+        }
         for (i, r) in engine.inner.rules.iter().enumerate() {
             if r.schedule().is_some() {
                 tokio::spawn(engine.clone().cron_loop(i, shutdown.clone()));
@@ -573,6 +597,25 @@ impl RulesEngine {
             e.received_at.get_or_insert(now);
             st.apply(&e);
         }
+        Ok(())
+    }
+
+    /// Writes events through the ingestor only: the state reads them back from the log
+    /// (checks, unlike decisions, are not idempotent to apply, and a point read again is a
+    /// duplicate that ingest drops).
+    async fn ingest_only(&self, values: Vec<Value>) -> Result<(), RulesError> {
+        let mut events = Vec::with_capacity(values.len());
+        for v in values {
+            events.push(
+                Event::from_json(v, Origin::Internal)
+                    .map_err(|e| RulesError::InvalidEvent(e.to_string()))?,
+            );
+        }
+        self.inner
+            .ingestor
+            .ingest(events)
+            .await
+            .map_err(|e| RulesError::Write(e.to_string()))?;
         Ok(())
     }
 

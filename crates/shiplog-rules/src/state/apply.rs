@@ -1,7 +1,8 @@
 //! Applying one event to the state.
 
 use super::model::{
-    CostBucket, Deployment, MigrationRec, RollbackRec, Sample, Series, ThresholdRec, COST_BUCKET,
+    CostBucket, Deployment, MigrationRec, RollbackRec, Sample, Series, SourceFailure, ThresholdRec,
+    COST_BUCKET,
 };
 use super::{sweep, tomb_key, State, MAX_ERROR_BYTES, MAX_PENDING_MIGRATIONS, SOURCE};
 use crate::config::RuleKind;
@@ -122,6 +123,12 @@ impl State {
             if let Some(p) = e.data_str("previous_deployment_id") {
                 d.previous_id = Some(p.to_string());
             }
+            if let Some(c) = &e.commit {
+                d.commit = Some(c.clone());
+            }
+            if let Some(b) = &e.branch {
+                d.branch = Some(b.clone());
+            }
         }
         let mut trimmed = 0;
         match status.as_str() {
@@ -181,10 +188,18 @@ impl State {
         let requests = count(e.data.get("requests"));
         let errors = count(e.data.get("errors"));
         let has_data = value.is_some() || requests.is_some();
-        if !self
-            .retention
-            .keeps_check(&e.project, e.env.as_deref(), name, has_data, passed)
-        {
+        // A polled source's failed read: a check without data whose `error` says why.
+        let failure = match (has_data, e.data_str("source"), e.data_str("error")) {
+            (false, Some(_), Some(why)) => Some(truncate(why.to_string(), MAX_ERROR_BYTES)),
+            _ => None,
+        };
+        if !self.retention.keeps_check(
+            &e.project,
+            e.env.as_deref(),
+            name,
+            has_data || failure.is_some(),
+            passed,
+        ) {
             return;
         }
         let max_series = self.retention.max_series_samples;
@@ -203,10 +218,30 @@ impl State {
                 d.series.push(Series {
                     name: name.to_string(),
                     samples: Vec::new(),
+                    failure: None,
                 });
                 d.series.last_mut().expect("just pushed")
             }
         };
+        if let Some(reason) = failure {
+            series.failure = Some(match series.failure.take() {
+                Some(f) => SourceFailure {
+                    since: f.since.min(time),
+                    reads: f.reads.saturating_add(1),
+                    reason,
+                },
+                None => SourceFailure {
+                    since: time,
+                    reads: 1,
+                    reason,
+                },
+            });
+            d.revision += 1;
+            return;
+        }
+        if has_data {
+            series.failure = None;
+        }
         if series.samples.len() >= max_series {
             self.stats.samples_dropped += 1;
             return;

@@ -36,6 +36,21 @@ impl Sample {
 pub struct Series {
     pub name: String,
     pub samples: Vec<Sample>,
+    /// The source of this metric (Prometheus, HTTP JSON) is failing: its last read gave no
+    /// sample. Cleared by the next sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<SourceFailure>,
+}
+
+/// A source that failed to give a deployment's samples, since its last sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceFailure {
+    /// The first failed read since the last sample.
+    pub since: DateTime<Utc>,
+    /// Failed reads since the last sample.
+    pub reads: u32,
+    /// The last read's error, e.g. `prometheus unreachable: …`.
+    pub reason: String,
 }
 
 /// API spend attributed to a deployment in one [`COST_BUCKET`] of time.
@@ -60,6 +75,11 @@ pub struct Deployment {
     pub seq: u64,
     pub url: Option<String>,
     pub previous_id: Option<String>,
+    /// The envelope's commit and branch (sources' `{commit}`, `{branch}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
     pub status: String,
     pub succeeded_at: Option<DateTime<Utc>>,
     pub succeeded_seq: Option<u64>,
@@ -104,6 +124,8 @@ impl Deployment {
             seq,
             url: None,
             previous_id: None,
+            commit: None,
+            branch: None,
             status: String::new(),
             succeeded_at: None,
             succeeded_seq: None,
@@ -151,6 +173,8 @@ impl Deployment {
             seq: self.seq,
             url: self.url.clone(),
             previous_id: self.previous_id.clone(),
+            commit: self.commit.clone(),
+            branch: self.branch.clone(),
             status: self.status.clone(),
             succeeded_at: self.succeeded_at,
             succeeded_seq: self.succeeded_seq,

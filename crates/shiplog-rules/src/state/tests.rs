@@ -613,3 +613,64 @@ fn cooldown_from_the_log() {
     st2.apply(&dry);
     assert!(st2.cooldown_until("p", "production", cd, now).is_none());
 }
+
+/// A source's failed read (a check without a value, with `source` and `error`) is never a
+/// sample; while it lasts at the window's close the verdict is inconclusive and says why;
+/// the next sample clears it.
+#[test]
+fn a_failing_source_makes_the_window_inconclusive() {
+    let now = Utc::now();
+    let t = now - D::minutes(30);
+    let mut st = state(now);
+    feed(&mut st, 0, t, t);
+    feed(&mut st, 1, t + D::minutes(1), t + D::minutes(1));
+    for n in 0..3 {
+        st.apply(&check(
+            "d1",
+            "production",
+            "error_rate",
+            0.02,
+            t + D::minutes(2),
+            t + D::minutes(2),
+            10 + n,
+        ));
+    }
+    assert_eq!(verdict(&st, "d1").verdict, MetricVerdict::Healthy);
+    let failure = |n: u64, at: DateTime<Utc>| {
+        event(
+            format!("source/r/error_rate/d1/{n}/error"),
+            Kind::Check,
+            "production",
+            "d1",
+            at,
+            at,
+            json!({"name": "error_rate", "source": "prometheus", "rule": "r",
+                   "error": "prometheus unreachable: connection refused"}),
+        )
+    };
+    st.apply(&failure(1, t + D::minutes(3)));
+    st.apply(&failure(2, t + D::minutes(4)));
+    let d = st.deployment("p", "d1").unwrap();
+    assert_eq!(d.series[0].samples.len(), 6, "a failure is no sample");
+    let j = verdict(&st, "d1");
+    assert_eq!(j.verdict, MetricVerdict::Inconclusive);
+    assert!(
+        j.reason.starts_with(&format!(
+            "inconclusive: prometheus unreachable: connection refused (failing since {}, 2 failed reads); ",
+            format_rfc3339(&(t + D::minutes(3)))
+        )),
+        "{}",
+        j.reason
+    );
+    // The source answers again: its sample clears the failure.
+    st.apply(&check(
+        "d1",
+        "production",
+        "error_rate",
+        0.02,
+        t + D::minutes(5),
+        t + D::minutes(5),
+        20,
+    ));
+    assert_eq!(verdict(&st, "d1").verdict, MetricVerdict::Healthy);
+}

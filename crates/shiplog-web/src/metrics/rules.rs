@@ -1,8 +1,11 @@
-//! The rules engine's series: how much its state holds, and what its caps dropped.
+//! The rules engine's series: how much its state holds, what its caps dropped, and the
+//! failed reads of its sources (Prometheus, HTTP JSON).
 
 use super::{counter, gauge};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
 use shiplog_rules::RulesEngine;
 
 pub struct RulesSeries(pub RulesEngine);
@@ -40,6 +43,25 @@ impl Collector for RulesSeries {
             "shiplog_rules_open_windows_evicted",
             "Deployments forgotten under the deployment cap before a rule judged them.",
             s.open_evicted,
-        )
+        )?;
+        let errors = self.0.source_errors();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let mut family = e.encode_descriptor(
+            "shiplog_rules_source_errors",
+            "Failed reads of rollback rules' sources (no sample), by rule, source and class (unreachable, error, no_data).",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((rule, source, class), n) in errors {
+            let labels = [
+                ("rule", rule.as_str()),
+                ("source", source),
+                ("class", class),
+            ];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
