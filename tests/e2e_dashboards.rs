@@ -16,24 +16,17 @@ use std::time::{Duration, Instant};
 use support::{get_json, get_text, http, query, TestServer};
 
 fn chromium() -> PathBuf {
-    let candidates = [
-        std::env::var("SHIPLOG_CHROMIUM").unwrap_or_default(),
-        "/usr/bin/chromium".into(),
-        "/usr/bin/chromium-browser".into(),
-        "/usr/bin/google-chrome".into(),
-    ];
-    candidates
-        .iter()
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "headless Chromium is required by the dashboard test and was not found at \
-                 /usr/bin/chromium. Install it with `sudo apt-get install -y chromium` (CI's \
-                 .ci/run does), or set SHIPLOG_CHROMIUM to a Chromium/Chrome binary."
-            )
-        })
+    support::required_tool(
+        "SHIPLOG_CHROMIUM",
+        &[
+            "/usr/bin/chromium",
+            "/usr/bin/chromium-browser",
+            "/usr/bin/google-chrome",
+        ],
+        "headless Chromium is required by the dashboard test and was not found at \
+         /usr/bin/chromium. Install it with `sudo apt-get install -y chromium` (CI's \
+         .ci/run does), or set SHIPLOG_CHROMIUM to a Chromium/Chrome binary.",
+    )
 }
 
 /// Runs Chromium headless with the flags these machines need (ENVIRONMENT.md).

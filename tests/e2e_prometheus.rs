@@ -33,24 +33,14 @@ const INTERVAL_S: u64 = 3;
 const HOSTILE: &str = "v9\"}[1m])) or vector(1) #";
 
 fn prometheus_bin() -> PathBuf {
-    let candidates = [
-        std::env::var("SHIPLOG_PROMETHEUS").unwrap_or_default(),
-        "/usr/bin/prometheus".into(),
-        "/usr/local/bin/prometheus".into(),
-    ];
-    candidates
-        .iter()
-        .filter(|c| !c.is_empty())
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "the Prometheus server is required by this test and was not found at \
-                 /usr/bin/prometheus. Install it with `sudo apt-get install -y prometheus` \
-                 (scripts/setup-test-system.sh, which CI runs, does it without starting a \
-                 service), or set SHIPLOG_PROMETHEUS to a prometheus binary."
-            )
-        })
+    support::required_tool(
+        "SHIPLOG_PROMETHEUS",
+        &["/usr/bin/prometheus", "/usr/local/bin/prometheus"],
+        "the Prometheus server is required by this test and was not found at \
+         /usr/bin/prometheus. Install it with `sudo apt-get install -y prometheus` \
+         (scripts/setup-test-system.sh, which CI runs, does it without starting a \
+         service), or set SHIPLOG_PROMETHEUS to a prometheus binary.",
+    )
 }
 
 fn free_port() -> u16 {
@@ -229,18 +219,7 @@ fn deploy(project: &str, dep: &str, commit: &str, prev: Option<&str>) -> Value {
 }
 
 async fn post(client: &reqwest::Client, url: &str, events: Vec<Value>) {
-    let r = client
-        .post(format!("{url}/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        status.is_success() && body["rejected"] == json!([]),
-        "{status} {body}"
-    );
+    support::faults::post_ok(client, url, &events).await;
 }
 
 /// The decisions of a rule about a deployment: (verdict, outcome, reason, phase).

@@ -101,18 +101,7 @@ fn migration(project: &str, status: &str, version: &str) -> Value {
 }
 
 async fn post(client: &reqwest::Client, url: &str, events: Vec<Value>) {
-    let r = client
-        .post(format!("{url}/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        status.is_success() && body["rejected"] == json!([]),
-        "{status} {body}"
-    );
+    support::faults::post_ok(client, url, &events).await;
 }
 
 /// Polls a query until it returns at least `n` rows (the projection lags ~1 s).

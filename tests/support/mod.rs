@@ -217,3 +217,16 @@ pub fn recorded(dir: &Path) -> Vec<Vec<String>> {
     }
     out
 }
+
+/// An external program a test needs: `$env` when set, else the first of `paths` that
+/// exists; the test fails with `missing` (how to install it) when there is none.
+pub fn required_tool(env: &str, paths: &[&str], missing: &str) -> std::path::PathBuf {
+    std::env::var(env)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .into_iter()
+        .chain(paths.iter().map(|p| p.to_string()))
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{missing}"))
+}
