@@ -70,6 +70,7 @@ pub struct ActionConfig {
 /// One `[[rules]]` entry, by `kind`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // read once at start, a handful per file
 pub enum RuleConfig {
     Rollback(RollbackConfig),
     Threshold(ThresholdConfig),
@@ -110,6 +111,7 @@ impl RuleConfig {
 /// A metric of a rollback rule, in `metrics = [...]`: a check name, or a table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // read once at start, a few per rule
 pub enum MetricEntry {
     Name(String),
     Table(MetricConfig),

@@ -22,6 +22,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use template::{Fields, Span, Template, Var};
 
+/// The points of one query: (time, value).
+type Series = Vec<(DateTime<Utc>, f64)>;
+
 /// `source = { … }` of a rollback rule (or of one of its `metrics`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -382,7 +385,7 @@ impl Source {
                 };
                 let shown = rendered.iter().flatten().cloned().collect::<Vec<_>>();
                 let text = shown.join(" / ");
-                let mut got: Vec<Option<Vec<(DateTime<Utc>, f64)>>> = Vec::new();
+                let mut got: Vec<Option<Series>> = Vec::new();
                 for q in &rendered {
                     match q {
                         None => got.push(None),
@@ -449,10 +452,10 @@ impl Source {
                 let mut shown = url.source.clone();
                 for t in grid {
                     let span = span_of(*t);
-                    let rendered = http_json::render(url, span, &value).and_then(|u| {
+                    let rendered = http_json::render(url, span, value).and_then(|u| {
                         let b = body
                             .as_ref()
-                            .map(|b| http_json::render(b, span, &value))
+                            .map(|b| http_json::render(b, span, value))
                             .transpose()?;
                         Ok((u, b))
                     });

@@ -193,7 +193,7 @@ pub struct Span {
 /// A duration as PromQL (and most query languages) write it: `30s`, or `1500ms`.
 pub fn duration_text(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
