@@ -10,7 +10,7 @@ export function rollupPlugin(options) {
   let watch = false;
   let meta = {};
   let root = process.cwd();
-  const hooks = rollupFamilyHooks(reporter, {
+  const { reset, ...buildHooks } = rollupFamilyHooks(reporter, {
     root: () => root,
     takeStart: () => {
       const t = startedAt || null;
@@ -28,6 +28,7 @@ export function rollupPlugin(options) {
   });
   return {
     // The first hook of a build: its start (config read and plugin setup come before).
+    /** @this {any} Rollup's plugin context */
     options(inputOptions) {
       reporter.guard('options', () => {
         startedAt = Date.now();
@@ -35,17 +36,13 @@ export function rollupPlugin(options) {
         const input = inputOptions?.input;
         const first = typeof input === 'string' ? input : Array.isArray(input) ? input[0] : input ? Object.values(input)[0] : null;
         root = typeof first === 'string' ? packageRoot(dirname(resolve(first))) : process.cwd();
-        hooks.reset();
+        reset();
         meta = this?.meta || {};
         watch = !!meta.watchMode;
       });
       return null;
     },
-    buildStart: hooks.buildStart,
-    buildEnd: hooks.buildEnd,
-    renderError: hooks.renderError,
-    generateBundle: hooks.generateBundle,
-    writeBundle: hooks.writeBundle,
-    closeBundle: hooks.closeBundle,
+    // buildStart, buildEnd, renderError, generateBundle, writeBundle, closeBundle
+    ...buildHooks,
   };
 }

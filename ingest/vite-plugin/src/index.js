@@ -22,7 +22,7 @@ export default function shiplog(options = {}) {
   let config = null;
   let watch = false;
 
-  const hooks = rollupFamilyHooks(reporter, {
+  const { reset, ...buildHooks } = rollupFamilyHooks(reporter, {
     root: () => config?.root || process.cwd(),
     // The first build starts at the config hook; a watch-mode rebuild starts at buildStart.
     takeStart: () => {
@@ -51,7 +51,7 @@ export default function shiplog(options = {}) {
       reporter.guard('config', () => {
         // One `config` call per build() / `vite build`: a fresh start.
         configStartedAt = Date.now();
-        hooks.reset();
+        reset();
       });
     },
 
@@ -63,12 +63,8 @@ export default function shiplog(options = {}) {
       });
     },
 
-    buildStart: hooks.buildStart,
-    buildEnd: hooks.buildEnd,
-    renderError: hooks.renderError,
-    generateBundle: hooks.generateBundle,
-    writeBundle: hooks.writeBundle,
-    closeBundle: hooks.closeBundle,
+    // buildStart, buildEnd, renderError, generateBundle, writeBundle, closeBundle
+    ...buildHooks,
   };
 }
 
