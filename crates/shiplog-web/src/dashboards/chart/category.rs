@@ -23,27 +23,19 @@ pub(super) fn category_chart(a: &ChartArgs, t: &Table) -> Result<Rendered, Strin
         root.fill(&WHITE).map_err(err)?;
         let unit = a.unit.map(str::to_owned);
         let unit2 = unit.clone();
-        let mut chart = ChartBuilder::on(&root)
-            .margin_top(8)
-            .margin_right(22)
-            .margin_left(6)
-            .x_label_area_size(30)
-            .y_label_area_size((longest as u32 * 8 + 18).clamp(60, 240))
-            .build_cartesian_2d(0f64..xmax, (0..n as i32).into_segmented())
-            .map_err(err)?;
+        let mut chart = builder(
+            &root,
+            (8, 0),
+            (30, (longest as u32 * 8 + 18).clamp(60, 240)),
+        )
+        .build_cartesian_2d(0f64..xmax, (0..n as i32).into_segmented())
+        .map_err(err)?;
         let fmt_y = row_label(labels.clone());
         let fmt_x = move |x: &f64| fmt_value(*x, unit.as_deref());
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .bold_line_style(GRID)
-            .light_line_style(WHITE.mix(0.0))
-            .axis_style(AXIS)
-            .x_labels(((a.width as usize).saturating_sub(200) / 110).clamp(2, 8))
-            .y_labels(n)
+        let x_labels = ((a.width as usize).saturating_sub(200) / 110).clamp(2, 8);
+        house_mesh(chart.configure_mesh().disable_y_mesh(), x_labels, n)
             .x_label_formatter(&fmt_x)
             .y_label_formatter(&fmt_y)
-            .label_style(("sans-serif", 14).into_font().color(&TEXT))
             .draw()
             .map_err(err)?;
         let mut base = vec![0.0f64; n];

@@ -50,13 +50,7 @@ pub fn judged_chart(a: &JudgedArgs) -> Result<Rendered, String> {
     {
         let root = SVGBackend::with_string(&mut svg, (a.width, a.height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin_top(14)
-            .margin_right(22)
-            .margin_left(6)
-            .margin_bottom(4)
-            .x_label_area_size(34)
-            .y_label_area_size(76)
+        let mut chart = builder(&root, (14, 4), (34, 76))
             .build_cartesian_2d(0.0..x1, 0.0..ymax)
             .map_err(err)?;
         let unit = a.unit;

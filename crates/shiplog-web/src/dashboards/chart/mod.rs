@@ -11,7 +11,8 @@ use super::engine::num;
 use super::spec::{Band, ChartKind};
 use chrono::{DateTime, NaiveDate, Utc};
 use maud::{html, Markup, PreEscaped};
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::chart::MeshStyle;
+use plotters::coord::ranged1d::{SegmentValue, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
@@ -57,6 +58,41 @@ fn rgb((r, g, b): (u8, u8, u8)) -> RGBColor {
 const TEXT: RGBColor = RGBColor(87, 96, 106);
 const GRID: RGBColor = RGBColor(232, 235, 239);
 const AXIS: RGBColor = RGBColor(190, 196, 204);
+
+/// Where every chart starts: the house margins (`top`, `bottom`) and label areas.
+fn builder<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, plotters::coord::Shift>,
+    (top, bottom): (u32, u32),
+    (x_area, y_area): (u32, u32),
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(root);
+    b.margin_top(top)
+        .margin_right(22)
+        .margin_left(6)
+        .margin_bottom(bottom)
+        .x_label_area_size(x_area)
+        .y_label_area_size(y_area);
+    b
+}
+
+/// The house grid of the dashboards' charts: faint bold lines only, grey axes, 14 px labels.
+fn house_mesh<'m, 'a, 'b, X, Y, XT, YT, DB>(
+    m: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+    x_labels: usize,
+    y_labels: usize,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB>
+where
+    X: Ranged<ValueType = XT> + ValueFormatter<XT>,
+    Y: Ranged<ValueType = YT> + ValueFormatter<YT>,
+    DB: DrawingBackend,
+{
+    m.bold_line_style(GRID)
+        .light_line_style(WHITE.mix(0.0))
+        .axis_style(AXIS)
+        .x_labels(x_labels)
+        .y_labels(y_labels)
+        .label_style(("sans-serif", 14).into_font().color(&TEXT))
+}
 pub const GOOD: (u8, u8, u8) = (0, 158, 115);
 pub const WARN: (u8, u8, u8) = (230, 159, 0);
 pub const BAD: (u8, u8, u8) = (213, 94, 0);

@@ -71,13 +71,8 @@ pub(super) fn time_chart(
         let root = SVGBackend::with_string(&mut svg, (a.width, a.height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let y_desc = a.y_label.or(unit_label(a.unit));
-        let mut chart = ChartBuilder::on(&root)
-            .margin_top(14)
-            .margin_right(22)
-            .margin_left(6)
-            .margin_bottom(4)
-            .x_label_area_size(34)
-            .y_label_area_size(if y_desc.is_some() { 86 } else { 66 })
+        let y_area = if y_desc.is_some() { 86 } else { 66 };
+        let mut chart = builder(&root, (14, 4), (34, y_area))
             .build_cartesian_2d(x0..x1, ymin..ymax)
             .map_err(err)?;
         let fmt_x = move |x: &f64| {
@@ -94,15 +89,9 @@ pub(super) fn time_chart(
         let fmt_y = move |y: &f64| fmt_value(*y, unit.as_deref());
         let n_x = ((a.width as usize).saturating_sub(120) / 105).clamp(2, 10);
         let mut mesh = chart.configure_mesh();
-        mesh.disable_x_mesh()
-            .bold_line_style(GRID)
-            .light_line_style(WHITE.mix(0.0))
-            .axis_style(AXIS)
-            .x_labels(n_x)
-            .y_labels(5)
+        house_mesh(mesh.disable_x_mesh(), n_x, 5)
             .x_label_formatter(&fmt_x)
             .y_label_formatter(&fmt_y)
-            .label_style(("sans-serif", 14).into_font().color(&TEXT))
             .axis_desc_style(("sans-serif", 14).into_font().color(&TEXT));
         if let Some(d) = y_desc {
             mesh.y_desc(d);

@@ -34,14 +34,13 @@ pub(super) fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
     {
         let root = SVGBackend::with_string(&mut svg, (a.width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin_top(8)
-            .margin_right(22)
-            .margin_left(6)
-            .x_label_area_size(30)
-            .y_label_area_size((longest as u32 * 8 + 18).clamp(60, 260))
-            .build_cartesian_2d(x0..x1, (0..n as i32).into_segmented())
-            .map_err(err)?;
+        let mut chart = builder(
+            &root,
+            (8, 0),
+            (30, (longest as u32 * 8 + 18).clamp(60, 260)),
+        )
+        .build_cartesian_2d(x0..x1, (0..n as i32).into_segmented())
+        .map_err(err)?;
         let fmt_y = row_label(lanes.clone());
         let fmt_x = |x: &f64| {
             DateTime::from_timestamp((x * 86_400.0).round() as i64, 0)
@@ -49,16 +48,10 @@ pub(super) fn timeline(a: &ChartArgs) -> Result<Rendered, String> {
                 .format("%b %-d")
                 .to_string()
         };
-        chart
-            .configure_mesh()
-            .bold_line_style(GRID)
-            .light_line_style(WHITE.mix(0.0))
-            .axis_style(AXIS)
-            .x_labels(((a.width as usize).saturating_sub(200) / 105).clamp(2, 10))
-            .y_labels(n)
+        let x_labels = ((a.width as usize).saturating_sub(200) / 105).clamp(2, 10);
+        house_mesh(&mut chart.configure_mesh(), x_labels, n)
             .x_label_formatter(&fmt_x)
             .y_label_formatter(&fmt_y)
-            .label_style(("sans-serif", 14).into_font().color(&TEXT))
             .draw()
             .map_err(err)?;
         let lane_y = |lane: &str| {
