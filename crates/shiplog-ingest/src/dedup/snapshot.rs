@@ -239,10 +239,7 @@ pub fn read_snapshot(r: impl Read, len: u64) -> Result<Snapshot, SnapshotError> 
     let _reserved = r.u32()?;
     let window_secs = r.u64()?;
     let written_at = r.u64()? as i64;
-    let partitions = r.u32()? as u64;
-    if partitions * 16 > r.left {
-        return Err(SnapshotError::Truncated);
-    }
+    let partitions = r.count(16)?;
     let mut covered = Vec::with_capacity(partitions as usize);
     for _ in 0..partitions {
         let partition = r.u32()?;
@@ -259,18 +256,12 @@ pub fn read_snapshot(r: impl Read, len: u64) -> Result<Snapshot, SnapshotError> 
             last_crc,
         });
     }
-    let count = r.u32()? as u64;
-    if count * 20 > r.left {
-        return Err(SnapshotError::Truncated);
-    }
+    let count = r.count(20)?;
     let mut runs = Vec::with_capacity(count as usize);
     let mut buf = vec![0u8; 8 << 13];
     for run in 0..count {
         let newest = r.u64()? as i64;
-        let nfirsts = r.u32()? as u64;
-        if nfirsts * 12 > r.left {
-            return Err(SnapshotError::Truncated);
-        }
+        let nfirsts = r.count(12)?;
         let mut firsts = Vec::with_capacity(nfirsts as usize);
         for _ in 0..nfirsts {
             let partition = r.u32()?;
@@ -387,5 +378,15 @@ impl<R: Read> CrcRead<R> {
         let mut b = [0u8; 8];
         self.read_exact(&mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// A u32 count of items of at least `each` bytes; `Truncated` when what is left of the
+    /// file cannot hold them (so a damaged count never allocates).
+    fn count(&mut self, each: u64) -> Result<u64, SnapshotError> {
+        let n = self.u32()? as u64;
+        if n * each > self.left {
+            return Err(SnapshotError::Truncated);
+        }
+        Ok(n)
     }
 }
