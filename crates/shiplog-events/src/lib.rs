@@ -116,6 +116,18 @@ pub const ENVELOPE_FIELDS: &[&str] = &[
     "data",
 ];
 
+/// The envelope's string keys: `id`, `source` and the correlation keys (each at most
+/// [`MAX_KEY_LEN`], no control characters), in the order of the Parquet columns.
+pub const ENVELOPE_KEYS: [&str; 7] = [
+    "id",
+    "source",
+    "project",
+    "env",
+    "commit",
+    "branch",
+    "deployment_id",
+];
+
 // `Event::from_json` destructures the envelope fields in this order.
 const _: () = assert!(ENVELOPE_FIELDS.len() == 11);
 

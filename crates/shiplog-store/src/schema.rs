@@ -26,15 +26,7 @@ pub(crate) enum ColType {
 }
 
 /// Envelope string columns, in column order, after `time` and `received_at`.
-pub(crate) const ENVELOPE_STRINGS: [&str; 7] = [
-    "id",
-    "source",
-    "project",
-    "env",
-    "commit",
-    "branch",
-    "deployment_id",
-];
+pub(crate) const ENVELOPE_STRINGS: [&str; 7] = shiplog_events::ENVELOPE_KEYS;
 
 /// The `data` fields of one kind that get their own column, in column order.
 pub(crate) fn data_fields(kind: Kind) -> &'static [(&'static str, ColType)] {

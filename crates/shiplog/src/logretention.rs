@@ -314,62 +314,64 @@ impl Collector for RetentionSeries {
         let Some(m) = &self.metrics else {
             return Ok(());
         };
-        counter(
-            e,
-            "shiplog_log_retention_passes",
-            "Passes of [log.retention].",
-            m.passes.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "shiplog_log_retention_removed_segments",
-            "Sealed segments removed by [log.retention].",
-            m.removed_segments.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "shiplog_log_retention_removed_bytes",
-            "Bytes on disk of the segments removed by [log.retention].",
-            m.removed_bytes.load(Relaxed),
-        )?;
-        gauge(
-            e,
-            "shiplog_log_retention_held_back_bytes",
-            "Bytes [log.retention] would remove but keeps: not projected yet or not covered by the dedup or rules snapshot.",
-            m.held_back_bytes.load(Relaxed) as i64,
-        )?;
-        gauge(
-            e,
-            "shiplog_log_retention_keep_from",
-            "The lowest offset still needed (projection, dedup and rules snapshots): segments below it may go.",
-            m.keep_from.load(Relaxed) as i64,
-        )?;
+        let counters = [
+            (
+                "shiplog_log_retention_passes",
+                "Passes of [log.retention].",
+                &m.passes,
+            ),
+            (
+                "shiplog_log_retention_removed_segments",
+                "Sealed segments removed by [log.retention].",
+                &m.removed_segments,
+            ),
+            (
+                "shiplog_log_retention_removed_bytes",
+                "Bytes on disk of the segments removed by [log.retention].",
+                &m.removed_bytes,
+            ),
+            (
+                "shiplog_log_retention_snapshots_asked",
+                "Passes that wrote a fresh dedup or rules snapshot because it alone held segments back.",
+                &m.snapshots_asked,
+            ),
+            (
+                "shiplog_log_retention_failures",
+                "Retention passes that failed (the server log says why).",
+                &m.failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            counter(e, name, help, value.load(Relaxed))?;
+        }
+        let mut gauges = vec![
+            (
+                "shiplog_log_retention_held_back_bytes",
+                "Bytes [log.retention] would remove but keeps: not projected yet or not covered by the dedup or rules snapshot.",
+                m.held_back_bytes.load(Relaxed),
+            ),
+            (
+                "shiplog_log_retention_keep_from",
+                "The lowest offset still needed (projection, dedup and rules snapshots): segments below it may go.",
+                m.keep_from.load(Relaxed),
+            ),
+        ];
         if let Some(max) = self.max_bytes {
-            gauge(
-                e,
+            gauges.push((
                 "shiplog_log_retention_max_bytes",
                 "[log.retention] max_bytes: the limit of the log's bytes on disk.",
-                max as i64,
-            )?;
-            gauge(
-                e,
+                max,
+            ));
+            gauges.push((
                 "shiplog_log_retention_target_bytes",
                 "What the last pass brought the log down to: max_bytes less what the log grew by during the interval before (so it stays under max_bytes until the next pass).",
-                m.target_bytes.load(Relaxed) as i64,
-            )?;
+                m.target_bytes.load(Relaxed),
+            ));
         }
-        counter(
-            e,
-            "shiplog_log_retention_snapshots_asked",
-            "Passes that wrote a fresh dedup or rules snapshot because it alone held segments back.",
-            m.snapshots_asked.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "shiplog_log_retention_failures",
-            "Retention passes that failed (the server log says why).",
-            m.failures.load(Relaxed),
-        )
+        for (name, help, value) in gauges {
+            gauge(e, name, help, value as i64)?;
+        }
+        Ok(())
     }
 }
 

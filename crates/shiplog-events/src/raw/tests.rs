@@ -122,15 +122,7 @@ fn doubts_send_the_event_to_the_slow_path() {
 /// Other characters, C1 controls (U+0080 to U+009F) included, are kept.
 #[test]
 fn control_characters_in_keys_are_refused_by_both_paths() {
-    let fields = [
-        "id",
-        "source",
-        "project",
-        "env",
-        "commit",
-        "branch",
-        "deployment_id",
-    ];
+    let fields = crate::ENVELOPE_KEYS;
     let event = |field: &str, value: &str| {
         let mut v = serde_json::json!({"id": "a", "kind": "check", "source": "s",
                 "project": "p", "data": {"name": "smoke", "passed": true}});

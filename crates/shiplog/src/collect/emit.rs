@@ -169,14 +169,8 @@ pub fn build_event(args: &EmitArgs, ci: Option<&Ci>) -> Result<Value> {
     let mut ev = Map::new();
     let flags = super::base_envelope(&args.envelope, None, "");
     let from_ci = super::base_envelope(&EnvelopeArgs::default(), ci, "shiplog-cli");
-    for field in [
-        "source",
-        "project",
-        "env",
-        "commit",
-        "branch",
-        "deployment_id",
-    ] {
+    // Every envelope key but the id (set below).
+    for &field in &shiplog_events::ENVELOPE_KEYS[1..] {
         let v = flags
             .get(field)
             .filter(|v| v.as_str() != Some(""))
